@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine (Debian/Ubuntu, Python 3.11):
+#   make demo   set up .venv and run the main job on the local machine
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m bench compress --model deit_tiny_patch16_224 --ratios paper --weights random --out runs/demo/deit_tiny_snp
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
