@@ -1,0 +1,32 @@
+"""snp_core: SNP (Structured Neuron-level Pruning, ECCV 2024) for timm Vision Transformers.
+
+Typical use::
+
+    import snp_core
+    model = snp_core.create("deit_tiny_patch16_224", weights="pretrained")
+    calib = snp_core.calibration.load("imagenet/train", model, num_images=64)
+    plan = snp_core.make_plan(model, "deit_tiny_patch16_224", snp_core.ratios.resolve("paper", "deit_tiny_patch16_224"),
+                              snp_core.get_criterion("snp"), calib.images, calib.info())
+    pruned = snp_core.prune(model, plan)
+    snp_core.save(Path("out"), pruned, plan)
+    again = snp_core.load("out")          # plan.json + model.safetensors, no pickles
+"""
+
+from . import calibration, ratios
+from .adapters import ADAPTERS, PrunedAttention, adapter_for
+from .errors import (CalibrationError, PlanError, RatioError, SNPError, UnknownModelError,
+                     UnsupportedModelError)
+from .flops import count_macs, count_params
+from .importance import CRITERIA, Importance, get_criterion
+from .models import create
+from .plan import Plan
+from .pruner import kept_widths, load, make_plan, prune, save, summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADAPTERS", "CRITERIA", "CalibrationError", "Importance", "Plan", "PlanError", "PrunedAttention", "RatioError",
+    "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for", "calibration", "count_macs",
+    "count_params", "create", "get_criterion", "kept_widths", "load", "make_plan", "prune", "ratios", "save",
+    "summary",
+]

@@ -1,0 +1,241 @@
+"""timm VisionTransformer (DeiT, DeiT-III, ViT) with the standard `Attention`.
+
+Groups (SNP_SPEC §1):
+
+* ``embed``: the residual stream, one group for the whole network, cut with the
+  same indices everywhere: patch-embed conv outputs, cls/dist/reg tokens,
+  pos_embed, every LayerNorm and LayerScale, qkv/fc1 input columns, proj/fc2
+  output rows, the final norm and the head(s) input columns.
+* ``blocks.<b>.qk``: query/key pairs of block b, per head (same count per head,
+  different indices allowed), cut from Q and K at the same index.
+* ``blocks.<b>.v``: value neurons of block b, per head, plus proj input columns.
+* ``blocks.<b>.ffn``: hidden neurons of block b's MLP (fc1 rows, fc2 columns).
+
+Because q/k and v widths differ, timm's ``Attention`` (one fused qkv with a single
+``(3, H, head_dim)`` reshape) is replaced by `PrunedAttention`: one fused Linear of
+width ``H·(2·d_qk + d_v)`` split into q, k, v, and the original softmax scale
+``head_dim ** -0.5`` kept (§2.3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerScale, Mlp
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from .. import surgery
+from ..errors import UnsupportedModelError
+from ..flops import register_attention
+from ..groups import Group
+from .base import Adapter, Keep
+
+
+class PrunedAttention(nn.Module):
+    """Multi-head self-attention whose q/k width per head differs from its v width.
+
+    One Linear computes q, k and v for all heads (one GEMM instead of three), laid
+    out ``[q of all heads | k of all heads | v of all heads]``. Inference on CPU with
+    unequal widths uses explicit matmul-softmax-matmul (see `forward`); everything
+    else uses scaled dot-product attention, which accepts a value width different
+    from the query/key width.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, scale: float, qkv_bias: bool = True,
+                 proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads, self.qk_dim, self.v_dim, self.scale = num_heads, qk_dim, v_dim, scale
+        self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k ``[B, H, N, d_qk]`` and v ``[B, H, N, d_v]`` for tokens `x` ``[B, N, C]``."""
+        B, N, _ = x.shape
+        H, dqk = self.num_heads, self.qk_dim
+        q, k, v = self.qkv(x).split([H * dqk, H * dqk, H * self.v_dim], dim=-1)
+        return (q.view(B, N, H, dqk).transpose(1, 2), k.view(B, N, H, dqk).transpose(1, 2),
+                v.view(B, N, H, self.v_dim).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.project(x)
+        if self.qk_dim == self.v_dim or q.is_cuda or attn_mask is not None or is_causal or self.training:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
+                                               dropout_p=self.attn_drop if self.training else 0.0)
+        else:
+            # On CPU, SDPA's fused kernel needs equal q/k and v widths; otherwise it falls back
+            # to a generic path with NaN guards that runs ~2x slower than these three ops.
+            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.v_dim)
+        return self.proj_drop(self.proj(x))
+
+
+def _timm_attention_macs(m: Attention, x: torch.Tensor) -> int:
+    B, N, _ = x.shape
+    return B * m.num_heads * N * N * 2 * m.head_dim
+
+
+def _pruned_attention_macs(m: PrunedAttention, x: torch.Tensor) -> int:
+    B, N, _ = x.shape
+    return B * m.num_heads * N * N * (m.qk_dim + m.v_dim)
+
+
+register_attention(Attention, _timm_attention_macs)
+register_attention(PrunedAttention, _pruned_attention_macs)
+
+_TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
+_HEADS = ("head", "head_dist")
+
+
+class VitAdapter(Adapter):
+    family = "vit"
+    covers = "vit (timm VisionTransformer with standard Attention: deit_*, deit3_*, vit_*_patch16_224)"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> bool:
+        return isinstance(model, VisionTransformer)
+
+    @classmethod
+    def check(cls, model: VisionTransformer) -> None:
+        def refuse(feature: str) -> None:
+            raise UnsupportedModelError(f"unsupported ViT feature: {feature}; supported: {cls.covers}")
+
+        if getattr(model, "attn_pool", None) is not None:
+            refuse("attention-pool head (global_pool='map')")
+        if not isinstance(model.patch_embed.proj, nn.Conv2d) or model.patch_embed.proj.groups != 1:
+            refuse("patch embedding that is not a plain Conv2d")
+        for b, blk in enumerate(model.blocks):
+            if type(blk) is not Block:
+                refuse(f"block type {type(blk).__name__} (block {b})")
+            attn, mlp = blk.attn, blk.mlp
+            if isinstance(attn, PrunedAttention):
+                refuse("model is already pruned (prune the original, or rebuild with snp_core.load)")
+            if type(attn) is not Attention:
+                refuse(f"attention type {type(attn).__name__}")
+            if not all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm)) or attn.gate is not None:
+                refuse("qk-norm / scale-norm / gated attention")
+            if type(mlp) is not Mlp or not isinstance(mlp.norm, nn.Identity) or not isinstance(mlp.fc1, nn.Linear):
+                refuse(f"MLP type {type(mlp).__name__} (only timm Mlp with Linear layers)")
+            for norm in (blk.norm1, blk.norm2):
+                if not isinstance(norm, nn.LayerNorm):
+                    refuse(f"norm layer {type(norm).__name__}")
+            for ls in (blk.ls1, blk.ls2):
+                if not isinstance(ls, (LayerScale, nn.Identity)):
+                    refuse(f"layer scale {type(ls).__name__}")
+        for name in ("norm_pre", "norm", "fc_norm"):
+            if not isinstance(getattr(model, name), (nn.LayerNorm, nn.Identity)):
+                refuse(f"{name} of type {type(getattr(model, name)).__name__}")
+
+    # -- description ---------------------------------------------------------
+
+    def groups(self) -> list[Group]:
+        groups = [Group("embed", "embed", self.model.embed_dim)]
+        for b, blk in enumerate(self.model.blocks):
+            heads, head_dim = blk.attn.num_heads, blk.attn.head_dim
+            groups += [Group(f"blocks.{b}.qk", "qk", head_dim, heads), Group(f"blocks.{b}.v", "v", head_dim, heads),
+                       Group(f"blocks.{b}.ffn", "ffn", blk.mlp.fc1.out_features)]
+        return groups
+
+    def _block(self, group: str) -> Block:
+        return self.model.blocks[int(group.split(".")[1])]
+
+    def _qkv_rows(self, group: str) -> torch.Tensor:
+        """qkv weight as [3, H, head_dim, C] (timm's row layout: q, k, v; head-major)."""
+        attn = self._block(group).attn
+        return attn.qkv.weight.detach().reshape(3, attn.num_heads, attn.head_dim, -1)
+
+    def qk_sources(self):
+        def extractor(heads: int, head_dim: int):
+            def qk(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                B, N, _ = out.shape
+                qkv = out.reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+                return qkv[0], qkv[1]
+            return qk
+
+        return [(f"blocks.{b}.qk", blk.attn.qkv, extractor(blk.attn.num_heads, blk.attn.head_dim))
+                for b, blk in enumerate(self.model.blocks)]
+
+    def qk_weights(self, group):
+        rows = self._qkv_rows(group)
+        return rows[0], rows[1]
+
+    def value_weights(self, group):
+        return self._qkv_rows(group)[2]
+
+    def hidden_weights(self, group):
+        return self._block(group).mlp.fc1.weight.detach()
+
+    def channel_producers(self, group):
+        m = self.model
+        producers = [m.patch_embed.proj.weight.detach()]
+        for blk in m.blocks:
+            producers += [blk.attn.proj.weight.detach(), blk.mlp.fc2.weight.detach()]
+        return producers
+
+    def macs(self, widths: dict[str, int]) -> int:
+        m = self.model
+        E = widths["embed"]
+        patches = m.patch_embed.num_patches
+        N = patches + m.num_prefix_tokens
+        proj = m.patch_embed.proj
+        total = patches * proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1] * E
+        for b, blk in enumerate(m.blocks):
+            H = blk.attn.num_heads
+            dqk, dv, hidden = widths[f"blocks.{b}.qk"], widths[f"blocks.{b}.v"], widths[f"blocks.{b}.ffn"]
+            total += N * E * H * (2 * dqk + dv) + H * N * N * (dqk + dv) + N * H * dv * E + 2 * N * E * hidden
+        for name in _HEADS:
+            head = getattr(m, name, None)
+            if isinstance(head, nn.Linear):
+                total += E * head.out_features
+        return total
+
+    # -- surgery -------------------------------------------------------------
+
+    def apply(self, keep: Keep) -> None:
+        m = self.model
+        embed = torch.as_tensor(keep["embed"], dtype=torch.long)
+        surgery.slice_conv_out(m.patch_embed.proj, embed)
+        surgery.slice_norm(m.patch_embed.norm, embed)
+        for name in _TOKENS:
+            if isinstance(getattr(m, name, None), nn.Parameter):
+                setattr(m, name, surgery.slice_last_dim(getattr(m, name), embed))
+        surgery.slice_norm(m.norm_pre, embed)
+        for b, blk in enumerate(m.blocks):
+            surgery.slice_norm(blk.norm1, embed)
+            surgery.slice_norm(blk.norm2, embed)
+            for ls in (blk.ls1, blk.ls2):
+                if isinstance(ls, LayerScale):
+                    ls.gamma = surgery.slice_last_dim(ls.gamma, embed)
+            blk.attn = _pruned_attention(blk.attn, keep[f"blocks.{b}.qk"], keep[f"blocks.{b}.v"], embed)
+            hidden = torch.as_tensor(keep[f"blocks.{b}.ffn"], dtype=torch.long)
+            surgery.slice_linear(blk.mlp.fc1, out_idx=hidden, in_idx=embed)
+            surgery.slice_linear(blk.mlp.fc2, out_idx=embed, in_idx=hidden)
+        surgery.slice_norm(m.norm, embed)
+        surgery.slice_norm(m.fc_norm, embed)
+        for name in _HEADS:
+            head = getattr(m, name, None)
+            if isinstance(head, nn.Linear):
+                surgery.slice_linear(head, in_idx=embed)
+        m.embed_dim = m.num_features = m.head_hidden_size = len(embed)
+
+
+def _head_rows(per_head: list[list[int]], head_dim: int, offset: int = 0) -> torch.Tensor:
+    """Row indices into a head-major projection for the kept neurons of each head."""
+    return torch.tensor([offset + h * head_dim + i for h, kept in enumerate(per_head) for i in kept], dtype=torch.long)
+
+
+def _pruned_attention(attn: Attention, qk: list[list[int]], v: list[list[int]], embed: torch.Tensor) -> PrunedAttention:
+    """A PrunedAttention holding `attn`'s weights for the kept q/k pairs, values and channels."""
+    H, hd = attn.num_heads, attn.head_dim
+    inner = H * hd
+    rows = torch.cat([_head_rows(qk, hd), _head_rows(qk, hd, inner), _head_rows(v, hd, 2 * inner)])
+    new = PrunedAttention(len(embed), H, len(qk[0]), len(v[0]), attn.scale, qkv_bias=attn.qkv.bias is not None,
+                          proj_bias=attn.proj.bias is not None, attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p)
+    surgery.slice_linear(attn.qkv, out_idx=rows, in_idx=embed)
+    surgery.slice_linear(attn.proj, out_idx=embed, in_idx=_head_rows(v, hd))
+    new.qkv, new.proj = attn.qkv, attn.proj
+    return new.to(attn.qkv.weight.dtype)
