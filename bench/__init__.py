@@ -1,0 +1,1 @@
+"""bench: the command line that ties the stages together (``python -m bench --help``)."""

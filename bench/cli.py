@@ -1,0 +1,48 @@
+"""``python -m bench COMMAND``: one sub-command per stage of the pipeline.
+
+Each command lives in its own module exposing ``add_parser(subparsers)`` (which
+sets ``func``) so this file only wires them up. Errors a user can fix (unknown
+model, bad ratio, missing files) are printed as one ``error:`` line with exit
+status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from snp_core.errors import SNPError
+
+from . import compress, inspect_plan
+
+COMMANDS = (compress, inspect_plan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Prune Vision Transformers with SNP and measure how much faster they run on real devices.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return args.func(args) or 0
+    except SNPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
