@@ -1,0 +1,31 @@
+"""Small shared builders for the tests (real timm models, random init)."""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import snp_core
+
+
+def tiny_vit(**overrides) -> VisionTransformer:
+    """A 2-block timm VisionTransformer on 32x32 images: real code path, fast."""
+    cfg = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_ratio=4.0, num_classes=10)
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    return VisionTransformer(**cfg).eval()
+
+
+def randomize_norms(model: torch.nn.Module) -> None:
+    """Non-trivial LayerNorm/LayerScale/bias values so slicing errors cannot hide behind 1s and 0s."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 or name.endswith("gamma") or "token" in name or "pos_embed" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+
+
+def uniform_plan(model, name: str, criterion: str = "l2", **ratios) -> snp_core.Plan:
+    adapter = snp_core.adapter_for(model, name)
+    return snp_core.make_plan(model, name, snp_core.ratios.uniform(adapter.groups(), **ratios),
+                              snp_core.get_criterion(criterion), progress=False)
