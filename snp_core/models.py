@@ -19,7 +19,11 @@ from .errors import PlanError, UnknownModelError
 
 
 def create(name: str, weights: str = "random", **kwargs) -> nn.Module:
-    """A timm model in eval mode: ``weights`` is "random", "pretrained" or a checkpoint path."""
+    """A timm model in eval mode: ``weights`` is "random", "pretrained" or a checkpoint path.
+
+    "random" is timm's initialisation under a fixed seed, so two calls give the same
+    weights (and the exporters the same artifact).
+    """
     if not timm.is_model(name):
         names = timm.list_models()
         close = [n for n in names if n.startswith(name)][:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.6)
@@ -28,7 +32,9 @@ def create(name: str, weights: str = "random", **kwargs) -> nn.Module:
     if weights not in ("random", "pretrained") and not Path(weights).is_file():
         raise PlanError(f"weights {weights!r} is not 'random', 'pretrained' or an existing checkpoint file")
     try:
-        model = timm.create_model(name, pretrained=weights == "pretrained", **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # "random" weights are the same every time: same artifact, same sha256
+            model = timm.create_model(name, pretrained=weights == "pretrained", **kwargs)
     except (OSError, RuntimeError) as exc:
         if weights == "pretrained":
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
