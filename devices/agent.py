@@ -1,0 +1,1828 @@
+"""Device agent: times one model artifact with one runtime and reports the result.
+
+This file is shipped, on its own, to every benchmark device (a Raspberry Pi, a
+Jetson, a Xeon box, a GPU workstation) and run there as
+
+    <python> agent.py            < job.json   > result.json   (logs on stderr)
+    <python> agent.py --probe [--workdir DIR]                  (health check)
+    <python> agent.py --version
+
+It must run on Python >= 3.6 with only the standard library plus the runtime it
+times (onnxruntime, torch or tensorrt, each imported lazily by the backend that
+needs it, so an onnxruntime-only Pi never needs torch).  It never imports
+anything else from this project: the device has nothing but this file.
+Because of Python 3.6 there are no f-strings with "=", no dataclasses, no
+walrus, no ``subprocess.run(capture_output=...)`` and no ``perf_counter_ns``.
+
+Protocol (version 1)
+====================
+
+The job is ONE JSON object on stdin (never on the command line, so nothing
+leaks into ``ps`` and there is no quoting to get wrong).  Fields:
+
+``protocol``    int, required, must be 1.
+``job_id``      str or int, required; echoed back so results can be matched.
+``artifact``    object, required:
+                ``path``    file on the device (absolute, or relative to the cwd);
+                ``sha256``  64 hex digits; checked before use (stage "verify");
+                ``format``  "onnx" | "torchscript" | "pt2".
+``runtime``     "onnxruntime" (format onnx) | "torch" (torchscript or pt2)
+                | "tensorrt" (format onnx: the engine is built ON the device).
+``options``     object, optional, runtime specific:
+                onnxruntime: ``threads`` (intra-op threads), ``providers``
+                  (list of names, or of [name, {provider options}]) or
+                  ``execution_provider`` (one name), ``graph_optimization``
+                  ("all" default | "extended" | "basic" | "disable");
+                torch: ``threads``, ``interop_threads``, ``device``
+                  ("cpu" default | "cuda" | "cuda:N");
+                tensorrt: ``precision`` ("fp32" default | "fp16"),
+                  ``device`` ("cuda" | "cuda:N"), ``workspace_mb`` (1024).
+                Unknown option names are reported as warnings, not errors.
+``input``       object, required: ``shape`` (list of positive ints, batch first)
+                and ``dtype`` ("float32" default | "float16").  The input is
+                random normal data from a fixed seed.
+``warmup``      object, optional: ``iterations`` (default 200) and ``seconds``
+                (default 0).  Warm-up runs until BOTH are reached.
+``measure``     object, optional: ``iterations`` (default 1000), ``min_seconds``
+                (default 10), ``max_iterations`` (default 100000),
+                ``max_seconds`` (default none).  Measurement runs until BOTH
+                ``iterations`` and ``min_seconds`` are reached (the SNP paper
+                times ">= 1000 iterations or >= 10 s"; we take the stricter
+                reading so fast and slow devices both get a stable figure),
+                but stops early at ``max_iterations`` (bounds the record size
+                for very fast models), at ``max_seconds``, or when the job
+                timeout is near; stopping early is a warning, not an error.
+``timeout_s``   number, optional (default 3600): wall-clock budget of the whole
+                job, lock wait included, counted from the agent's start.  The
+                agent stops measuring with a reserve left to report.  A
+                transport should kill the agent a little later than this
+                (Python start-up and imports are not counted here).
+``workdir``     str, required: the device's working folder.  The device lock
+                is ``<workdir>/agent.lock`` and TensorRT engines are cached in
+                ``<workdir>/engines/``.  Every client of one device must use the
+                same workdir, otherwise the lock does not protect anything.
+
+The result is ONE JSON object on stdout.  The agent redirects file descriptor 1
+to stderr while it works, so a runtime that prints on stdout (TensorRT, C++
+loggers) cannot corrupt the document.  Fields:
+
+``protocol``, ``agent_version``, ``job_id``, ``status`` ("ok" | "error"),
+``runtime``, ``format``, ``artifact_sha256``, ``settings`` (the job with
+defaults filled in), ``backend`` (runtime-specific facts: for onnxruntime
+``providers`` actually active, ``requested_providers``, ``available_providers``,
+``provider_fallback``; for torch ``device`` and thread counts; for tensorrt
+``precision``, ``api`` ("v2" bindings / "v3" named tensors), ``engine``
+cache facts), ``providers`` and ``provider_fallback`` (copied to the top for
+onnxruntime, null otherwise), ``timer`` ("perf_counter" on the host for
+synchronous CPU runs, "cuda_events" for GPU runs), ``samples_ns`` (every
+measured iteration, integer nanoseconds), ``stats`` (``n``, ``min_ns``,
+``max_ns``, ``median_ns``, ``mean_ns``, ``p90_ns``, ``p99_ns``, ``std_ns`` (sample
+standard deviation, n-1), ``cv`` = std/mean; percentiles interpolate linearly
+between order statistics like numpy's default), ``warmup`` and ``measure``
+(iterations done, seconds, why measurement stopped), ``timings_s`` (phase
+durations: lock_wait, verify, load, build, warmup, measure, total), ``env``
+(see ``capture_env``), ``started_utc`` / ``finished_utc`` (ISO 8601),
+``warnings`` (list of strings) and ``error`` (null, or ``stage``, ``type``,
+``message``, ``traceback`` tail).  Error stages: "parse", "lock", "verify",
+"load", "build", "warmup", "measure".  The exit code is 0 whenever a result
+document was written, even for a failed job.
+
+Order of work: parse -> lock -> verify -> load/build -> warm-up -> measure.
+Everything that loads the CPU (hashing a 300 MB artifact on a Pi, importing
+torch, building a TensorRT engine) happens under the lock so that it cannot
+disturb another agent's timing on the same device.
+
+GPU timings use CUDA events recorded on the stream around each iteration and
+an event synchronize, never the host time of an asynchronous call.  TensorRT
+and torch CUDA keep input and output on the device: the time is the model, not
+host<->device copies.  onnxruntime with the CUDA or TensorRT execution provider
+uses IO binding with device-resident tensors when it can (the run is
+synchronous there, so host time is valid), else plain ``session.run``.
+
+TensorRT buffers come from pycuda when it is installed, else from torch CUDA
+tensors (torch's allocator, streams and events); one of the two is needed.
+"""
+
+import argparse
+import fcntl
+import glob
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+
+AGENT_VERSION = "1.0.0"
+PROTOCOL = 1
+
+RUNTIME_FORMATS = {
+    "onnxruntime": ("onnx",),
+    "torch": ("torchscript", "pt2"),
+    "tensorrt": ("onnx",),
+}
+RUNTIME_OPTIONS = {
+    "onnxruntime": ("threads", "providers", "execution_provider", "graph_optimization"),
+    "torch": ("threads", "interop_threads", "device"),
+    "tensorrt": ("precision", "device", "workspace_mb"),
+}
+DTYPES = ("float32", "float16")
+DEFAULT_WARMUP = {"iterations": 200, "seconds": 0.0}
+DEFAULT_MEASURE = {"iterations": 1000, "min_seconds": 10.0, "max_iterations": 100000, "max_seconds": None}
+DEFAULT_TIMEOUT_S = 3600.0
+CV_WARNING = 0.1
+PROBE_TIMEOUT_S = 5.0
+TRACEBACK_TAIL_CHARS = 4000
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def log(message):
+    """Log one line to stderr; stdout is reserved for the result document."""
+    sys.stderr.write("[agent %s] %s\n" % (time.strftime("%H:%M:%S"), message))
+    sys.stderr.flush()
+
+
+def utc_now():
+    """Current UTC time as an ISO 8601 string (what records store)."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+class AgentError(Exception):
+    """A failure with a known stage and a message meant for the user."""
+
+    def __init__(self, stage, message):
+        Exception.__init__(self, message)
+        self.stage = stage
+
+
+class JobError(AgentError):
+    """The job document is malformed; the message names the offending field."""
+
+    def __init__(self, message):
+        AgentError.__init__(self, "parse", message)
+
+
+class Terminated(Exception):
+    """Raised by the SIGTERM handler so a terminated agent still reports."""
+
+
+class Progress(object):
+    """Which stage the agent is in, so an unexpected exception can be blamed on it."""
+
+    def __init__(self):
+        self.stage = "parse"
+
+
+# --------------------------------------------------------------------------
+# Job parsing
+# --------------------------------------------------------------------------
+
+_REQUIRED = object()
+
+
+def _type_names(kinds):
+    names = {int: "integer", float: "number", str: "string", list: "list", dict: "object", bool: "boolean"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _field(obj, key, where, kinds, default=_REQUIRED):
+    """Return obj[key] checked against `kinds`, or `default` when absent.
+
+    Raises JobError naming ``where.key`` so a bad job says exactly what is wrong.
+    A bool is never accepted as a number (JSON true is not 1 iterations).
+    """
+    if key not in obj or obj[key] is None:
+        if default is _REQUIRED:
+            raise JobError("job field %s.%s is missing" % (where, key))
+        return default
+    value = obj[key]
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise JobError("job field %s.%s must be %s, got %s %r"
+                       % (where, key, _type_names(kinds), type(value).__name__, value))
+    return value
+
+
+def _non_negative(value, name):
+    if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+        raise JobError("job field %s must be a finite number >= 0, got %r" % (name, value))
+    return value
+
+
+def parse_job(text):
+    """Parse and validate the job JSON; return a normalised dict with defaults filled in."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise JobError("job is not valid JSON: %s" % exc)
+    if not isinstance(raw, dict):
+        raise JobError("job must be a JSON object, got %s" % type(raw).__name__)
+
+    protocol = _field(raw, "protocol", "job", (int,))
+    if protocol != PROTOCOL:
+        raise JobError("job field job.protocol: this agent speaks protocol %d, got %r" % (PROTOCOL, protocol))
+    job = {"protocol": protocol, "job_id": _field(raw, "job_id", "job", (str, int))}
+
+    artifact = _field(raw, "artifact", "job", (dict,))
+    path = _field(artifact, "path", "job.artifact", (str,))
+    sha = _field(artifact, "sha256", "job.artifact", (str,)).lower()
+    if not re.match(r"^[0-9a-f]{64}$", sha):
+        raise JobError("job field job.artifact.sha256 must be 64 hex digits, got %r" % sha)
+    fmt = _field(artifact, "format", "job.artifact", (str,))
+    all_formats = sorted(set(f for fs in RUNTIME_FORMATS.values() for f in fs))
+    if fmt not in all_formats:
+        raise JobError("job field job.artifact.format must be one of %s, got %r" % (all_formats, fmt))
+    job["artifact"] = {"path": path, "sha256": sha, "format": fmt}
+
+    runtime = _field(raw, "runtime", "job", (str,))
+    if runtime not in RUNTIME_FORMATS:
+        raise JobError("job field job.runtime must be one of %s, got %r" % (sorted(RUNTIME_FORMATS), runtime))
+    if fmt not in RUNTIME_FORMATS[runtime]:
+        raise JobError("job field job.artifact.format %r cannot run with runtime %r (it takes %s)"
+                       % (fmt, runtime, ", ".join(RUNTIME_FORMATS[runtime])))
+    job["runtime"] = runtime
+    job["options"] = _parse_options(runtime, _field(raw, "options", "job", (dict,), {}))
+
+    inp = _field(raw, "input", "job", (dict,))
+    shape = _field(inp, "shape", "job.input", (list,))
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise JobError("job field job.input.shape must be a non-empty list of positive integers, got %r" % (shape,))
+    dtype = _field(inp, "dtype", "job.input", (str,), "float32")
+    if dtype not in DTYPES:
+        raise JobError("job field job.input.dtype must be one of %s, got %r" % (list(DTYPES), dtype))
+    job["input"] = {"shape": list(shape), "dtype": dtype}
+
+    warm = _field(raw, "warmup", "job", (dict,), {})
+    job["warmup"] = {
+        "iterations": _non_negative(_field(warm, "iterations", "job.warmup", (int,), DEFAULT_WARMUP["iterations"]),
+                                    "job.warmup.iterations"),
+        "seconds": float(_non_negative(_field(warm, "seconds", "job.warmup", (int, float), DEFAULT_WARMUP["seconds"]),
+                                       "job.warmup.seconds")),
+    }
+    meas = _field(raw, "measure", "job", (dict,), {})
+    measure = {}
+    measure["iterations"] = _non_negative(
+        _field(meas, "iterations", "job.measure", (int,), DEFAULT_MEASURE["iterations"]), "job.measure.iterations")
+    measure["min_seconds"] = float(_non_negative(
+        _field(meas, "min_seconds", "job.measure", (int, float), DEFAULT_MEASURE["min_seconds"]),
+        "job.measure.min_seconds"))
+    measure["max_iterations"] = _field(meas, "max_iterations", "job.measure", (int,),
+                                       max(DEFAULT_MEASURE["max_iterations"], measure["iterations"]))
+    if measure["max_iterations"] < 1:
+        raise JobError("job field job.measure.max_iterations must be >= 1, got %r" % measure["max_iterations"])
+    max_seconds = _field(meas, "max_seconds", "job.measure", (int, float), None)
+    if max_seconds is not None:
+        max_seconds = float(_non_negative(max_seconds, "job.measure.max_seconds"))
+    measure["max_seconds"] = max_seconds
+    if measure["iterations"] < 1 and measure["min_seconds"] <= 0:
+        raise JobError("job field job.measure: iterations and min_seconds are both 0, nothing would be measured")
+    job["measure"] = measure
+
+    timeout = float(_field(raw, "timeout_s", "job", (int, float), DEFAULT_TIMEOUT_S))
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise JobError("job field job.timeout_s must be a positive number, got %r" % raw.get("timeout_s"))
+    job["timeout_s"] = timeout
+    job["workdir"] = os.path.expanduser(_field(raw, "workdir", "job", (str,)))
+    return job
+
+
+def _parse_options(runtime, options):
+    """Validate the runtime options; unknown names are kept aside as warnings."""
+    known = RUNTIME_OPTIONS[runtime]
+    out = {"unknown": sorted(k for k in options if k not in known)}
+    where = "job.options"
+    threads = _field(options, "threads", where, (int,), None) if "threads" in known else None
+    if threads is not None and threads < 1:
+        raise JobError("job field job.options.threads must be >= 1, got %r" % threads)
+    out["threads"] = threads
+
+    if runtime == "onnxruntime":
+        providers = _field(options, "providers", where, (list, str), None)
+        single = _field(options, "execution_provider", where, (str,), None)
+        if providers is not None and single is not None:
+            raise JobError("job fields job.options.providers and job.options.execution_provider are exclusive")
+        if providers is None:
+            providers = [single] if single is not None else ["CPUExecutionProvider"]
+        elif isinstance(providers, str):
+            providers = [providers]
+        checked = []
+        for i, entry in enumerate(providers):
+            if isinstance(entry, str):
+                checked.append([entry, None])
+            elif (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                  and isinstance(entry[1], dict)):
+                checked.append([entry[0], dict(entry[1])])
+            else:
+                raise JobError("job field job.options.providers[%d] must be a name or [name, {options}], got %r"
+                               % (i, entry))
+        if not checked:
+            raise JobError("job field job.options.providers is an empty list")
+        out["providers"] = checked
+        level = _field(options, "graph_optimization", where, (str,), "all")
+        if level not in ("all", "extended", "basic", "disable"):
+            raise JobError("job field job.options.graph_optimization must be all|extended|basic|disable, got %r"
+                           % level)
+        out["graph_optimization"] = level
+
+    elif runtime == "torch":
+        interop = _field(options, "interop_threads", where, (int,), None)
+        if interop is not None and interop < 1:
+            raise JobError("job field job.options.interop_threads must be >= 1, got %r" % interop)
+        out["interop_threads"] = interop
+        out["device"] = _parse_device(_field(options, "device", where, (str,), "cpu"), allow_cpu=True)
+
+    elif runtime == "tensorrt":
+        precision = _field(options, "precision", where, (str,), "fp32")
+        if precision not in ("fp32", "fp16"):
+            raise JobError("job field job.options.precision must be fp32 or fp16, got %r" % precision)
+        out["precision"] = precision
+        out["device"] = _parse_device(_field(options, "device", where, (str,), "cuda:0"), allow_cpu=False)
+        workspace = _field(options, "workspace_mb", where, (int,), 1024)
+        if workspace < 1:
+            raise JobError("job field job.options.workspace_mb must be >= 1, got %r" % workspace)
+        out["workspace_mb"] = workspace
+    return out
+
+
+def _parse_device(text, allow_cpu):
+    """Normalise "cpu" / "cuda" / "cuda:N" to "cpu" or "cuda:N"."""
+    if text == "cpu" and allow_cpu:
+        return "cpu"
+    m = re.match(r"^cuda(?::(\d+))?$", text)
+    if not m:
+        allowed = "cpu, cuda or cuda:N" if allow_cpu else "cuda or cuda:N"
+        raise JobError("job field job.options.device must be %s, got %r" % (allowed, text))
+    return "cuda:%d" % int(m.group(1) or 0)
+
+
+def device_index(device):
+    """"cuda:3" -> 3."""
+    return int(device.split(":", 1)[1])
+
+
+# --------------------------------------------------------------------------
+# Deadline, lock and verification
+# --------------------------------------------------------------------------
+
+class Deadline(object):
+    """The job's wall-clock budget, with a reserve kept for reporting.
+
+    ``work_left()`` is what the lock wait, warm-up and measurement may still use;
+    the reserve (10 % of the timeout, at most 10 s) pays for the closing
+    environment probes and writing the result, so the agent answers before a
+    transport that uses the same timeout gives up on it.
+    """
+
+    def __init__(self, timeout_s):
+        self.timeout_s = timeout_s
+        self.start = time.monotonic()
+        self.end = self.start + timeout_s
+        self.reserve = min(10.0, 0.1 * timeout_s)
+
+    def remaining(self):
+        return self.end - time.monotonic()
+
+    def work_left(self):
+        return self.remaining() - self.reserve
+
+
+class DeviceLock(object):
+    """Exclusive ``flock`` on ``<workdir>/agent.lock``: one timing at a time per device.
+
+    The kernel drops the lock when the holder dies, so a killed agent never
+    leaves a stale lock.  The holder writes its pid and job id into the file,
+    only so that a waiting agent can say who is in the way.
+    """
+
+    def __init__(self, workdir, deadline, job_id):
+        self.path = os.path.join(workdir, "agent.lock")
+        self.deadline = deadline
+        self.job_id = job_id
+        self.fd = None
+        self.waited_s = 0.0
+
+    def __enter__(self):
+        if not os.path.isdir(os.path.dirname(self.path)):
+            os.makedirs(os.path.dirname(self.path))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        t0 = time.monotonic()
+        logged = False
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except (IOError, OSError):
+                    if self.deadline.work_left() <= 0:
+                        raise AgentError("lock", "device busy: %s is held by %s; gave up after %.1f s (job timeout)"
+                                         % (self.path, read_lock_holder(self.path) or "another agent",
+                                            time.monotonic() - t0))
+                    if not logged:
+                        log("waiting for the device lock %s (held by %s)"
+                            % (self.path, read_lock_holder(self.path) or "another agent"))
+                        logged = True
+                    time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.waited_s = time.monotonic() - t0
+        holder = json.dumps({"pid": os.getpid(), "job_id": self.job_id, "since_utc": utc_now()})
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, holder.encode("utf-8"))
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+        return False
+
+
+def read_lock_holder(path):
+    """Text describing who holds the lock file (best effort, may be stale)."""
+    try:
+        with open(path) as f:
+            text = f.read(400).strip()
+        info = json.loads(text)
+        return "pid %s (job %s, since %s)" % (info.get("pid"), info.get("job_id"), info.get("since_utc"))
+    except Exception:
+        return None
+
+
+def lock_is_held(workdir):
+    """True when another process holds ``<workdir>/agent.lock`` right now."""
+    path = os.path.join(workdir, "agent.lock")
+    if not os.path.exists(path):
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except (IOError, OSError):
+        return True
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex sha256 of a file, read in 1 MiB chunks (artifacts can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_artifact(path, expected):
+    if not os.path.isfile(path):
+        raise AgentError("verify", "artifact not found on the device: %s" % path)
+    actual = sha256_file(path)
+    if actual != expected:
+        raise AgentError("verify", "sha256 mismatch for %s: expected %s, file has %s" % (path, expected, actual))
+
+
+# --------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------
+
+def percentile(sorted_values, q):
+    """Percentile q (0..100) with linear interpolation between order statistics.
+
+    Same definition as numpy's default ("linear"), so records can be checked
+    with numpy; the 50th percentile equals the median.
+    """
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    pos = (n - 1) * (q / 100.0)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+
+
+def summarize(samples_ns):
+    """Summary statistics of the latency samples (all values in ns except n and cv)."""
+    n = len(samples_ns)
+    if n == 0:
+        return {"n": 0, "min_ns": None, "max_ns": None, "median_ns": None, "mean_ns": None,
+                "p90_ns": None, "p99_ns": None, "std_ns": None, "cv": None}
+    s = sorted(samples_ns)
+    mean = math.fsum(s) / n
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in s) / (n - 1)) if n > 1 else 0.0
+    return {
+        "n": n,
+        "min_ns": s[0],
+        "max_ns": s[-1],
+        "median_ns": percentile(s, 50),
+        "mean_ns": mean,
+        "p90_ns": percentile(s, 90),
+        "p99_ns": percentile(s, 99),
+        "std_ns": std,
+        "cv": (std / mean) if mean > 0 else None,
+    }
+
+
+# --------------------------------------------------------------------------
+# Environment capture (every probe is best effort and never raises)
+# --------------------------------------------------------------------------
+
+_EXTRA_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/opt/vc/bin", "/usr/local/bin")
+
+
+def _which(name):
+    """shutil.which plus the sbin and Pi firmware folders a non-login SSH PATH lacks."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in _EXTRA_BIN_DIRS:
+        candidate = os.path.join(d, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def run_cmd(argv, timeout=PROBE_TIMEOUT_S):
+    """Stdout of a short command, or None if it is missing, fails or hangs."""
+    exe = _which(argv[0])
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe] + list(argv[1:]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip()
+
+
+def read_text(path, limit=65536):
+    """Stripped file content (NULs removed: device-tree strings end in one), or None."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+        return data.replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    except (OSError, IOError):
+        return None
+
+
+def read_int(path):
+    text = read_text(path, 64)
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _safe(fn, *args):
+    """Call a probe; a probe that raises gives None (environment capture never fails a job)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # pragma: no cover - defensive
+        log("probe %s failed: %s" % (getattr(fn, "__name__", fn), exc))
+        return None
+
+
+def cpu_info():
+    """CPU model from /proc/cpuinfo (x86 "model name", ARM "Model"/"Hardware"), cores."""
+    fields = {}
+    text = read_text("/proc/cpuinfo", 1 << 20) or ""
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key in ("model name", "Model", "Hardware", "Revision", "CPU part", "CPU implementer",
+                   "Processor") and key not in fields and value:
+            fields[key] = value
+    board = read_text("/proc/device-tree/model") or read_text("/sys/firmware/devicetree/base/model")
+    model = fields.get("model name") or fields.get("Processor") or platform.processor() or None
+    info = {
+        "model": model,
+        "board_model": fields.get("Model") or board,  # Raspberry Pi / Jetson board name
+        "hardware": fields.get("Hardware"),
+        "cpuinfo": fields,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": None,
+        "machine": platform.machine(),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            info["usable_cores"] = len(os.sched_getaffinity(0))
+        except OSError:
+            pass
+    return info
+
+
+def os_info():
+    info = {"system": platform.system(), "release": platform.release(), "platform": platform.platform(),
+            "pretty_name": None}
+    text = read_text("/etc/os-release") or ""
+    for line in text.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            info["pretty_name"] = line.split("=", 1)[1].strip().strip('"')
+    tegra = read_text("/etc/nv_tegra_release")
+    if tegra:
+        info["jetson_l4t"] = tegra.splitlines()[0]
+    return info
+
+
+def python_info():
+    return {"version": platform.python_version(), "implementation": platform.python_implementation(),
+            "executable": sys.executable}
+
+
+_RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "pycuda", "numpy")
+
+
+def installed_versions():
+    """Versions of the runtimes installed, read from dist-info / egg-info names.
+
+    Reading folder names is fast and imports nothing (importing torch on a Pi
+    takes seconds and memory); importlib.metadata is Python >= 3.8 only.  A
+    module already imported reports its own ``__version__`` instead.
+    """
+    pattern = re.compile(r"^(?P<name>[A-Za-z0-9_.]+?)-(?P<version>[0-9][^-]*?)(?:-py[0-9.]+)?\.(?:dist|egg)-info$")
+    found = {}
+    for entry in sys.path:
+        if not entry or not os.path.isdir(entry):
+            continue
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            continue
+        for name in names:
+            m = pattern.match(name)
+            if not m:
+                continue
+            dist = m.group("name").lower().replace("-", "_")
+            if any(dist == r or dist.startswith(r + "_") for r in _RUNTIME_DISTS):
+                found.setdefault(dist, m.group("version"))
+    for module in ("onnxruntime", "torch", "tensorrt", "numpy"):
+        mod = sys.modules.get(module)
+        if mod is not None and getattr(mod, "__version__", None):
+            found[module] = str(mod.__version__)
+    return found
+
+
+def thermal_zones():
+    """{zone type: degrees C} from /sys/class/thermal (millidegrees in sysfs)."""
+    temps = {}
+    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+        value = read_int(os.path.join(zone, "temp"))
+        if value is None:
+            continue
+        name = read_text(os.path.join(zone, "type")) or os.path.basename(zone)
+        if name in temps:
+            name = "%s(%s)" % (name, os.path.basename(zone))
+        temps[name] = value / 1000.0 if abs(value) > 200 else float(value)
+    return temps
+
+
+def cpufreq():
+    """Governor and clocks (kHz) per CPU from sysfs; absent in most containers and VMs."""
+    cpus = {}
+    paths = glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq")
+    for path in sorted(paths, key=lambda p: int(re.findall(r"cpu(\d+)", p)[-1])):
+        cpu = path.split("/")[-2]
+        cpus[cpu] = {
+            "governor": read_text(os.path.join(path, "scaling_governor")),
+            "cur_khz": read_int(os.path.join(path, "scaling_cur_freq")),
+            "min_khz": read_int(os.path.join(path, "scaling_min_freq")),
+            "max_khz": read_int(os.path.join(path, "scaling_max_freq")),
+            "hw_max_khz": read_int(os.path.join(path, "cpuinfo_max_freq")),
+        }
+    governors = sorted(set(c["governor"] for c in cpus.values() if c["governor"]))
+    return {"governors": governors, "cpus": cpus}
+
+
+def devfreq():
+    """Clocks of devfreq devices (the Jetson GPU is one) in Hz."""
+    out = {}
+    for path in sorted(glob.glob("/sys/class/devfreq/*")):
+        out[os.path.basename(path)] = {
+            "governor": read_text(os.path.join(path, "governor")),
+            "cur_hz": read_int(os.path.join(path, "cur_freq")),
+            "max_hz": read_int(os.path.join(path, "max_freq")),
+        }
+    return out
+
+
+# Bits of the Raspberry Pi `vcgencmd get_throttled` word.
+_PI_THROTTLE_BITS = {
+    0: "under_voltage_now", 1: "arm_freq_capped_now", 2: "throttled_now", 3: "soft_temp_limit_now",
+    16: "under_voltage_occurred", 17: "arm_freq_capped_occurred", 18: "throttled_occurred",
+    19: "soft_temp_limit_occurred",
+}
+
+
+def decode_pi_throttled(text):
+    """'throttled=0x50005' -> {"raw": "0x50005", "value": ..., "flags": [...]}; None if unparsable."""
+    m = re.search(r"throttled=(0x[0-9a-fA-F]+)", text or "")
+    if not m:
+        return None
+    value = int(m.group(1), 16)
+    flags = [name for bit, name in sorted(_PI_THROTTLE_BITS.items()) if value & (1 << bit)]
+    return {"raw": m.group(1), "value": value, "flags": flags}
+
+
+def pi_throttled():
+    return decode_pi_throttled(run_cmd(["vcgencmd", "get_throttled"]))
+
+
+def jetson_nvpmodel():
+    """Jetson power mode from `nvpmodel -q` ("NV Power Mode: MAXN" then the id)."""
+    text = run_cmd(["nvpmodel", "-q"])
+    if not text:
+        return None
+    mode = None
+    for line in text.splitlines():
+        if "Power Mode" in line and ":" in line:
+            mode = line.split(":", 1)[1].strip()
+    return {"mode": mode, "raw": text[-400:]}
+
+
+_SMI_FIELDS = ("index", "name", "driver_version", "memory.total", "pstate", "clocks.sm", "clocks.max.sm",
+               "clocks.mem", "temperature.gpu", "power.draw", "power.limit")
+
+
+def nvidia_smi():
+    """One dict per GPU from nvidia-smi (absent on a Jetson and on CPU boxes)."""
+    text = run_cmd(["nvidia-smi", "--query-gpu=" + ",".join(_SMI_FIELDS), "--format=csv,noheader,nounits"])
+    if not text:
+        return None
+    gpus = []
+    for line in text.splitlines():
+        values = [v.strip() for v in line.split(",")]
+        if len(values) == len(_SMI_FIELDS):
+            gpus.append(dict(zip(_SMI_FIELDS, values)))
+    return gpus or None
+
+
+def snapshot():
+    """Things that change while timing: temperatures, clocks, throttling, load."""
+    snap = {"utc": utc_now()}
+    snap["temperatures_c"] = _safe(thermal_zones)
+    snap["cpufreq"] = _safe(cpufreq)
+    snap["devfreq"] = _safe(devfreq)
+    snap["pi_throttled"] = _safe(pi_throttled)
+    snap["jetson_nvpmodel"] = _safe(jetson_nvpmodel)
+    snap["nvidia_smi"] = _safe(nvidia_smi)
+    try:
+        snap["loadavg"] = list(os.getloadavg())
+    except (OSError, AttributeError):
+        snap["loadavg"] = None
+    meminfo = read_text("/proc/meminfo") or ""
+    m = re.search(r"MemAvailable:\s+(\d+)", meminfo)
+    snap["mem_available_kb"] = int(m.group(1)) if m else None
+    return snap
+
+
+def capture_env(gpu_extra=None):
+    """The static environment: host, CPU, OS, Python, runtime versions, GPU.
+
+    ``gpu_extra`` is what the running backend knows about its GPU (torch or
+    pycuda device name); it completes nvidia-smi, which a Jetson lacks.
+    """
+    env = {
+        "hostname": _safe(socket.gethostname),
+        "cpu": _safe(cpu_info),
+        "os": _safe(os_info),
+        "python": _safe(python_info),
+        "runtimes": _safe(installed_versions),
+    }
+    gpu = {"name": None, "driver": None}
+    driver_file = read_text("/proc/driver/nvidia/version")
+    if driver_file:
+        m = re.search(r"Kernel Module\s+([0-9.]+)", driver_file)
+        gpu["driver"] = m.group(1) if m else driver_file.splitlines()[0]
+    if gpu_extra:
+        gpu.update(dict((k, v) for k, v in gpu_extra.items() if v is not None))
+    env["gpu"] = gpu
+    return env
+
+
+def _fill_gpu_from_smi(env, snap):
+    """Name and driver from the first nvidia-smi row when the backend did not say."""
+    rows = (snap or {}).get("nvidia_smi") or []
+    if rows and env.get("gpu") is not None:
+        env["gpu"].setdefault("name", None)
+        if env["gpu"].get("name") is None:
+            env["gpu"]["name"] = rows[0].get("name")
+        if env["gpu"].get("driver") is None:
+            env["gpu"]["driver"] = rows[0].get("driver_version")
+
+
+def environment_warnings(before, after):
+    """Warnings a reader of the record should see: throttling, non-performance governor."""
+    warnings = []
+    b = (before or {}).get("pi_throttled") or {}
+    a = (after or {}).get("pi_throttled") or {}
+    if a:
+        now = [f for f in a.get("flags", []) if f.endswith("_now")]
+        new = [f for f in a.get("flags", []) if f.endswith("_occurred") and f not in b.get("flags", [])]
+        if now or new:
+            warnings.append("throttling seen (vcgencmd get_throttled %s): %s" % (a.get("raw"), ", ".join(now + new)))
+    governors = ((after or {}).get("cpufreq") or {}).get("governors") or []
+    if governors and governors != ["performance"]:
+        warnings.append("cpufreq governor is %s, not 'performance': clocks may vary while timing"
+                        % "/".join(governors))
+    return warnings
+
+
+# --------------------------------------------------------------------------
+# Backends: load once, then one timed iteration per call
+# --------------------------------------------------------------------------
+
+class _NullContext(object):
+    """contextlib.nullcontext is Python 3.7+."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class Backend(object):
+    """One runtime.  ``load`` prepares everything; ``timed_run_ns`` runs one
+    iteration and returns its latency; ``info`` is merged into the result."""
+
+    timer = "perf_counter"
+
+    def __init__(self, job, warnings):
+        self.job = job
+        self.options = job["options"]
+        self.warnings = warnings
+        self.build_s = 0.0
+
+    def load(self, progress):
+        raise NotImplementedError
+
+    def run_once(self):
+        raise NotImplementedError
+
+    def timed_run_ns(self):
+        """Host time of one synchronous run (CPU backends override nothing)."""
+        t0 = time.perf_counter()
+        self.run_once()
+        return int(round((time.perf_counter() - t0) * 1e9))
+
+    def running(self):
+        """Context held around warm-up and measurement (torch: inference_mode)."""
+        return _NullContext()
+
+    def info(self):
+        return {}
+
+    def gpu_info(self):
+        return None
+
+    def close(self):
+        pass
+
+
+def _numpy_dtype(np, name):
+    return {"float32": np.float32, "float16": np.float16}[name]
+
+
+class OnnxRuntimeBackend(Backend):
+    """onnxruntime InferenceSession; CPU, or CUDA / TensorRT execution providers."""
+
+    def load(self, progress):
+        import numpy as np
+        import onnxruntime as ort
+
+        opts = self.options
+        so = ort.SessionOptions()
+        levels = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                  "disable": "ORT_DISABLE_ALL"}
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[opts["graph_optimization"]])
+        if opts["threads"] is not None:
+            so.intra_op_num_threads = opts["threads"]
+
+        available = list(ort.get_available_providers())
+        requested = [name for name, _ in opts["providers"]]
+        providers = []
+        for name, popts in opts["providers"]:
+            if name not in available:
+                # Older onnxruntime raises on an unknown provider, newer ones warn
+                # and drop it; drop it ourselves so every version behaves alike.
+                continue
+            if name == "TensorrtExecutionProvider" and popts is None:
+                # Cache the EP's engines next to ours; without it each job rebuilds.
+                popts = {"trt_engine_cache_enable": "True",
+                         "trt_engine_cache_path": os.path.join(self.job["workdir"], "engines", "ort-trt")}
+                if not os.path.isdir(popts["trt_engine_cache_path"]):
+                    os.makedirs(popts["trt_engine_cache_path"])
+            providers.append((name, popts) if popts else name)
+        if not any((p if isinstance(p, str) else p[0]) == "CPUExecutionProvider" for p in providers):
+            providers.append("CPUExecutionProvider")
+
+        self.session = ort.InferenceSession(self.job["artifact"]["path"], sess_options=so, providers=providers)
+        self.active = list(self.session.get_providers())
+        missing = [name for name in requested if name not in self.active]
+        self.requested = requested
+        self.available = available
+        self.fallback = bool(missing)
+        if missing:
+            self.warnings.append("provider fallback: requested %s but onnxruntime runs with %s (available here: %s)"
+                                 % (", ".join(missing), ", ".join(self.active), ", ".join(available)))
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise AgentError("load", "the model has %d inputs (%s); the agent feeds exactly one"
+                             % (len(inputs), ", ".join(i.name for i in inputs)))
+        self.input_name = inputs[0].name
+        shape = self.job["input"]["shape"]
+        rng = np.random.RandomState(0)
+        self.x = rng.standard_normal(shape).astype(_numpy_dtype(np, self.job["input"]["dtype"]))
+        self.feed = {self.input_name: self.x}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+        self.io_binding = None
+        if self.active and self.active[0] in GPU_PROVIDERS:
+            self._bind_on_device(ort)
+
+    def _bind_on_device(self, ort):
+        """Keep input and outputs on the GPU so the time is the model, not copies."""
+        try:
+            device_id = 0
+            for name, popts in self.options["providers"]:
+                if name == self.active[0] and popts and "device_id" in popts:
+                    device_id = int(popts["device_id"])
+            binding = self.session.io_binding()
+            x_dev = ort.OrtValue.ortvalue_from_numpy(self.x, "cuda", device_id)
+            binding.bind_ortvalue_input(self.input_name, x_dev)
+            for name in self.output_names:
+                binding.bind_output(name, "cuda", device_id)
+            self.session.run_with_iobinding(binding)  # fails here rather than in warm-up
+            self._x_dev = x_dev
+            self.io_binding = binding
+        except Exception as exc:
+            self.warnings.append("onnxruntime IO binding on the GPU failed (%s); timing session.run with host "
+                                 "copies included" % exc)
+            self.io_binding = None
+
+    def run_once(self):
+        if self.io_binding is not None:
+            self.session.run_with_iobinding(self.io_binding)  # synchronous unless told otherwise
+        else:
+            self.session.run(None, self.feed)
+
+    def info(self):
+        return {"providers": self.active, "requested_providers": self.requested,
+                "available_providers": self.available, "provider_fallback": self.fallback,
+                "io_binding": self.io_binding is not None, "threads": self.options["threads"],
+                "graph_optimization": self.options["graph_optimization"], "input_name": self.input_name}
+
+
+class TorchBackend(Backend):
+    """TorchScript (torch.jit.load) or torch.export (.pt2) programs on CPU or CUDA."""
+
+    def load(self, progress):
+        import torch
+        self.torch = torch
+        opts = self.options
+        self.device = opts["device"]
+        if opts["threads"] is not None:
+            torch.set_num_threads(opts["threads"])
+        if opts["interop_threads"] is not None:
+            try:
+                torch.set_num_interop_threads(opts["interop_threads"])
+            except RuntimeError as exc:  # only allowed before any parallel work
+                self.warnings.append("torch.set_num_interop_threads failed: %s" % exc)
+        if self.device != "cpu":
+            if not torch.cuda.is_available():
+                raise AgentError("load", "device %s asked but torch.cuda.is_available() is False (torch %s, CUDA %s)"
+                                 % (self.device, torch.__version__, getattr(torch.version, "cuda", None)))
+            torch.cuda.set_device(device_index(self.device))
+            self.timer = "cuda_events"
+        dev = torch.device(self.device)
+        path = self.job["artifact"]["path"]
+        if self.job["artifact"]["format"] == "torchscript":
+            model = torch.jit.load(path, map_location=dev)
+            model.eval()
+        else:
+            export = getattr(torch, "export", None)
+            if export is None or not hasattr(export, "load"):
+                raise AgentError("load", "torch %s cannot load .pt2 files (torch.export needs torch >= 2.1)"
+                                 % torch.__version__)
+            program = export.load(path)
+            if self.device != "cpu":
+                program = self._program_to_device(program, dev)
+            # An exported module does not support .eval() (it is already
+            # traced in the mode it was exported in).
+            model = program.module()
+            if self.device != "cpu":
+                model = model.to(dev)
+        self.model = model
+        torch.manual_seed(0)
+        dtype = {"float32": torch.float32, "float16": torch.float16}[self.job["input"]["dtype"]]
+        self.x = torch.randn(*self.job["input"]["shape"]).to(dtype=dtype, device=dev)
+        if self.device != "cpu":
+            self.start_event = torch.cuda.Event(enable_timing=True)
+            self.end_event = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(dev)
+
+    @staticmethod
+    def _program_to_device(program, dev):
+        """Move an ExportedProgram's weights and constants (torch >= 2.3 has a pass for it)."""
+        try:
+            from torch.export.passes import move_to_device_pass
+        except ImportError:
+            return program
+        return move_to_device_pass(program, dev)
+
+    def running(self):
+        torch = self.torch
+        return torch.inference_mode() if hasattr(torch, "inference_mode") else torch.no_grad()
+
+    def run_once(self):
+        self.model(self.x)
+
+    def timed_run_ns(self):
+        if self.device == "cpu":
+            return Backend.timed_run_ns(self)
+        # Events on the current stream bracket the GPU work; synchronize on the
+        # end event so the sample is the device time, not the launch time.
+        self.start_event.record()
+        self.model(self.x)
+        self.end_event.record()
+        self.end_event.synchronize()
+        return int(round(self.start_event.elapsed_time(self.end_event) * 1e6))
+
+    def info(self):
+        torch = self.torch
+        out = {"device": self.device, "threads": torch.get_num_threads(),
+               "interop_threads": torch.get_num_interop_threads()}
+        if self.device != "cpu":
+            out["cuda_version"] = getattr(torch.version, "cuda", None)
+            out["cudnn_version"] = torch.backends.cudnn.version()
+        return out
+
+    def gpu_info(self):
+        if self.device == "cpu":
+            return None
+        torch = self.torch
+        idx = device_index(self.device)
+        return {"name": torch.cuda.get_device_name(idx),
+                "capability": ".".join(str(v) for v in torch.cuda.get_device_capability(idx)),
+                "cuda_runtime": getattr(torch.version, "cuda", None)}
+
+    def close(self):
+        self.model = None
+        self.x = None
+
+
+# ----- TensorRT: pure helpers (tested without TensorRT) -------------------
+
+def parse_version(text):
+    """'8.2.1.8' -> (8, 2, 1, 8); '10.0.1.6' -> (10, 0, 1, 6); garbage -> ()."""
+    return tuple(int(p) for p in re.findall(r"\d+", str(text or ""))[:4])
+
+
+# Attributes each TensorRT execution API needs on the engine and the context.
+TRT_V2_ATTRS = ("num_bindings", "binding_is_input", "get_binding_shape", "set_binding_shape", "execute_async_v2")
+TRT_V3_ATTRS = ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "set_input_shape",
+                "set_tensor_address", "execute_async_v3")
+
+
+def select_trt_api(trt_version, available_attrs):
+    """Pick the TensorRT execution API: "v3" (named tensors) or "v2" (bindings).
+
+    TensorRT 8.5 introduced named tensors and execute_async_v3; TensorRT 10
+    removed bindings and execute_async_v2.  The version says which is preferred,
+    the attributes actually present decide (a vendor build can differ from its
+    version number).  ``available_attrs``: names present on the engine and the
+    execution context together.
+    """
+    attrs = set(available_attrs)
+    has_v3 = all(a in attrs for a in TRT_V3_ATTRS)
+    has_v2 = all(a in attrs for a in TRT_V2_ATTRS)
+    prefer_v3 = parse_version(trt_version) >= (8, 5)
+    if has_v3 and (prefer_v3 or not has_v2):
+        return "v3"
+    if has_v2:
+        return "v2"
+    raise RuntimeError("TensorRT %s offers neither the bindings API (execute_async_v2) nor the named-tensor API "
+                       "(execute_async_v3)" % trt_version)
+
+
+def trt_needs_explicit_batch_flag(trt_version):
+    """Before TensorRT 10 an ONNX network must be created with EXPLICIT_BATCH; 10 ignores it."""
+    v = parse_version(trt_version)
+    return bool(v) and v < (10,)
+
+
+def engine_cache_key(onnx_sha256, trt_version, gpu_name, precision, input_shape):
+    """Cache key of a built engine: (onnx sha256, TensorRT version, GPU, precision, input shape).
+
+    An engine is only valid for the exact TensorRT version and GPU model it was
+    built on, and for one precision; the input shape is part of the key too
+    because a dynamic-batch ONNX is built with one optimisation profile per
+    shape.  Returns (hex key, the fields it hashes).
+    """
+    fields = {
+        "onnx_sha256": str(onnx_sha256).lower(),
+        "tensorrt": str(trt_version),
+        "gpu": " ".join(str(gpu_name).split()),
+        "precision": str(precision),
+        "input_shape": [int(d) for d in input_shape],
+    }
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), fields
+
+
+def engine_cache_path(workdir, key):
+    return os.path.join(workdir, "engines", key + ".engine")
+
+
+def trt_dtype_name(dtype):
+    """'DataType.FLOAT' / 'FLOAT' -> 'float32' etc. (pybind enums print oddly across versions)."""
+    name = str(dtype).split(".")[-1].upper()
+    table = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+             "BOOL": "bool", "UINT8": "uint8", "BF16": "bfloat16", "FP8": "float8"}
+    if name not in table:
+        raise RuntimeError("unsupported TensorRT tensor type %s" % dtype)
+    return table[name]
+
+
+def _volume(shape):
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+# ----- TensorRT: CUDA memory, streams and events ---------------------------
+
+class _PycudaMemory(object):
+    """Device buffers, a stream and timing events from pycuda.
+
+    Uses the device's primary context, which is also what the CUDA runtime
+    inside TensorRT uses, so both see the same memory.
+    """
+
+    name = "pycuda"
+
+    def __init__(self, index):
+        import numpy as np
+        import pycuda.driver as cuda
+        self.np = np
+        self.cuda = cuda
+        cuda.init()
+        self.device = cuda.Device(index)
+        self.context = self.device.retain_primary_context()
+        self.context.push()
+        self.stream = cuda.Stream()
+        self.stream_handle = self.stream.handle
+        self.start = cuda.Event()
+        self.end = cuda.Event()
+        self.buffers = []
+
+    def device_name(self):
+        return self.device.name()
+
+    def capability(self):
+        return "%d.%d" % self.device.compute_capability()
+
+    def alloc(self, shape, dtype_name, random_fill):
+        np = self.np
+        if dtype_name in ("bfloat16", "float8"):
+            raise RuntimeError("pycuda buffers cannot hold %s tensors" % dtype_name)
+        dtype = np.dtype("bool" if dtype_name == "bool" else dtype_name)
+        nbytes = max(1, _volume(shape) * dtype.itemsize)
+        mem = self.cuda.mem_alloc(nbytes)
+        if random_fill and dtype.kind == "f":
+            host = np.random.RandomState(0).standard_normal(shape).astype(dtype)
+        else:
+            host = np.zeros(shape, dtype=dtype)
+        if host.nbytes:
+            self.cuda.memcpy_htod(mem, np.ascontiguousarray(host))
+        self.buffers.append(mem)
+        return int(mem)
+
+    def time_ms(self, fn):
+        self.start.record(self.stream)
+        fn()
+        self.end.record(self.stream)
+        self.end.synchronize()
+        return self.start.time_till(self.end)
+
+    def synchronize(self):
+        self.stream.synchronize()
+
+    def close(self):
+        for mem in self.buffers:
+            try:
+                mem.free()
+            except Exception:
+                pass
+        self.buffers = []
+        try:
+            self.context.pop()
+        except Exception:
+            pass
+
+
+class _TorchCudaMemory(object):
+    """The same as _PycudaMemory with torch CUDA tensors, for devices without pycuda."""
+
+    name = "torch"
+
+    def __init__(self, index):
+        import torch
+        if not torch.cuda.is_available():
+            raise RuntimeError("neither pycuda nor a CUDA-enabled torch is available for TensorRT buffers")
+        self.torch = torch
+        self.index = index
+        torch.cuda.set_device(index)
+        self.stream = torch.cuda.Stream(device=index)
+        self.stream_handle = self.stream.cuda_stream
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+        self.buffers = []
+
+    def device_name(self):
+        return self.torch.cuda.get_device_name(self.index)
+
+    def capability(self):
+        return "%d.%d" % self.torch.cuda.get_device_capability(self.index)
+
+    def alloc(self, shape, dtype_name, random_fill):
+        torch = self.torch
+        dtype = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8, "int32": torch.int32,
+                 "int64": torch.int64, "bool": torch.bool, "uint8": torch.uint8,
+                 "bfloat16": torch.bfloat16}.get(dtype_name)
+        if dtype is None:
+            raise RuntimeError("torch buffers cannot hold %s tensors" % dtype_name)
+        device = torch.device("cuda", self.index)
+        if random_fill and dtype.is_floating_point:
+            gen = torch.Generator().manual_seed(0)
+            tensor = torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
+        else:
+            tensor = torch.zeros(*shape, dtype=dtype, device=device)
+        torch.cuda.synchronize(device)
+        self.buffers.append(tensor)
+        return int(tensor.data_ptr())
+
+    def time_ms(self, fn):
+        self.start.record(self.stream)
+        fn()
+        self.end.record(self.stream)
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end)
+
+    def synchronize(self):
+        self.stream.synchronize()
+
+    def close(self):
+        self.buffers = []
+
+
+def _cuda_memory(index):
+    """pycuda if it imports, else torch (documented fallback)."""
+    import importlib
+    try:
+        importlib.import_module("pycuda.driver")
+    except ImportError:
+        log("pycuda is not installed; TensorRT buffers come from torch CUDA tensors")
+        return _TorchCudaMemory(index)
+    return _PycudaMemory(index)
+
+
+class TensorRTBackend(Backend):
+    """TensorRT engine built on the device from the shipped ONNX, cached per key."""
+
+    timer = "cuda_events"
+
+    def load(self, progress):
+        opts = self.options
+        self.memory = _cuda_memory(device_index(opts["device"]))
+        import tensorrt as trt
+        self.trt = trt
+        self.version = str(trt.__version__)
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.logger = logger
+        if hasattr(trt, "init_libnvinfer_plugins"):
+            trt.init_libnvinfer_plugins(logger, "")
+        shape = self.job["input"]["shape"]
+        key, fields = engine_cache_key(self.job["artifact"]["sha256"], self.version, self.memory.device_name(),
+                                       opts["precision"], shape)
+        path = engine_cache_path(self.job["workdir"], key)
+        self.engine_info = {"key": key, "fields": fields, "path": path, "cache_hit": False}
+        self.runtime_obj = trt.Runtime(logger)
+        engine = None
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                engine = self.runtime_obj.deserialize_cuda_engine(f.read())
+            if engine is None:
+                self.warnings.append("cached TensorRT engine %s did not deserialize; rebuilt it" % path)
+            else:
+                self.engine_info["cache_hit"] = True
+        if engine is None:
+            progress.stage = "build"
+            t0 = time.monotonic()
+            plan = self._build(trt, logger, shape)
+            self.build_s = time.monotonic() - t0
+            self._store(path, plan, fields)
+            progress.stage = "load"
+            engine = self.runtime_obj.deserialize_cuda_engine(plan)
+            if engine is None:
+                raise AgentError("load", "TensorRT could not deserialize the engine it just built")
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise AgentError("load", "TensorRT could not create an execution context (out of GPU memory?)")
+        attrs = [a for a in TRT_V2_ATTRS + TRT_V3_ATTRS if hasattr(engine, a) or hasattr(self.context, a)]
+        self.api = select_trt_api(self.version, attrs)
+        if self.api == "v3":
+            self._setup_v3(trt, shape)
+        else:
+            self._setup_v2(shape)
+        self.memory.synchronize()
+
+    def _build(self, trt, logger, shape):
+        """Parse the ONNX and build a serialized engine (bytes) for this GPU."""
+        onnx_path = self.job["artifact"]["path"]
+        builder = trt.Builder(logger)
+        flags = 0
+        if trt_needs_explicit_batch_flag(self.version) and hasattr(trt.NetworkDefinitionCreationFlag,
+                                                                    "EXPLICIT_BATCH"):
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if hasattr(parser, "parse_from_file"):
+            parsed = parser.parse_from_file(onnx_path)
+        else:
+            with open(onnx_path, "rb") as f:
+                parsed = parser.parse(f.read())
+        if not parsed:
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise AgentError("build", "TensorRT could not parse the ONNX: %s" % "; ".join(errors))
+        if network.num_inputs != 1:
+            raise AgentError("build", "the ONNX has %d inputs; the agent feeds exactly one" % network.num_inputs)
+
+        config = builder.create_builder_config()
+        workspace = self.options["workspace_mb"] << 20
+        if hasattr(config, "set_memory_pool_limit"):  # TensorRT >= 8.4
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+        else:  # TensorRT 8.2 (removed in 10)
+            config.max_workspace_size = workspace
+        if self.options["precision"] == "fp16":
+            if not builder.platform_has_fast_fp16:
+                self.warnings.append("precision fp16 asked but this GPU has no fast fp16")
+            config.set_flag(trt.BuilderFlag.FP16)
+
+        tensor = network.get_input(0)
+        dims = tuple(tensor.shape)
+        if len(dims) != len(shape):
+            raise AgentError("build", "the ONNX input %s has rank %d but job.input.shape %s has rank %d"
+                             % (tensor.name, len(dims), shape, len(shape)))
+        if any(d < 0 for d in dims):
+            profile = builder.create_optimization_profile()
+            profile.set_shape(tensor.name, tuple(shape), tuple(shape), tuple(shape))
+            config.add_optimization_profile(profile)
+        elif list(dims) != list(shape):
+            raise AgentError("build", "the ONNX input %s has the fixed shape %s, not job.input.shape %s"
+                             % (tensor.name, list(dims), shape))
+
+        log("building a TensorRT %s %s engine (this can take minutes)" % (self.version, self.options["precision"]))
+        if hasattr(builder, "build_serialized_network"):  # TensorRT >= 8.0
+            plan = builder.build_serialized_network(network, config)
+            if plan is None:
+                raise AgentError("build", "TensorRT failed to build the engine (see the log on stderr)")
+            return bytes(plan)
+        engine = builder.build_engine(network, config)
+        if engine is None:
+            raise AgentError("build", "TensorRT failed to build the engine (see the log on stderr)")
+        return bytes(engine.serialize())
+
+    @staticmethod
+    def _store(path, plan, fields):
+        """Write the engine and a readable key file, atomically (temp name + rename)."""
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+        tmp = "%s.tmp-%d" % (path, os.getpid())
+        with open(tmp, "wb") as f:
+            f.write(plan)
+        os.replace(tmp, path)
+        with open(path[:-len(".engine")] + ".json", "w") as f:
+            json.dump(fields, f, indent=1, sort_keys=True)
+
+    def _setup_v3(self, trt, shape):
+        """TensorRT >= 8.5: named tensors, set_tensor_address, execute_async_v3."""
+        engine, context = self.engine, self.context
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise AgentError("load", "the engine has %d inputs; the agent feeds exactly one" % len(inputs))
+        if any(d < 0 for d in engine.get_tensor_shape(inputs[0])):
+            if context.set_input_shape(inputs[0], tuple(shape)) is False:
+                raise AgentError("load", "TensorRT rejected input shape %s" % shape)
+        self.io = []
+        for name in names:
+            tensor_shape = tuple(context.get_tensor_shape(name))
+            dtype = trt_dtype_name(engine.get_tensor_dtype(name))
+            is_input = name in inputs
+            if is_input:
+                self._check_input_dtype(dtype)
+            ptr = self.memory.alloc(tensor_shape, dtype, random_fill=is_input)
+            context.set_tensor_address(name, ptr)
+            self.io.append({"name": name, "input": is_input, "shape": list(tensor_shape), "dtype": dtype})
+        handle = self.memory.stream_handle
+
+        def run():
+            if not context.execute_async_v3(handle):
+                raise RuntimeError("TensorRT execute_async_v3 returned False")
+        self._run = run
+
+    def _setup_v2(self, shape):
+        """TensorRT 8.2 (JetPack 4.6 on the Jetson Nano): bindings and execute_async_v2."""
+        engine, context = self.engine, self.context
+        count = engine.num_bindings
+        inputs = [i for i in range(count) if engine.binding_is_input(i)]
+        if len(inputs) != 1:
+            raise AgentError("load", "the engine has %d inputs; the agent feeds exactly one" % len(inputs))
+        if any(d < 0 for d in engine.get_binding_shape(inputs[0])):
+            if context.set_binding_shape(inputs[0], tuple(shape)) is False:
+                raise AgentError("load", "TensorRT rejected input shape %s" % shape)
+        bindings = [0] * count
+        self.io = []
+        for i in range(count):
+            binding_shape = tuple(context.get_binding_shape(i))
+            dtype = trt_dtype_name(engine.get_binding_dtype(i))
+            is_input = i in inputs
+            if is_input:
+                self._check_input_dtype(dtype)
+            bindings[i] = self.memory.alloc(binding_shape, dtype, random_fill=is_input)
+            self.io.append({"name": engine.get_binding_name(i), "input": is_input, "shape": list(binding_shape),
+                            "dtype": dtype})
+        handle = self.memory.stream_handle
+
+        def run():
+            if not context.execute_async_v2(bindings=bindings, stream_handle=handle):
+                raise RuntimeError("TensorRT execute_async_v2 returned False")
+        self._run = run
+
+    def _check_input_dtype(self, engine_dtype):
+        if engine_dtype != self.job["input"]["dtype"]:
+            self.warnings.append("the engine's input is %s; job.input.dtype %s was not used"
+                                 % (engine_dtype, self.job["input"]["dtype"]))
+
+    def run_once(self):
+        self._run()
+        self.memory.synchronize()
+
+    def timed_run_ns(self):
+        return int(round(self.memory.time_ms(self._run) * 1e6))
+
+    def info(self):
+        return {"precision": self.options["precision"], "device": self.options["device"], "api": self.api,
+                "tensorrt": self.version, "buffers": self.memory.name, "engine": self.engine_info, "io": self.io}
+
+    def gpu_info(self):
+        return {"name": self.memory.device_name(), "capability": self.memory.capability()}
+
+    def close(self):
+        # Free TensorRT objects before the CUDA context goes away.
+        self._run = None
+        self.context = None
+        self.engine = None
+        self.runtime_obj = None
+        memory = getattr(self, "memory", None)
+        if memory is not None:
+            memory.close()
+
+
+BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "torch": TorchBackend, "tensorrt": TensorRTBackend}
+
+
+# --------------------------------------------------------------------------
+# Timing loops
+# --------------------------------------------------------------------------
+
+def warm_up(backend, spec, deadline):
+    """Run until both the warm-up iterations and seconds are reached."""
+    t0 = time.monotonic()
+    n = 0
+    while n < spec["iterations"] or time.monotonic() - t0 < spec["seconds"]:
+        if deadline.work_left() <= 0:
+            raise AgentError("warmup", "job timeout_s=%g reached during warm-up after %d iterations"
+                             % (deadline.timeout_s, n))
+        backend.timed_run_ns()
+        n += 1
+    return {"iterations": n, "seconds": time.monotonic() - t0}
+
+
+def measure(backend, spec, deadline):
+    """Time iterations until both ``iterations`` and ``min_seconds`` are reached.
+
+    Stops early at ``max_iterations``, ``max_seconds`` or the job deadline and
+    says why in ``stop_reason``.
+    """
+    samples = []
+    t0 = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - t0
+        n = len(samples)
+        if n >= spec["iterations"] and elapsed >= spec["min_seconds"]:
+            reason = "target"
+            break
+        if n >= spec["max_iterations"]:
+            reason = "max_iterations"
+            break
+        if spec["max_seconds"] is not None and elapsed >= spec["max_seconds"]:
+            reason = "max_seconds"
+            break
+        if deadline.work_left() <= 0:
+            reason = "timeout"
+            break
+        samples.append(backend.timed_run_ns())
+    return samples, {"iterations": len(samples), "seconds": time.monotonic() - t0, "stop_reason": reason}
+
+
+def measure_warnings(samples, spec, summary, done):
+    warnings = []
+    n = len(samples)
+    if n < spec["iterations"]:
+        warnings.append("fewer samples than asked: %d of %d (stopped at %s)" % (n, spec["iterations"],
+                                                                                 done["stop_reason"]))
+    elif done["seconds"] < spec["min_seconds"]:
+        warnings.append("measured %.2f s, less than min_seconds=%g (stopped at %s)"
+                        % (done["seconds"], spec["min_seconds"], done["stop_reason"]))
+    if summary.get("cv") is not None and summary["cv"] > CV_WARNING:
+        warnings.append("high variation: cv=%.3f > %.2f" % (summary["cv"], CV_WARNING))
+    return warnings
+
+
+# --------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------
+
+def new_result():
+    return {
+        "protocol": PROTOCOL, "agent_version": AGENT_VERSION, "job_id": None, "status": "error",
+        "runtime": None, "format": None, "artifact_sha256": None, "settings": None, "backend": None,
+        "providers": None, "provider_fallback": None, "timer": None,
+        "samples_ns": [], "stats": summarize([]), "warmup": None, "measure": None,
+        "timings_s": {}, "env": None, "started_utc": utc_now(), "finished_utc": None,
+        "warnings": [], "error": None,
+    }
+
+
+def error_info(stage, exc):
+    """The result's ``error`` object for an exception raised in ``stage``."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"stage": getattr(exc, "stage", None) or stage, "type": type(exc).__name__, "message": str(exc),
+            "traceback": tb[-TRACEBACK_TAIL_CHARS:]}
+
+
+def run_job(text):
+    """Run the job given as JSON text and return the result document (never raises)."""
+    t_start = time.monotonic()
+    result = new_result()
+    progress = Progress()
+    timings = result["timings_s"]
+    warnings = result["warnings"]
+    backend = None
+    try:
+        job = parse_job(text)
+        result.update({"job_id": job["job_id"], "runtime": job["runtime"], "format": job["artifact"]["format"],
+                       "artifact_sha256": job["artifact"]["sha256"]})
+        result["settings"] = {k: job[k] for k in ("options", "input", "warmup", "measure", "timeout_s", "workdir")}
+        for name in job["options"]["unknown"]:
+            warnings.append("unknown option %r for runtime %s ignored" % (name, job["runtime"]))
+        deadline = Deadline(job["timeout_s"])
+
+        progress.stage = "lock"
+        with DeviceLock(job["workdir"], deadline, job["job_id"]) as lock:
+            timings["lock_wait"] = lock.waited_s
+            progress.stage = "verify"
+            t0 = time.monotonic()
+            verify_artifact(job["artifact"]["path"], job["artifact"]["sha256"])
+            timings["verify"] = time.monotonic() - t0
+
+            progress.stage = "load"
+            backend = BACKENDS[job["runtime"]](job, warnings)
+            t0 = time.monotonic()
+            backend.load(progress)
+            timings["build"] = backend.build_s
+            timings["load"] = time.monotonic() - t0 - backend.build_s
+            result["timer"] = backend.timer
+            result["backend"] = backend.info()
+            if job["runtime"] == "onnxruntime":
+                result["providers"] = result["backend"]["providers"]
+                result["provider_fallback"] = result["backend"]["provider_fallback"]
+            result["env"] = capture_env(_safe(backend.gpu_info))
+            if deadline.work_left() <= 0:
+                raise AgentError(progress.stage, "job timeout_s=%g used up by loading (%.1f s)"
+                                 % (job["timeout_s"], time.monotonic() - t_start))
+
+            before = snapshot()
+            result["env"]["before"] = before
+            _fill_gpu_from_smi(result["env"], before)
+            with backend.running():
+                progress.stage = "warmup"
+                result["warmup"] = warm_up(backend, job["warmup"], deadline)
+                timings["warmup"] = result["warmup"]["seconds"]
+                progress.stage = "measure"
+                samples, done = measure(backend, job["measure"], deadline)
+            timings["measure"] = done["seconds"]
+            result["measure"] = done
+            after = snapshot()
+            result["env"]["after"] = after
+            if not samples:
+                raise AgentError("measure", "no iteration finished before the job timeout (timeout_s=%g)"
+                                 % job["timeout_s"])
+            result["samples_ns"] = samples
+            result["stats"] = summarize(samples)
+            warnings.extend(measure_warnings(samples, job["measure"], result["stats"], done))
+            warnings.extend(environment_warnings(before, after))
+            result["status"] = "ok"
+    except (Exception, KeyboardInterrupt) as exc:
+        result["status"] = "error"
+        result["error"] = error_info(progress.stage, exc)
+        log("job failed in stage %s: %s" % (result["error"]["stage"], exc))
+        if result["env"] is None:
+            # Cheap (files only, no subprocess): says which Python and runtimes failed.
+            result["env"] = _safe(capture_env)
+    finally:
+        if backend is not None:
+            try:
+                backend.close()
+            except Exception as exc:
+                log("closing the backend failed: %s" % exc)
+    timings["total"] = time.monotonic() - t_start
+    result["finished_utc"] = utc_now()
+    return result
+
+
+# --------------------------------------------------------------------------
+# Probe (health check)
+# --------------------------------------------------------------------------
+
+def probe_runtimes(do_import):
+    """Which runtimes are present; with do_import, import them and ask for details."""
+    import importlib
+    try:
+        from importlib.util import find_spec
+    except ImportError:  # pragma: no cover - Python < 3.4
+        find_spec = None
+    out = {}
+    for name in ("onnxruntime", "torch", "tensorrt", "pycuda", "numpy"):
+        entry = {"importable": False, "version": None}
+        try:
+            if not do_import:
+                entry["importable"] = find_spec is not None and find_spec(name) is not None
+                entry["note"] = "not imported (device busy)"
+            else:
+                module = importlib.import_module("pycuda.driver" if name == "pycuda" else name)
+                entry["importable"] = True
+                version = getattr(module, "__version__", None)
+                if name == "pycuda":
+                    version = getattr(importlib.import_module("pycuda"), "VERSION_TEXT", None)
+                entry["version"] = str(version) if version is not None else None
+                if name == "onnxruntime":
+                    entry["providers"] = list(module.get_available_providers())
+                elif name == "torch":
+                    entry["cuda_available"] = bool(module.cuda.is_available())
+                    entry["cuda_version"] = getattr(module.version, "cuda", None)
+                    if entry["cuda_available"]:
+                        entry["gpus"] = [module.cuda.get_device_name(i) for i in range(module.cuda.device_count())]
+        except Exception as exc:
+            entry["error"] = "%s: %s" % (type(exc).__name__, exc)
+        out[name] = entry
+    return out
+
+
+def probe(workdir=None):
+    """Environment plus runtime availability, for `bench devices`.
+
+    If a benchmark holds the device lock, nothing heavy is imported (importing
+    torch on a Pi would disturb the timing in progress).
+    """
+    busy = bool(workdir) and lock_is_held(os.path.expanduser(workdir))
+    doc = {"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "status": "ok", "busy": busy,
+           "lock_holder": read_lock_holder(os.path.join(os.path.expanduser(workdir), "agent.lock"))
+           if busy else None}
+    doc["runtimes"] = probe_runtimes(do_import=not busy)
+    doc["env"] = capture_env()
+    snap = snapshot()
+    doc["env"]["now"] = snap
+    _fill_gpu_from_smi(doc["env"], snap)
+    doc["warnings"] = environment_warnings(snap, snap)
+    return doc
+
+
+# --------------------------------------------------------------------------
+# Output and entry point
+# --------------------------------------------------------------------------
+
+def claim_stdout():
+    """Keep the real stdout for the result; point fd 1 at stderr while working.
+
+    TensorRT, onnxruntime and C++ extensions may print on fd 1; anything they
+    write now lands in the log instead of corrupting the JSON document.
+    Returns a writable file object on the original stdout.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(saved, "w")
+
+
+def _jsonable(value):
+    """Replace NaN/inf (not valid JSON) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return dict((str(k), _jsonable(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_document(out, doc):
+    """Write one JSON document and a newline; falls back to a bare error document."""
+    try:
+        text = json.dumps(_jsonable(doc), allow_nan=False, default=str)
+    except Exception as exc:
+        text = json.dumps({"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "job_id": doc.get("job_id"),
+                           "status": "error", "error": {"stage": "report", "type": type(exc).__name__,
+                                                        "message": "result not serialisable: %s" % exc,
+                                                        "traceback": ""}})
+    out.write(text + "\n")
+    out.flush()
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("terminated by signal %d" % signum)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Time one model artifact; job JSON on stdin, result on stdout.")
+    parser.add_argument("--probe", action="store_true", help="print the environment and the runtimes that import")
+    parser.add_argument("--workdir", help="with --probe: the agent workdir, to see whether a benchmark is running")
+    parser.add_argument("--version", action="store_true", help="print the agent version")
+    args = parser.parse_args(argv)
+    if args.version:
+        print(AGENT_VERSION)
+        return 0
+    try:
+        out = claim_stdout()
+    except OSError as exc:
+        sys.stderr.write("agent: cannot set up stdout: %s\n" % exc)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if args.probe:
+            try:
+                doc = probe(args.workdir)
+            except Exception as exc:
+                doc = {"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "status": "error",
+                       "error": error_info("probe", exc)}
+        else:
+            try:
+                text = sys.stdin.buffer.read().decode("utf-8")
+            except (Exception, KeyboardInterrupt) as exc:
+                doc = new_result()
+                doc["error"] = error_info("parse", exc)
+                doc["finished_utc"] = utc_now()
+            else:
+                doc = run_job(text)
+        write_document(out, doc)
+    except Exception as exc:
+        sys.stderr.write("agent: cannot write the result: %s\n" % exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.version_info < (3, 6):
+        sys.stderr.write("agent: needs Python >= 3.6, this is %s\n" % sys.version.split()[0])
+        sys.exit(3)
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""How the host reaches a device: ship files, run the agent, read its result.
+
+Every transport (this module's ``LocalTransport``, and the SSH one in
+``devices/ssh.py``) implements ``Transport``:
+
+* files go into a content-addressed store ``<workdir>/blobs/<sha256>`` on the
+  device and are uploaded only when missing.  An upload goes to a temporary
+  name, is hashed there, and renamed into place only if the hash matches, so a
+  blob that exists under its final name is complete.  ``bytes_uploaded`` counts
+  what was really sent, which is how callers (and tests) see the cache work.
+* the agent (``devices/agent.py``) is itself such a blob;
+* ``run_agent`` never raises for an agent that crashes, hangs, is killed or
+  prints garbage: it returns an error result shaped like the agent's own
+  (``status: "error"``, ``error.stage`` "transport" or "timeout", stderr tail),
+  so the record store keeps one row per job, never silence (DESIGN.md, section 4).
+
+The result of a ``run_agent`` also carries a ``transport`` object (name, exit
+code, wall seconds, stderr tail) added on the host side.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+AGENT_SOURCE = pathlib.Path(__file__).with_name("agent.py")
+PROTOCOL = 1
+STDERR_TAIL_CHARS = 4000
+PROBE_TIMEOUT_S = 180.0
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (artifacts can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_sha256(sha256: str) -> str:
+    """Return the digest lower-cased; reject anything else, since it becomes a file name on the device."""
+    digest = str(sha256).lower()
+    if not _SHA256_RE.match(digest):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return digest
+
+
+def tail(text: str | bytes | None, limit: int = STDERR_TAIL_CHARS) -> str:
+    """Last `limit` characters of a process's output, decoded leniently."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return text[-limit:]
+
+
+def error_result(job: dict, stage: str, message: str, stderr: str | bytes | None = "") -> dict:
+    """An error result with the agent's shape, for failures the agent could not report itself.
+
+    Used by every transport: ``stage`` is "transport" (crash, kill, garbled
+    output, upload failure) or "timeout" (killed after ``timeout_s``).
+    """
+    now = datetime.now(timezone.utc).isoformat()
+    return {
+        "protocol": job.get("protocol", PROTOCOL),
+        "agent_version": None,
+        "job_id": job.get("job_id"),
+        "status": "error",
+        "runtime": job.get("runtime"),
+        "format": (job.get("artifact") or {}).get("format"),
+        "artifact_sha256": (job.get("artifact") or {}).get("sha256"),
+        "samples_ns": [],
+        "stats": None,
+        "env": None,
+        "started_utc": None,
+        "finished_utc": now,
+        "warnings": [],
+        "error": {"stage": stage, "type": "TransportError", "message": message, "traceback": "",
+                  "stderr_tail": tail(stderr)},
+    }
+
+
+def parse_agent_output(job: dict, stdout: str | bytes, stderr: str | bytes, returncode: int | None) -> dict:
+    """Turn the agent's exit code and stdout into a result dict (error result if unusable).
+
+    A result document is trusted whatever the exit code, as long as it parses
+    and is a JSON object; otherwise the failure is described from the exit
+    code (a negative code is a signal, as subprocess reports it).
+    """
+    if isinstance(stdout, bytes):
+        stdout = stdout.decode("utf-8", "replace")
+    text = (stdout or "").strip()
+    doc: Any = None
+    if text:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+    if isinstance(doc, dict) and "status" in doc:
+        return doc
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        message = f"agent killed by {name} before it wrote a result"
+    elif returncode not in (0, None):
+        message = f"agent exited with code {returncode} without a result document"
+    elif not text:
+        message = "agent exited without printing a result document"
+    else:
+        message = f"agent printed something that is not a result document: {text[:200]!r}"
+    return error_result(job, "transport", message, stderr)
+
+
+class Transport(abc.ABC):
+    """Ships blobs and the agent to one device and runs jobs there."""
+
+    name: str
+    bytes_uploaded: int
+
+    @abc.abstractmethod
+    def ensure_blob(self, local_path: pathlib.Path, sha256: str) -> str:
+        """Make ``<workdir>/blobs/<sha256>`` exist on the device; return its device path.
+
+        Uploads only when missing, through a temporary name that is hashed on
+        arrival and renamed into place; a hash mismatch raises ValueError.
+        """
+
+    @abc.abstractmethod
+    def ensure_agent(self) -> str:
+        """Ship ``devices/agent.py`` as a blob (by its sha256); return its device path."""
+
+    @abc.abstractmethod
+    def run_agent(self, job: dict, timeout_s: float) -> dict:
+        """Run the agent with ``job`` on stdin; return its result, or an error result.
+
+        Never raises for agent failures: a crash, kill or garbled output gives
+        ``error.stage == "transport"``, running past ``timeout_s`` gives
+        ``"timeout"``.  Choose ``timeout_s`` a little above ``job["timeout_s"]``
+        (the agent's own budget excludes interpreter start-up and imports).
+        """
+
+    @abc.abstractmethod
+    def probe(self) -> dict:
+        """Run ``agent.py --probe``: environment and importable runtimes."""
+
+    @abc.abstractmethod
+    def device_workdir(self) -> str:
+        """The device's work folder as a path on the device (agent jobs name it as ``workdir``)."""
+
+    @abc.abstractmethod
+    def run_shell(self, command: str, timeout_s: float) -> tuple[int, str]:
+        """Run a user's ``pre``/``post`` command from bench.toml through the device's shell.
+
+        Returns (exit code, output tail). Only for commands the user wrote in their
+        own config; everything the project sends itself is passed as quoted argv.
+        A non-zero exit or a timeout raises RuntimeError naming the command.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; the transport is unusable afterwards."""
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalTransport(Transport):
+    """The device is this machine: blobs are copied into ``workdir``, the agent is a subprocess.
+
+    Used for local benchmarks and, because it shares the content store and
+    the error handling rules with the SSH transport, to test them without SSH.
+    """
+
+    name = "local"
+
+    def __init__(self, workdir: pathlib.Path, python: str = sys.executable) -> None:
+        self.workdir = pathlib.Path(workdir).expanduser().resolve()
+        self.python = python
+        self.bytes_uploaded = 0
+        self._agent_path: str | None = None
+        (self.workdir / "blobs").mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha256: str) -> pathlib.Path:
+        return self.workdir / "blobs" / check_sha256(sha256)
+
+    def ensure_blob(self, local_path: pathlib.Path, sha256: str) -> str:
+        target = self.blob_path(sha256)
+        if target.is_file():
+            return str(target)
+        # Copy, not symlink: the device copy must not change when the source does.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name[:16]}-", dir=target.parent)
+        tmp = pathlib.Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            actual = sha256_file(tmp)
+            if actual != target.name:
+                raise ValueError(f"{local_path}: content has sha256 {actual}, expected {target.name}")
+            tmp.chmod(0o644)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.bytes_uploaded += target.stat().st_size
+        return str(target)
+
+    def ensure_agent(self) -> str:
+        if self._agent_path is None or not pathlib.Path(self._agent_path).is_file():
+            self._agent_path = self.ensure_blob(AGENT_SOURCE, sha256_file(AGENT_SOURCE))
+        return self._agent_path
+
+    def _run(self, argv: list[str], stdin: bytes, timeout_s: float) -> tuple[int | None, bytes, bytes, bool]:
+        """Run argv in its own process group; on timeout kill the whole group.
+
+        Returns (exit code, stdout, stderr, timed_out).  The new session makes
+        the agent and anything it started (nvidia-smi, compilers) one group.
+        """
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, cwd=self.workdir)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout_s)
+            return proc.returncode, out, err, False
+        except subprocess.TimeoutExpired:
+            self._kill_group(proc)
+            out, err = proc.communicate()
+            return proc.returncode, out, err, True
+        except BaseException:
+            self._kill_group(proc)
+            proc.communicate()
+            raise
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def run_agent(self, job: dict, timeout_s: float) -> dict:
+        t0 = time.monotonic()
+        try:
+            agent = self.ensure_agent()
+            payload = json.dumps(job).encode("utf-8")
+            code, out, err, timed_out = self._run([self.python, agent], payload, timeout_s)
+        except (OSError, ValueError, TypeError) as exc:
+            return self._annotate(error_result(job, "transport", f"could not start the agent: {exc}"),
+                                  None, "", t0)
+        if timed_out:
+            result = error_result(job, "timeout", f"agent still running after {timeout_s:g} s; killed", err)
+        else:
+            result = parse_agent_output(job, out, err, code)
+        return self._annotate(result, code, err, t0)
+
+    def _annotate(self, result: dict, code: int | None, stderr: bytes | str, t0: float) -> dict:
+        result["transport"] = {"name": self.name, "returncode": code, "wall_s": time.monotonic() - t0,
+                               "stderr_tail": tail(stderr)}
+        return result
+
+    def probe(self) -> dict:
+        try:
+            agent = self.ensure_agent()
+            code, out, err, timed_out = self._run([self.python, agent, "--probe", "--workdir", str(self.workdir)],
+                                                  b"", PROBE_TIMEOUT_S)
+        except OSError as exc:
+            return {"status": "error", "error": {"stage": "transport", "message": f"could not start the agent: {exc}"}}
+        if timed_out:
+            return {"status": "error", "error": {"stage": "timeout", "message": "probe timed out",
+                                                 "stderr_tail": tail(err)}}
+        return parse_agent_output({}, out, err, code)
+
+    def device_workdir(self) -> str:
+        return str(self.workdir)
+
+    def run_shell(self, command: str, timeout_s: float) -> tuple[int, str]:
+        code, out, err, timed_out = self._run(["/bin/sh", "-c", command], b"", timeout_s)
+        output = tail((out or b"") + (err or b""), 2000)
+        if timed_out or code != 0:
+            raise RuntimeError(f"command {command!r} {'timed out' if timed_out else f'exited with {code}'}: {output}")
+        return code, output
+
+    def close(self) -> None:
+        """Nothing to release for a local device."""

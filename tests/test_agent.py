@@ -1,0 +1,465 @@
+"""Tests of the device agent (devices/agent.py), run as the devices run it.
+
+The agent is started as a subprocess with a job on stdin and real runtimes
+(onnxruntime, torch CPU) timing a tiny real model exported here.  TensorRT and
+CUDA cannot run on a CPU-only machine; their pure helper logic (engine cache
+key, API selection) is tested directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+AGENT = ROOT / "devices" / "agent.py"
+
+
+def load_agent_module():
+    """Import agent.py from its path, the way nothing else in the project may."""
+    spec = importlib.util.spec_from_file_location("device_agent_under_test", AGENT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+agent = load_agent_module()
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny Linear+GELU model exported to ONNX, TorchScript (traced + frozen) and .pt2."""
+    torch = pytest.importorskip("torch")
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(1, 16)
+    paths = {"onnx": folder / "tiny.onnx", "torchscript": folder / "tiny.ts", "pt2": folder / "tiny.pt2"}
+    with warnings.catch_warnings():  # TorchScript and the legacy ONNX exporter warn that they are deprecated
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(paths["onnx"]), dynamo=False, input_names=["x"], output_names=["y"])
+        with torch.no_grad():
+            torch.jit.save(torch.jit.freeze(torch.jit.trace(model, (x,))), str(paths["torchscript"]))
+        torch.export.save(torch.export.export(model, (x,)), str(paths["pt2"]))
+    return paths
+
+
+def make_job(path: pathlib.Path, fmt: str, runtime: str, workdir: pathlib.Path, **overrides) -> dict:
+    job = {
+        "protocol": 1,
+        "job_id": "test-job",
+        "artifact": {"path": str(path), "sha256": sha256(path), "format": fmt},
+        "runtime": runtime,
+        "options": {"threads": 1},
+        "input": {"shape": [1, 16], "dtype": "float32"},
+        "warmup": {"iterations": 3},
+        "measure": {"iterations": 20, "min_seconds": 0},
+        "timeout_s": 60,
+        "workdir": str(workdir),
+    }
+    job.update(overrides)
+    return job
+
+
+def run_agent(job, python: str = sys.executable, timeout: float = 120) -> dict:
+    """Run the agent; check it printed exactly one JSON document and exited 0."""
+    text = job if isinstance(job, str) else json.dumps(job)
+    proc = subprocess.run([python, str(AGENT)], input=text, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, f"expected one JSON line on stdout, got {proc.stdout!r}"
+    return json.loads(lines[0])
+
+
+def assert_ok(result: dict) -> None:
+    assert result["status"] == "ok", json.dumps(result.get("error"), indent=1)
+
+
+def check_samples_and_stats(result: dict, expected_n: int) -> None:
+    samples = result["samples_ns"]
+    assert len(samples) == expected_n
+    assert all(isinstance(s, int) and s > 0 for s in samples)
+    stats = result["stats"]
+    assert stats["n"] == expected_n
+    assert stats["median_ns"] == pytest.approx(statistics.median(samples))
+    assert stats["mean_ns"] == pytest.approx(statistics.fmean(samples))
+    assert stats["min_ns"] == min(samples) and stats["max_ns"] == max(samples)
+    assert stats["p90_ns"] == pytest.approx(float(np.percentile(samples, 90)))
+    assert stats["p99_ns"] == pytest.approx(float(np.percentile(samples, 99)))
+    assert stats["std_ns"] == pytest.approx(statistics.stdev(samples))
+    assert stats["cv"] == pytest.approx(stats["std_ns"] / stats["mean_ns"])
+    assert stats["min_ns"] <= stats["median_ns"] <= stats["p90_ns"] <= stats["p99_ns"] <= stats["max_ns"]
+
+
+# ----- real runs -------------------------------------------------------------
+
+def test_onnxruntime_cpu_result_document(models, tmp_path):
+    import onnxruntime
+
+    result = run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path))
+    assert_ok(result)
+    assert result["job_id"] == "test-job" and result["protocol"] == 1
+    assert result["agent_version"] == agent.AGENT_VERSION
+    assert result["runtime"] == "onnxruntime" and result["timer"] == "perf_counter"
+    check_samples_and_stats(result, 20)
+    assert result["measure"]["stop_reason"] == "target"
+    assert result["warmup"]["iterations"] == 3
+    assert result["providers"] == ["CPUExecutionProvider"]
+    assert result["provider_fallback"] is False
+    assert result["backend"]["threads"] == 1 and result["backend"]["graph_optimization"] == "all"
+    assert result["error"] is None
+    for phase in ("lock_wait", "verify", "load", "build", "warmup", "measure", "total"):
+        assert result["timings_s"][phase] >= 0
+    assert result["started_utc"] <= result["finished_utc"]
+
+    env = result["env"]
+    assert env["hostname"]
+    assert env["cpu"]["logical_cores"] >= 1 and env["cpu"]["model"]
+    assert env["os"]["system"] == "Linux"
+    assert env["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["runtimes"]["onnxruntime"] == onnxruntime.__version__
+    assert set(env["gpu"]) >= {"name", "driver"}
+    for when in ("before", "after"):
+        snap = env[when]
+        assert isinstance(snap["temperatures_c"], dict) and isinstance(snap["cpufreq"], dict)
+        assert "pi_throttled" in snap and "jetson_nvpmodel" in snap and "nvidia_smi" in snap
+    assert env["before"]["utc"] <= env["after"]["utc"]
+
+
+def test_measures_until_both_iterations_and_min_seconds(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path,
+                   warmup={"iterations": 0, "seconds": 0.1}, measure={"iterations": 5, "min_seconds": 0.3})
+    result = run_agent(job)
+    assert_ok(result)
+    assert result["warmup"]["seconds"] >= 0.1
+    assert len(result["samples_ns"]) > 5  # a tiny model runs far more than 5 times in 0.3 s
+    assert result["measure"]["seconds"] >= 0.3
+    check_samples_and_stats(result, len(result["samples_ns"]))
+
+
+def test_max_iterations_caps_the_measurement(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path,
+                   measure={"iterations": 5, "min_seconds": 30, "max_iterations": 7})
+    result = run_agent(job)
+    assert_ok(result)
+    assert len(result["samples_ns"]) == 7 and result["measure"]["stop_reason"] == "max_iterations"
+    assert any("less than min_seconds" in w for w in result["warnings"])
+
+
+def test_provider_fallback_is_flagged(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path,
+                   options={"execution_provider": "CUDAExecutionProvider"})
+    result = run_agent(job)
+    assert_ok(result)  # onnxruntime falls back to CPU: the run works, the flag says so
+    assert result["provider_fallback"] is True
+    assert result["providers"] == ["CPUExecutionProvider"]
+    assert result["backend"]["requested_providers"] == ["CUDAExecutionProvider"]
+    assert any("provider fallback" in w and "CUDAExecutionProvider" in w for w in result["warnings"])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_torch_cpu(models, tmp_path, fmt):
+    result = run_agent(make_job(models[fmt], fmt, "torch", tmp_path, options={"threads": 1, "device": "cpu"}))
+    assert_ok(result)
+    check_samples_and_stats(result, 20)
+    assert result["backend"]["device"] == "cpu" and result["backend"]["threads"] == 1
+    assert result["providers"] is None
+    assert result["env"]["runtimes"]["torch"].split("+")[0] == __import__("torch").__version__.split("+")[0]
+
+
+def test_torch_cuda_on_a_cpu_machine_is_a_load_error(models, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    job = make_job(models["torchscript"], "torchscript", "torch", tmp_path, options={"device": "cuda"})
+    result = run_agent(job)
+    assert result["status"] == "error"
+    assert result["error"]["stage"] == "load" and "cuda" in result["error"]["message"]
+
+
+# ----- failures become error documents ------------------------------------------
+
+def test_sha256_mismatch_is_a_verify_error(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path)
+    job["artifact"]["sha256"] = "0" * 64
+    result = run_agent(job)
+    assert result["status"] == "error"
+    assert result["error"]["stage"] == "verify"
+    assert "sha256 mismatch" in result["error"]["message"]
+    assert result["samples_ns"] == [] and result["job_id"] == "test-job"
+    assert result["env"]["python"]["version"]  # static environment even for a failed job
+
+
+def test_missing_artifact_is_a_verify_error(tmp_path):
+    job = {"protocol": 1, "job_id": 7, "runtime": "onnxruntime", "input": {"shape": [1, 4]}, "workdir": str(tmp_path),
+           "artifact": {"path": str(tmp_path / "absent.onnx"), "sha256": "a" * 64, "format": "onnx"}}
+    result = run_agent(job)
+    assert result["error"]["stage"] == "verify" and "not found" in result["error"]["message"]
+    assert result["job_id"] == 7
+
+
+def _malformed(job: dict, edit) -> str:
+    job = json.loads(json.dumps(job))
+    edit(job)
+    return json.dumps(job)
+
+
+MALFORMED = [
+    (lambda j: j["artifact"].pop("sha256"), "job.artifact.sha256"),
+    (lambda j: j["artifact"].update(sha256="xyz"), "job.artifact.sha256"),
+    (lambda j: j.pop("job_id"), "job.job_id"),
+    (lambda j: j.update(protocol=2), "job.protocol"),
+    (lambda j: j.update(runtime="tflite"), "job.runtime"),
+    (lambda j: j.update(runtime="torch"), "job.artifact.format"),
+    (lambda j: j["input"].update(shape=[1, "16"]), "job.input.shape"),
+    (lambda j: j["input"].update(dtype="int8"), "job.input.dtype"),
+    (lambda j: j["measure"].update(iterations="ten"), "job.measure.iterations"),
+    (lambda j: j["measure"].update(iterations=True), "job.measure.iterations"),
+    (lambda j: j["warmup"].update(seconds=-1), "job.warmup.seconds"),
+    (lambda j: j.update(timeout_s=0), "job.timeout_s"),
+    (lambda j: j["options"].update(threads=0), "job.options.threads"),
+    (lambda j: j["options"].update(providers=[3]), "job.options.providers"),
+    (lambda j: j.pop("workdir"), "job.workdir"),
+]
+
+
+@pytest.mark.parametrize("edit,field", MALFORMED, ids=[f for _, f in MALFORMED])
+def test_malformed_job_names_the_field(tmp_path, edit, field):
+    artifact = tmp_path / "m.onnx"
+    artifact.write_bytes(b"x")  # never read: parsing fails first
+    base = make_job(artifact, "onnx", "onnxruntime", tmp_path)
+    result = run_agent(_malformed(base, edit))
+    assert result["status"] == "error"
+    assert result["error"]["stage"] == "parse"
+    assert field in result["error"]["message"], result["error"]["message"]
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]"])
+def test_unparsable_job(text):
+    result = run_agent(text)
+    assert result["status"] == "error" and result["error"]["stage"] == "parse"
+    assert "job" in result["error"]["message"]
+
+
+def test_lock_contention_gives_a_lock_error(models, tmp_path):
+    lock_path = tmp_path / "agent.lock"
+    with open(lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(json.dumps({"pid": os.getpid(), "job_id": "the-test", "since_utc": "now"}))
+        held.flush()
+        t0 = time.monotonic()
+        result = run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=1))
+        waited = time.monotonic() - t0
+    assert result["status"] == "error"
+    assert result["error"]["stage"] == "lock"
+    assert "busy" in result["error"]["message"] and "the-test" in result["error"]["message"]
+    assert 0.8 <= waited < 10
+    # Once the lock is free the same job runs.
+    assert_ok(run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=30)))
+
+
+def test_timeout_during_warmup_is_a_warmup_error(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=3,
+                   warmup={"iterations": 0, "seconds": 60})
+    result = run_agent(job)
+    assert result["status"] == "error" and result["error"]["stage"] == "warmup"
+    assert "timeout" in result["error"]["message"]
+
+
+def test_timeout_during_measurement_keeps_the_samples(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=3,
+                   measure={"iterations": 10 ** 9, "min_seconds": 60, "max_iterations": 10 ** 9})
+    t0 = time.monotonic()
+    result = run_agent(job)
+    assert time.monotonic() - t0 < 10
+    assert_ok(result)
+    assert result["measure"]["stop_reason"] == "timeout"
+    assert any(w.startswith("fewer samples than asked") for w in result["warnings"])
+    check_samples_and_stats(result, len(result["samples_ns"]))
+
+
+def test_sigterm_still_yields_a_result(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, job_id="terminated",
+                   measure={"iterations": 10 ** 9, "min_seconds": 60})
+    proc = subprocess.Popen([sys.executable, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        proc.stdin.write(json.dumps(job))
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the agent names itself in the lock file once it holds it
+            text = (tmp_path / "agent.lock").read_text() if (tmp_path / "agent.lock").exists() else ""
+            if '"terminated"' in text:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.terminate()
+        out = proc.stdout.read()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    result = json.loads(out)
+    assert result["status"] == "error" and result["job_id"] == "terminated"
+    assert "terminated by signal" in result["error"]["message"]
+    assert result["error"]["stage"] in ("load", "warmup", "measure")
+    assert result["env"]["hostname"]
+
+
+def test_unknown_option_is_a_warning(models, tmp_path):
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, options={"thread": 2})
+    result = run_agent(job)
+    assert_ok(result)
+    assert any("unknown option 'thread'" in w for w in result["warnings"])
+
+
+def test_probe_and_version():
+    proc = subprocess.run([sys.executable, str(AGENT), "--probe"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "ok" and doc["busy"] is False
+    assert doc["runtimes"]["onnxruntime"]["importable"] is True
+    assert "CPUExecutionProvider" in doc["runtimes"]["onnxruntime"]["providers"]
+    assert doc["runtimes"]["tensorrt"]["importable"] in (True, False)
+    assert doc["env"]["hostname"] and doc["env"]["cpu"]["logical_cores"] >= 1
+    version = subprocess.run([sys.executable, str(AGENT), "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == agent.AGENT_VERSION
+
+
+def test_probe_does_not_import_runtimes_while_busy(tmp_path):
+    with open(tmp_path / "agent.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.run([sys.executable, str(AGENT), "--probe", "--workdir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+    doc = json.loads(proc.stdout)
+    assert doc["busy"] is True
+    assert doc["runtimes"]["onnxruntime"]["importable"] is True
+    assert "providers" not in doc["runtimes"]["onnxruntime"]  # found, not imported
+
+
+# ----- Python 3.6 ----------------------------------------------------------------
+
+def test_agent_source_is_python36_compatible():
+    vermin = shutil.which("vermin") or str(pathlib.Path(sys.executable).with_name("vermin"))
+    if not os.path.exists(vermin):
+        if os.environ.get("CI") == "true":
+            pytest.fail("vermin is not installed; CI must check the agent's Python 3.6 compatibility")
+        pytest.skip("vermin is not installed")
+    proc = subprocess.run([vermin, "-q", "--no-tips", "--violations", "-t=3.6-", str(AGENT)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+def _python36():
+    """A working Python 3.6 interpreter, or None (a pyenv shim may exist but refuse to run)."""
+    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6*/bin/python"))) + [shutil.which("python3.6")]
+    for candidate in candidates:
+        if not candidate or not os.access(candidate, os.X_OK):
+            continue
+        try:
+            proc = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if proc.returncode == 0 and proc.stdout.strip() == "(3, 6)":
+            return candidate
+    return None
+
+
+def test_agent_runs_on_a_real_python36(tmp_path):
+    """Where a Python 3.6 interpreter exists (pyenv), run the stdlib-only paths on it."""
+    python = _python36()
+    if python is None:
+        pytest.skip("no Python 3.6 interpreter here")
+    blob = tmp_path / "blob.onnx"
+    blob.write_bytes(b"not a model")
+    job = make_job(blob, "onnx", "onnxruntime", tmp_path)
+    job["artifact"]["sha256"] = "1" * 64
+    result = run_agent(job, python=python)
+    assert result["error"]["stage"] == "verify"
+    assert run_agent("{}", python=python)["error"]["stage"] == "parse"
+    proc = subprocess.run([python, str(AGENT), "--probe", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "ok" and doc["env"]["python"]["version"].startswith("3.6")
+
+
+# ----- pure helpers (no TensorRT needed) -------------------------------------------
+
+def test_engine_cache_key():
+    base = dict(onnx_sha256="ab" * 32, trt_version="8.2.1.8", gpu_name="NVIDIA Tegra X1", precision="fp16",
+                input_shape=[1, 3, 224, 224])
+    key, fields = agent.engine_cache_key(**base)
+    assert len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+    assert fields["tensorrt"] == "8.2.1.8" and fields["input_shape"] == [1, 3, 224, 224]
+    assert agent.engine_cache_key(**base)[0] == key  # deterministic
+    # Whitespace and case noise in the inputs do not change the key.
+    assert agent.engine_cache_key(**dict(base, onnx_sha256="AB" * 32, gpu_name="NVIDIA  Tegra X1 "))[0] == key
+    for field, other in [("onnx_sha256", "cd" * 32), ("trt_version", "10.0.1.6"), ("gpu_name", "NVIDIA A100"),
+                         ("precision", "fp32"), ("input_shape", [8, 3, 224, 224])]:
+        assert agent.engine_cache_key(**dict(base, **{field: other}))[0] != key, field
+    assert agent.engine_cache_path("/w", key) == os.path.join("/w", "engines", key + ".engine")
+
+
+def test_trt_api_selection():
+    v2 = agent.TRT_V2_ATTRS
+    v3 = agent.TRT_V3_ATTRS
+    assert agent.select_trt_api("8.2.1.8", v2) == "v2"          # Jetson Nano, JetPack 4.6
+    assert agent.select_trt_api("8.6.1", v2 + v3) == "v3"       # both APIs: prefer named tensors
+    assert agent.select_trt_api("8.4.3", v2 + v3) == "v2"       # before 8.5 the bindings API is the real one
+    assert agent.select_trt_api("10.0.1.6", v3) == "v3"         # TensorRT 10 has no bindings
+    assert agent.select_trt_api("10.3", v3 + ("num_bindings",)) == "v3"
+    assert agent.select_trt_api("", v3) == "v3"                 # unknown version: what is there decides
+    with pytest.raises(RuntimeError, match="neither"):
+        agent.select_trt_api("7.1", ("num_bindings",))
+    assert agent.trt_needs_explicit_batch_flag("8.2.1.8") is True
+    assert agent.trt_needs_explicit_batch_flag("10.0.1") is False
+    assert agent.parse_version("8.2.1.8") == (8, 2, 1, 8)
+    assert agent.parse_version("10.13.0.35") == (10, 13, 0, 35)
+    assert agent.trt_dtype_name("DataType.HALF") == "float16"
+    assert agent.trt_dtype_name("FLOAT") == "float32"
+
+
+def test_stats_helpers_match_numpy():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 10, 101):
+        samples = [int(v) for v in rng.integers(1_000, 1_000_000, size=n)]
+        stats = agent.summarize(samples)
+        for q in (50, 90, 99):
+            assert agent.percentile(sorted(samples), q) == pytest.approx(float(np.percentile(samples, q)))
+        assert stats["median_ns"] == pytest.approx(float(np.median(samples)))
+        assert stats["std_ns"] == pytest.approx(float(np.std(samples, ddof=1)) if n > 1 else 0.0)
+    assert agent.summarize([])["n"] == 0 and agent.summarize([])["median_ns"] is None
+
+
+def test_pi_throttle_decoding_and_warnings():
+    decoded = agent.decode_pi_throttled("throttled=0x50005")
+    assert decoded["flags"] == ["under_voltage_now", "throttled_now", "under_voltage_occurred",
+                                "throttled_occurred"]
+    assert agent.decode_pi_throttled("garbage") is None
+    before = {"pi_throttled": agent.decode_pi_throttled("throttled=0x0"), "cpufreq": {"governors": ["performance"]}}
+    after = {"pi_throttled": agent.decode_pi_throttled("throttled=0x40000"),
+             "cpufreq": {"governors": ["performance"]}}
+    warnings = agent.environment_warnings(before, after)
+    assert len(warnings) == 1 and "throttled_occurred" in warnings[0]
+    assert agent.environment_warnings(before, before) == []
+    ondemand = {"cpufreq": {"governors": ["ondemand"]}}
+    assert "ondemand" in agent.environment_warnings(ondemand, ondemand)[0]

@@ -1,0 +1,219 @@
+"""Tests of devices/transport.py: the content-addressed store and LocalTransport.
+
+Real parts only: a real ONNX model built with onnx.helper, the real agent in a
+real subprocess, real signals.  Failures of the agent process must come back
+as error results, never as exceptions.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the repository may not be pip-installed
+    sys.path.insert(0, str(ROOT))
+
+from devices.transport import AGENT_SOURCE, LocalTransport, Transport, sha256_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> pathlib.Path:
+    """y = relu(x @ W + b), 16 -> 8, written with onnx.helper (no torch import needed here)."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal((8,)).astype(np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"]),
+         helper.make_node("Relu", ["z"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def transport(tmp_path):
+    t = LocalTransport(tmp_path / "device")
+    yield t
+    t.close()
+
+
+def make_job(transport: LocalTransport, model: pathlib.Path, **overrides) -> dict:
+    sha = sha256_file(model)
+    job = {
+        "protocol": 1,
+        "job_id": "transport-test",
+        "artifact": {"path": transport.ensure_blob(model, sha), "sha256": sha, "format": "onnx"},
+        "runtime": "onnxruntime",
+        "options": {"threads": 1},
+        "input": {"shape": [1, 16], "dtype": "float32"},
+        "warmup": {"iterations": 2},
+        "measure": {"iterations": 10, "min_seconds": 0},
+        "timeout_s": 60,
+        "workdir": str(transport.workdir),
+    }
+    job.update(overrides)
+    return job
+
+
+# ----- content-addressed store ------------------------------------------------
+
+def test_sha256_file(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"abc" * 1_000_000)
+    assert sha256_file(path) == hashlib.sha256(b"abc" * 1_000_000).hexdigest()
+
+
+def test_ensure_blob_uploads_once(transport, onnx_model):
+    assert isinstance(transport, Transport) and transport.name == "local"
+    sha = sha256_file(onnx_model)
+    path = transport.ensure_blob(onnx_model, sha)
+    assert path == str(transport.workdir / "blobs" / sha)
+    assert pathlib.Path(path).read_bytes() == onnx_model.read_bytes()
+    assert not pathlib.Path(path).is_symlink()
+    size = onnx_model.stat().st_size
+    assert transport.bytes_uploaded == size
+    assert transport.ensure_blob(onnx_model, sha.upper()) == path
+    assert transport.bytes_uploaded == size  # cached: nothing sent again
+
+
+def test_ensure_blob_rejects_a_wrong_hash(transport, tmp_path):
+    src = tmp_path / "data.bin"
+    src.write_bytes(b"payload")
+    with pytest.raises(ValueError, match="expected"):
+        transport.ensure_blob(src, "0" * 64)
+    assert list((transport.workdir / "blobs").iterdir()) == []  # no blob, no temp file left
+    assert transport.bytes_uploaded == 0
+    for bad in ("../../etc/passwd", "abc", "g" * 64):
+        with pytest.raises(ValueError, match="sha256"):
+            transport.ensure_blob(src, bad)
+
+
+def test_ensure_agent_is_content_addressed(transport):
+    path = transport.ensure_agent()
+    assert pathlib.Path(path).name == sha256_file(AGENT_SOURCE)
+    assert pathlib.Path(path).read_bytes() == AGENT_SOURCE.read_bytes()
+    uploaded = transport.bytes_uploaded
+    assert LocalTransport(transport.workdir).ensure_agent() == path
+    assert transport.ensure_agent() == path and transport.bytes_uploaded == uploaded
+
+
+# ----- running the agent -------------------------------------------------------
+
+def test_run_agent_ok(transport, onnx_model):
+    result = transport.run_agent(make_job(transport, onnx_model), timeout_s=90)
+    assert result["status"] == "ok", result.get("error")
+    assert len(result["samples_ns"]) == 10 and result["stats"]["n"] == 10
+    assert result["providers"] == ["CPUExecutionProvider"]
+    assert result["transport"]["name"] == "local" and result["transport"]["returncode"] == 0
+    assert result["transport"]["wall_s"] > 0
+
+
+def test_agent_error_document_passes_through(transport, onnx_model):
+    job = make_job(transport, onnx_model)
+    job["artifact"]["sha256"] = "f" * 64
+    result = transport.run_agent(job, timeout_s=60)
+    assert result["status"] == "error" and result["error"]["stage"] == "verify"
+
+
+def _wait_for_lock_holder(workdir: pathlib.Path, job_id: str, timeout: float = 30) -> int:
+    """The agent writes its pid into agent.lock once it holds the device lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = json.loads((workdir / "agent.lock").read_text())
+            if info.get("job_id") == job_id:
+                return int(info["pid"])
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the agent never took the device lock")
+
+
+def test_agent_killed_mid_run_gives_an_error_result(transport, onnx_model):
+    job = make_job(transport, onnx_model, job_id="to-be-killed", measure={"iterations": 10 ** 9, "min_seconds": 60})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(transport.run_agent, job, 120)
+        pid = _wait_for_lock_holder(transport.workdir, "to-be-killed")
+        time.sleep(0.5)  # let it get into warm-up / measurement
+        os.kill(pid, signal.SIGKILL)
+        result = future.result(timeout=60)
+    assert result["status"] == "error"
+    assert result["error"]["stage"] == "transport"
+    assert "SIGKILL" in result["error"]["message"]
+    assert result["job_id"] == "to-be-killed"
+    assert result["transport"]["returncode"] == -signal.SIGKILL
+
+
+def test_agent_past_its_timeout_is_killed(transport, onnx_model):
+    job = make_job(transport, onnx_model, job_id="too-slow", measure={"iterations": 10 ** 9, "min_seconds": 60})
+    t0 = time.monotonic()
+    result = transport.run_agent(job, timeout_s=3)
+    assert time.monotonic() - t0 < 15
+    assert result["status"] == "error"
+    assert result["error"]["stage"] == "timeout"
+    assert "killed" in result["error"]["message"]
+    assert result["job_id"] == "too-slow"
+    # The whole process group is gone: the device lock is free again.
+    agent = _load_agent()
+    deadline = time.monotonic() + 5
+    while agent.lock_is_held(str(transport.workdir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not agent.lock_is_held(str(transport.workdir))
+
+
+def _load_agent():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_agent_for_transport_test", AGENT_SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("program,needle", [("echo", "not a result document"), ("false", "exited with code 1")])
+def test_garbled_or_missing_output_is_a_transport_error(tmp_path, onnx_model, program, needle):
+    """A "python" that is not one (echo prints the agent path, false prints nothing)."""
+    exe = shutil.which(program)
+    if exe is None:
+        pytest.skip(f"no {program} here")
+    t = LocalTransport(tmp_path / "device", python=exe)
+    result = t.run_agent(make_job(t, onnx_model), timeout_s=30)
+    assert result["status"] == "error" and result["error"]["stage"] == "transport"
+    assert needle in result["error"]["message"]
+
+
+def test_missing_interpreter_is_a_transport_error(tmp_path, onnx_model):
+    t = LocalTransport(tmp_path / "device", python=str(tmp_path / "no-such-python"))
+    result = t.run_agent(make_job(t, onnx_model), timeout_s=30)
+    assert result["status"] == "error" and result["error"]["stage"] == "transport"
+    assert "could not start" in result["error"]["message"]
+
+
+def test_probe(transport):
+    doc = transport.probe()
+    assert doc["status"] == "ok", doc
+    assert doc["busy"] is False
+    assert doc["runtimes"]["onnxruntime"]["importable"] is True
+    assert doc["env"]["hostname"]
