@@ -1,0 +1,440 @@
+"""The results store: runs and records in ONE SQLite file (default ``runs/bench.sqlite``).
+
+Why SQLite: one file to copy or archive, transactions (a record is either
+fully there or not), and safe concurrent writers without a server.
+
+Concurrency and durability choices
+----------------------------------
+* **One connection per thread** (``threading.local``), not one shared
+  connection behind a Python lock.  SQLite's own file locking then serialises
+  writers the same way whether they are threads of one sweep (devices run in
+  parallel threads) or separate processes (two sweeps, a report while a sweep
+  runs); a Python lock would protect threads only, and a shared connection
+  would make one thread's transaction swallow another's statements.
+* **WAL journal mode**: readers never block the writer nor the other way round,
+  so a report can read while a sweep writes.  The database lives on a local
+  disk (WAL needs shared memory; it does not work on network file systems).
+* **busy_timeout** (30 s by default): a writer that finds the file locked waits
+  and retries instead of failing with "database is locked".
+* Every write is an explicit ``BEGIN IMMEDIATE`` transaction: the write lock is
+  taken *before* reading (e.g. "is there already an ok record?"), so the
+  check-then-write of :meth:`Store.add_record` cannot race, and SQLite never has
+  to upgrade a read lock (an upgrade that fails with SQLITE_BUSY at once,
+  without waiting, in WAL mode).
+* ``add_record`` commits immediately, with ``synchronous=FULL``: once it
+  returns, the record survives a SIGKILL of the process and a power cut.  One
+  fsync per record is nothing next to a benchmark that takes seconds.
+* Fork safety: a process forked from one that has the store open must not use
+  (or close) the parent's connections; the store notices the new pid and opens
+  fresh connections, abandoning the inherited ones untouched.
+
+Schema
+------
+``schema_version`` (version, applied) has one row per applied migration; the
+store applies the missing ones (``MIGRATIONS``) when it opens, inside one write
+transaction, so concurrent openers do not race.  A file whose version is newer
+than this code refuses to open (:class:`SchemaTooNewError`).
+
+``runs``: run_id (``YYYYmmdd-HHMMSS-xxxx``, UTC, sorts by time), created, finished,
+git_rev, config (JSON), status (running / done / interrupted), note,
+is_baseline, baseline_seq (order of marking, so "the last baseline" is exact).
+
+``records``: the columns of ``results.records.RECORD_FIELDS`` (flat columns for
+everything tables and plots filter on; JSON text for runtime_options,
+input_shape, samples_ns, providers, env, warnings, extra), plus ``id`` and
+``inserted``; UNIQUE(run_id, job_key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from results.records import JSON_FIELDS, RECORD_FIELDS, STATUSES
+
+DEFAULT_PATH = Path("runs") / "bench.sqlite"
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+RUN_STATUSES = ("running", "done", "interrupted")
+
+_REQUIRED_RECORD_FIELDS = ("run_id", "job_key", "model", "variant", "artifact_sha256", "format", "device",
+                           "runtime", "batch_size", "status")
+_BOOL_FIELDS = frozenset({"provider_fallback"})
+# JSON columns that are never NULL: a missing value is stored as this empty container.
+_JSON_DEFAULTS: dict[str, Any] = {"runtime_options": {}, "samples_ns": [], "warnings": [], "extra": {}}
+_READ_ONLY_FIELDS = frozenset({"id", "inserted"})  # present in records() output, ignored by add_record
+
+# Each migration is a list of statements; migration i (1-based) brings the schema to version i.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE runs (
+            run_id        TEXT PRIMARY KEY,
+            created       TEXT NOT NULL,
+            finished      TEXT,
+            git_rev       TEXT,
+            config        TEXT NOT NULL DEFAULT '{}',
+            status        TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'interrupted')),
+            note          TEXT NOT NULL DEFAULT '',
+            is_baseline   INTEGER NOT NULL DEFAULT 0 CHECK (is_baseline IN (0, 1)),
+            baseline_seq  INTEGER
+        )""",
+        """CREATE TABLE records (
+            id                INTEGER PRIMARY KEY,
+            run_id            TEXT NOT NULL REFERENCES runs(run_id),
+            job_key           TEXT NOT NULL,
+            model             TEXT NOT NULL,
+            variant           TEXT NOT NULL,
+            artifact_sha256   TEXT NOT NULL,
+            format            TEXT NOT NULL,
+            artifact_path     TEXT,
+            device            TEXT NOT NULL,
+            runtime           TEXT NOT NULL,
+            runtime_options   TEXT NOT NULL DEFAULT '{}',
+            batch_size        INTEGER NOT NULL,
+            input_shape       TEXT,
+            macs              INTEGER,
+            params            INTEGER,
+            status            TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+            error_stage       TEXT,
+            error_type        TEXT,
+            error_message     TEXT,
+            stderr_tail       TEXT,
+            n                 INTEGER NOT NULL DEFAULT 0,
+            min_ms            REAL,
+            median_ms         REAL,
+            mean_ms           REAL,
+            max_ms            REAL,
+            p90_ms            REAL,
+            p99_ms            REAL,
+            std_ms            REAL,
+            cv                REAL,
+            samples_ns        TEXT NOT NULL DEFAULT '[]',
+            providers         TEXT,
+            provider_fallback INTEGER,
+            env               TEXT,
+            warnings          TEXT NOT NULL DEFAULT '[]',
+            started           TEXT,
+            finished          TEXT,
+            git_rev           TEXT,
+            agent_version     TEXT,
+            extra             TEXT NOT NULL DEFAULT '{}',
+            inserted          TEXT NOT NULL,
+            UNIQUE (run_id, job_key),
+            CHECK (status = 'error' OR (n > 0 AND median_ms IS NOT NULL)),
+            CHECK (status = 'ok' OR (error_stage IS NOT NULL AND error_message IS NOT NULL))
+        )""",
+        "CREATE INDEX records_model ON records (model, variant)",
+        "CREATE INDEX records_device ON records (device, runtime)",
+        "CREATE INDEX records_status ON records (run_id, status)",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """Base class of the store's own errors."""
+
+
+class DuplicateRecordError(StoreError):
+    """An ok record with this (run_id, job_key) exists; ok measurements are never overwritten."""
+
+
+class UnknownRunError(StoreError, LookupError):
+    """No run with this run_id in the store."""
+
+
+class SchemaTooNewError(StoreError):
+    """The file was written by a newer version of this code; refusing to touch it."""
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with microseconds: sorts as text in time order."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_run_id(now: float | None = None) -> str:
+    """``YYYYmmdd-HHMMSS-xxxx`` in UTC: sorts by start time, readable, unique thanks to the random suffix."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON; str() for what JSON lacks (paths, datetimes in a config) rather than failing a sweep."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _encode_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record dict as column values: checks required fields, JSON-encodes the nested ones."""
+    unknown = set(record) - set(RECORD_FIELDS) - _READ_ONLY_FIELDS
+    if unknown:
+        raise ValueError(f"record has fields the store does not know: {', '.join(sorted(unknown))}")
+    missing = [f for f in _REQUIRED_RECORD_FIELDS if record.get(f) in (None, "")]
+    if missing:
+        raise ValueError(f"record lacks required fields: {', '.join(missing)}")
+    if record["status"] not in STATUSES:
+        raise ValueError(f"record status must be one of {', '.join(STATUSES)}, got {record['status']!r}")
+    row: dict[str, Any] = {}
+    for field in RECORD_FIELDS:
+        value = record.get(field)
+        if field in JSON_FIELDS:
+            if value is None:
+                value = _JSON_DEFAULTS.get(field)
+            value = None if value is None else _dumps(value)
+        elif field in _BOOL_FIELDS and value is not None:
+            value = int(bool(value))
+        row[field] = value
+    return row
+
+
+def _decode_record(row: sqlite3.Row) -> dict[str, Any]:
+    """A records row as the dict make_record built (plus ``id`` and ``inserted``)."""
+    out: dict[str, Any] = {}
+    for key in row.keys():
+        value = row[key]
+        if key in JSON_FIELDS and value is not None:
+            value = json.loads(value)
+        elif key in _BOOL_FIELDS and value is not None:
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+def _decode_run(row: sqlite3.Row) -> dict[str, Any]:
+    run = dict(row)
+    run["config"] = json.loads(run["config"])
+    run["is_baseline"] = bool(run["is_baseline"])
+    return run
+
+
+class Store:
+    """Runs and records in one SQLite file; usable from many threads and processes at once.
+
+    Open it once per process (or per sweep) and share the object between
+    threads: each thread gets its own connection on first use.  ``close()``
+    closes them all and must only be called once no thread uses the store.
+    """
+
+    def __init__(self, path: Path | str = DEFAULT_PATH, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()  # guards _connections only, never held during SQL
+        self._connections: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._closed = False
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----- connections and transactions ------------------------------------
+
+    def _open_connection(self) -> sqlite3.Connection:
+        """A new connection with the store's pragmas (isolation_level=None: we issue BEGIN/COMMIT ourselves)."""
+        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise StoreError(f"{self.path}: SQLite refused WAL journal mode (got {mode!r}); use a local disk")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (fresh ones after a fork)."""
+        if self._closed:
+            raise StoreError(f"{self.path}: store is closed")
+        if os.getpid() != self._pid:
+            # Forked child: the inherited connections belong to the parent; never use or close them.
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._connections = []
+            self._registry_lock = threading.Lock()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open_connection()
+            self._local.conn = conn
+            with self._registry_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, write lock taken up front (BEGIN IMMEDIATE), committed on success."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._connection().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close every thread's connection (call when no other thread uses the store any more)."""
+        with self._registry_lock:
+            connections, self._connections = self._connections, []
+        if os.getpid() == self._pid:
+            for conn in connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._local = threading.local()
+        self._closed = True
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- schema -------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema to SCHEMA_VERSION in one transaction."""
+        with self._write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            if current > len(MIGRATIONS):
+                raise SchemaTooNewError(f"{self.path}: schema version {current} is newer than this code's "
+                                        f"{len(MIGRATIONS)}; upgrade the project")
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, utc_now()))
+
+    def schema_version(self) -> int:
+        return int(self._query("SELECT MAX(version) FROM schema_version")[0][0])
+
+    # ----- runs -----------------------------------------------------------------
+
+    def new_run(self, config: Mapping[str, Any], git_rev: str, note: str = "") -> str:
+        """Register a run (status ``running``) and return its id."""
+        for _ in range(20):
+            run_id = new_run_id()
+            try:
+                with self._write() as conn:
+                    conn.execute("INSERT INTO runs (run_id, created, git_rev, config, note) VALUES (?, ?, ?, ?, ?)",
+                                 (run_id, utc_now(), git_rev, _dumps(dict(config)), note))
+                return run_id
+            except sqlite3.IntegrityError:
+                continue  # same second and same random suffix: draw again
+        raise StoreError("could not find a free run id")  # pragma: no cover - 20 collisions of 16 random bits
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return _decode_run(rows[0]) if rows else None
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first."""
+        return [_decode_run(r) for r in self._query("SELECT * FROM runs ORDER BY created, run_id")]
+
+    def latest_run(self) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM runs ORDER BY created DESC, run_id DESC LIMIT 1")
+        return _decode_run(rows[0]) if rows else None
+
+    def _update_run(self, run_id: str, sql: str, params: Sequence[Any]) -> None:
+        with self._write() as conn:
+            if conn.execute(sql, (*params, run_id)).rowcount == 0:
+                raise UnknownRunError(f"no run {run_id!r} in {self.path}")
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Set a run's status; ``running`` again when a sweep resumes it (clears ``finished``)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        finished = None if status == "running" else utc_now()
+        self._update_run(run_id, "UPDATE runs SET status = ?, finished = ? WHERE run_id = ?", (status, finished))
+
+    def finish_run(self, run_id: str, status: str = "done") -> None:
+        """Mark a run ``done`` or ``interrupted`` (Ctrl-C, a fatal error) and stamp its end time."""
+        if status not in ("done", "interrupted"):
+            raise ValueError(f"a run finishes as 'done' or 'interrupted', not {status!r}")
+        self.set_run_status(run_id, status)
+
+    def set_baseline(self, run_id: str) -> None:
+        """Mark a run as a baseline; the most recently marked one is :meth:`baseline`."""
+        self._update_run(run_id, "UPDATE runs SET is_baseline = 1, "
+                                 "baseline_seq = (SELECT COALESCE(MAX(baseline_seq), 0) + 1 FROM runs) "
+                                 "WHERE run_id = ?", ())
+
+    def clear_baseline(self, run_id: str) -> None:
+        self._update_run(run_id, "UPDATE runs SET is_baseline = 0, baseline_seq = NULL WHERE run_id = ?", ())
+
+    def baseline(self) -> dict[str, Any] | None:
+        """The run most recently marked as baseline (regression reports compare against it), or None."""
+        rows = self._query("SELECT * FROM runs WHERE is_baseline = 1 ORDER BY baseline_seq DESC LIMIT 1")
+        return _decode_run(rows[0]) if rows else None
+
+    # ----- records --------------------------------------------------------------
+
+    def add_record(self, record: Mapping[str, Any]) -> int:
+        """Insert one record and commit at once; return its row id.
+
+        A second record for the same (run_id, job_key) replaces an *error*
+        record (a retried job) but never an *ok* one: that raises
+        :class:`DuplicateRecordError`, since a measurement must not be lost
+        silently.  An unknown run raises :class:`UnknownRunError`.
+        """
+        row = _encode_record(record)
+        row["inserted"] = utc_now()
+        columns = list(row)
+        insert = (f"INSERT INTO records ({', '.join(columns)}) "
+                  f"VALUES ({', '.join(':' + c for c in columns)})")
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (row["run_id"],)).fetchone() is None:
+                raise UnknownRunError(f"no run {row['run_id']!r} in {self.path}; create it with new_run()")
+            old = conn.execute("SELECT id, status FROM records WHERE run_id = ? AND job_key = ?",
+                               (row["run_id"], row["job_key"])).fetchone()
+            if old is not None and old["status"] == "ok":
+                raise DuplicateRecordError(f"run {row['run_id']} already has an ok record for {row['job_key']}")
+            if old is not None:
+                conn.execute("DELETE FROM records WHERE id = ?", (old["id"],))
+            return int(conn.execute(insert, row).lastrowid)
+
+    def done_keys(self, run_id: str) -> set[str]:
+        """Job keys of the run with an ok record: what ``--resume`` skips (error records are retried)."""
+        rows = self._query("SELECT job_key FROM records WHERE run_id = ? AND status = 'ok'", (run_id,))
+        return {r[0] for r in rows}
+
+    def records(self, run_id: str | None = None, status: str | None = None, device: str | None = None,
+                *, with_samples: bool = True) -> list[dict[str, Any]]:
+        """Records matching every given filter, in insertion order, JSON columns decoded.
+
+        ``with_samples=False`` leaves ``samples_ns`` out (the bulk of a row) for
+        tables that need only the statistics.
+        """
+        columns = ["id", *(f for f in RECORD_FIELDS if with_samples or f != "samples_ns"), "inserted"]
+        where, params = [], []
+        for column, value in (("run_id", run_id), ("status", status), ("device", device)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {', '.join(columns)} FROM records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_decode_record(r) for r in self._query(sql + " ORDER BY id", params)]
+
+    def count(self, run_id: str | None = None) -> int:
+        if run_id is None:
+            return int(self._query("SELECT COUNT(*) FROM records")[0][0])
+        return int(self._query("SELECT COUNT(*) FROM records WHERE run_id = ?", (run_id,))[0][0])
