@@ -1,0 +1,236 @@
+"""`export`: from an ``nn.Module`` to a checked, cached artifact with its manifest.
+
+Order of work, and why:
+
+1. validate the request (format, shape, options) -- cheap errors first;
+2. compute the cache key and return an intact cached entry without touching
+   any exporter (or even running the model);
+3. otherwise export into a private staging folder, load the file back the way a
+   device would and compare it with eager PyTorch (`parity.check`), inspect the
+   ONNX graph, write the manifest last, and publish the folder with one rename.
+   Any failure raises `ExportError` and leaves nothing in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import cache, manifest as manifests, onnx_export, parity, pt2, torchscript
+from .errors import ExportError, first_line
+
+if TYPE_CHECKING:
+    import snp_core
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "pt2", "onnx", "trt")
+#: File extension of each format's artifact (trt ships the .onnx; the engine is built on the device).
+EXTENSIONS = {"torchscript": "pt", "pt2": "pt2", "onnx": "onnx", "trt": "onnx"}
+#: The format of the file itself.
+ARTIFACT_FORMATS = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnx", "trt": "onnx"}
+
+
+@dataclass
+class Artifact:
+    """One exported file, its sha256 and manifest; `cached` is True when no export ran."""
+
+    path: Path
+    format: str
+    sha256: str
+    manifest: dict
+    manifest_path: Path
+    cached: bool
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    """Export in eval mode (dropout off) and give the caller's model back in its own mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _check_request(model: nn.Module, fmt: str, input_shape: Sequence[int], opset: int,
+                   onnx_exporter: str) -> tuple[int, ...]:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"export needs a torch.nn.Module, not {type(model).__name__}")
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(d < 1 for d in shape) or shape != tuple(input_shape):
+        raise ExportError(f"input_shape must be positive integers (batch first), got {input_shape!r}")
+    if fmt in ("onnx", "trt"):
+        if not isinstance(opset, int) or opset < 7:
+            raise ExportError(f"opset must be an integer >= 7, got {opset!r}")
+        if onnx_exporter not in onnx_export.ONNX_EXPORTERS:
+            raise ExportError(f"unknown onnx exporter {onnx_exporter!r}; "
+                              f"choose one of: {', '.join(onnx_export.ONNX_EXPORTERS)}")
+    devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
+    if devices - {"cpu"}:
+        raise ExportError(f"export expects a CPU model (found tensors on {', '.join(sorted(devices))}); "
+                          "call model.cpu() first: artifacts are traced on CPU and moved with map_location on devices")
+    return shape
+
+
+def _macs(model: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """MACs of one sample (snp_core's paper-style count); None for inputs it cannot count."""
+    import snp_core
+
+    try:
+        return int(snp_core.count_macs(model, shape[1:]))
+    except Exception as exc:  # a custom module count_macs cannot drive: record null, do not fail the export
+        log.debug("count_macs failed: %s", first_line(exc))
+        return None
+
+
+def _plan_labels(plan: object) -> tuple[str | None, int | None]:
+    """(plan id, the plan's pruned MACs) of a Plan, a plan.json path (or its folder), or None."""
+    if plan is None:
+        return None, None
+    import snp_core
+
+    try:
+        if isinstance(plan, (str, os.PathLike)):  # the id is the file's own bytes, whoever wrote it
+            path, plan = plan, snp_core.Plan.read(Path(plan))
+            pid = manifests.plan_id(path)
+        elif isinstance(plan, snp_core.Plan):
+            pid = manifests.plan_id(plan)
+        else:
+            raise TypeError(f"plan must be a snp_core.Plan, a plan.json path or None, not {type(plan).__name__}")
+        pruned = (plan.macs or {}).get("pruned")
+        return pid, None if pruned is None else int(pruned)
+    except (TypeError, OSError, snp_core.SNPError) as exc:
+        raise ExportError(f"bad plan: {first_line(exc)}") from None
+
+
+def export(model: nn.Module, fmt: str, cache_dir: Path, *, input_shape: Sequence[int] = (1, 3, 224, 224),
+           opset: int = 17, dynamic_batch: bool = False, source: str = "", variant: str = "original",
+           plan: Union["snp_core.Plan", str, "os.PathLike[str]", None] = None,
+           onnx_exporter: str = "auto") -> Artifact:
+    """Export `model` as `fmt` into the content-addressed cache under `cache_dir`; see the package docstring.
+
+    `plan` (the pruning plan of a pruned model, or its plan.json path) only labels the
+    artifact: its sha256 is the manifest's ``plan_id`` and its MACs ``plan_macs``.
+    `onnx_exporter` picks the ONNX exporter for onnx/trt ("auto": dynamo, TorchScript
+    exporter as fallback). Raises `ExportError` (one line) on any failure.
+    """
+    shape = _check_request(model, fmt, input_shape, opset, onnx_exporter)
+    cache_dir = Path(cache_dir)
+    is_onnx = fmt in ("onnx", "trt")
+    label = source or type(model).__name__
+    options = {"input_shape": list(shape), "input_dtype": "float32", "dynamic_batch": bool(dynamic_batch),
+               "opset": opset if is_onnx else None, "onnx_exporter": onnx_exporter if is_onnx else None}
+    versions = manifests.library_versions()
+    key_versions = {k: versions[k] for k in (("torch", "timm", "onnx", "onnxscript", "onnxruntime") if is_onnx
+                                             else ("torch", "timm"))}
+    pid, plan_macs = _plan_labels(plan)
+    labels = {"source": source, "variant": variant, "plan_id": pid}
+    key = cache.cache_key(model, fmt, options, {"versions": key_versions, "labels": labels})
+
+    hit = cache.lookup(cache_dir, key)
+    if hit is not None:
+        return _artifact(*hit, fmt, cached=True)
+    cache.discard(cache_dir, key)  # a broken or foreign entry in the way (no-op when there is none)
+
+    with _eval(model), cache.staging(cache_dir, key) as tmp:
+        started = time.perf_counter()
+        path = tmp / f"model.{EXTENSIONS[fmt]}"
+        # Traced on one input, checked on others: a branch or value baked in at trace time shows up.
+        # Dynamic batch is traced at batch >= 2 (a size-1 dim gets specialised) and checked at a second size.
+        trace_shape = (max(2, shape[0]), *shape[1:]) if dynamic_batch else shape
+        example = parity.example_input(trace_shape, seed=parity.TRACE_SEED)
+        checks = [parity.example_input(shape)]
+        if dynamic_batch:
+            checks.append(parity.example_input((shape[0] + 2, *shape[1:]), seed=parity.INPUT_SEED + 1))
+
+        if is_onnx:
+            entries = onnx_export.export_onnx(model, example, path, opset=opset, dynamic_batch=dynamic_batch,
+                                              exporter=onnx_exporter, label=label)
+        elif fmt == "torchscript":
+            entries = torchscript.export_torchscript(model, example, path, label=label)
+        else:
+            entries = pt2.export_pt2(model, example, path, dynamic_batch=dynamic_batch, label=label)
+        export_seconds = time.perf_counter() - started
+        runner = onnx_export.runner if is_onnx else torchscript.runner if fmt == "torchscript" else pt2.runner
+        try:
+            run, runtime = runner(path)
+            result = parity.check(model, checks, run, label=label, fmt=fmt, runtime=runtime)
+        except ExportError:
+            raise
+        except Exception as exc:  # the artifact does not load or run: as bad as a wrong answer
+            raise ExportError(f"{fmt} export of {label!r} does not load or run back: {first_line(exc)}") from None
+        del run
+
+        params = sum(p.numel() for p in model.parameters())
+        macs = _macs(model, shape)
+        graph = {"op_histogram": None, "nodes": None, "graph_check": None}
+        if is_onnx:
+            import onnx
+
+            graph = onnx_export.inspect_graph(onnx.load(str(path)), params)
+            if plan is not None and not graph["graph_check"]["clean"]:
+                log.warning("onnx graph of pruned %s is not clean: %s", label, graph["graph_check"])
+        doc = {
+            "schema": manifests.SCHEMA,
+            "format": fmt,
+            "artifact_format": ARTIFACT_FORMATS[fmt],
+            "file": path.name,
+            "sha256": manifests.sha256_file(path),
+            "size_bytes": path.stat().st_size,
+            "input_shape": list(shape),
+            "input_dtype": "float32",
+            "dynamic_batch": bool(dynamic_batch),
+            "input_name": entries.get("input_name"),
+            "output_names": entries.get("output_names"),
+            "opset": entries.get("opset"),
+            "exporter": entries["exporter"],
+            "onnx_exporter": entries.get("onnx_exporter"),
+            "exporter_fallback_reason": entries.get("exporter_fallback_reason"),
+            "external_data_files": entries.get("external_data_files", []),
+            "versions": versions,
+            "params": params,
+            "macs": macs,
+            "macs_per_batch": None if macs is None else macs * shape[0],
+            "plan_macs": plan_macs,
+            "parity": result,
+            "source": source,
+            "variant": variant,
+            "plan_id": pid,
+            "options": options,
+            "cache_key": key,
+            "engine_built_on_device": fmt == "trt",
+            **graph,
+            "export_seconds": round(export_seconds, 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        manifests.write(doc, tmp / manifests.MANIFEST_FILE)
+        if not cache.publish(tmp, cache_dir, key):
+            hit = cache.lookup(cache_dir, key)  # a concurrent export of the same key finished first
+            if hit is not None:
+                return _artifact(*hit, fmt, cached=True)
+            cache.discard(cache_dir, key)
+            if not cache.publish(tmp, cache_dir, key):
+                raise ExportError(f"cannot publish {fmt} artifact of {label!r} into {str(cache_dir)!r}")
+    folder = cache.entry_dir(cache_dir, key)
+    return _artifact(folder, doc, fmt, cached=False)
+
+
+def _artifact(folder: Path, doc: dict, fmt: str, *, cached: bool) -> Artifact:
+    return Artifact(path=folder / doc["file"], format=fmt, sha256=doc["sha256"], manifest=doc,
+                    manifest_path=folder / manifests.MANIFEST_FILE, cached=cached)
