@@ -14,9 +14,12 @@ import sys
 
 from snp_core.errors import SNPError
 
-from . import compress, inspect_plan
+from . import compress, devices_cmd, inspect_plan, results_cmd, sweep
+from .config import ConfigError
 
-COMMANDS = (compress, inspect_plan)
+COMMANDS = (compress, inspect_plan, sweep, devices_cmd, results_cmd)
+#: Errors caused by the user's input: printed as one line, exit status 2.
+USER_ERRORS: tuple[type[Exception], ...] = (SNPError, ConfigError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     try:
         return args.func(args) or 0
-    except SNPError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error

@@ -1,0 +1,204 @@
+"""``bench.toml``: models, devices, sweep defaults and measurement settings.
+
+The file is optional: without one, the embedded default below is used (DeiT-T
+original and SNP-pruned with the paper's ratios, on the local machine, as
+.onnx through onnxruntime and .pt through PyTorch). A user's file replaces the
+tables it defines and keeps the embedded ones it does not.
+
+Model entries are named; a pruned entry names the entry it is pruned from
+(``base``), which is also what its speedup is computed against::
+
+    [models.deit_tiny]
+    timm = "deit_tiny_patch16_224"
+    weights = "pretrained"            # or "random" (seeded, offline), or a checkpoint path
+
+    [models.deit_tiny_snp]
+    base = "deit_tiny"
+    ratios = "paper"                  # any `bench compress --ratios` spec
+    criterion = "snp"
+    # round_to = 8 ; calib = "imagenet/train" ; plan = "runs/compress/x" (a saved plan instead)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devices.config import DeviceConfigError, DeviceSpec, parse_devices
+
+DEFAULT_CONFIG = """
+[paths]
+store = "runs/bench.sqlite"
+artifacts = "runs/artifacts"
+
+[models.deit_tiny]
+timm = "deit_tiny_patch16_224"
+weights = "random"
+
+[models.deit_tiny_snp]
+base = "deit_tiny"
+ratios = "paper"
+criterion = "snp"
+
+[sweep]
+models = ["deit_tiny", "deit_tiny_snp"]
+formats = ["onnx", "torchscript"]
+batch = [1]
+
+[measure]           # the paper: 200 warm-up runs, then 1000 timed runs
+warmup_iterations = 200
+iterations = 1000
+min_seconds = 10.0
+timeout_s = 1800
+
+[measure.quick]     # --quick
+warmup_iterations = 20
+iterations = 100
+min_seconds = 2.0
+timeout_s = 600
+
+[devices.local]
+kind = "local"
+label = "this machine"
+runtimes = { onnxruntime = {}, torch = {} }
+"""
+
+FORMATS = ("onnx", "torchscript", "pt2", "trt")
+_MODEL_KEYS = {"timm", "weights", "base", "ratios", "criterion", "round_to", "calib", "num_calib", "plan", "top1",
+               "label"}
+
+
+class ConfigError(ValueError):
+    """bench.toml is wrong: the message names the table, the key and what is accepted."""
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    timm: str
+    weights: str = "random"
+    base: str | None = None          # pruned entries: the model entry they come from
+    ratios: str | None = None
+    criterion: str = "snp"
+    round_to: int | None = None
+    calib: str | None = None
+    num_calib: int = 64
+    plan: str | None = None
+    top1: float | None = None
+    label: str = ""
+
+    @property
+    def variant(self) -> str:
+        """"original", or what made the pruned variant (e.g. "snp:paper")."""
+        if self.base is None:
+            return "original"
+        return f"plan:{Path(self.plan).name}" if self.plan else f"{self.criterion}:{self.ratios}"
+
+
+@dataclass
+class Measure:
+    warmup_iterations: int
+    iterations: int
+    min_seconds: float
+    timeout_s: float
+
+
+@dataclass
+class Config:
+    models: dict[str, ModelSpec]
+    devices: dict[str, DeviceSpec]
+    sweep: dict
+    measure: Measure
+    quick: Measure
+    store: Path
+    artifacts: Path
+    sweeps: dict[str, dict] = field(default_factory=dict)
+
+    def pick_devices(self, names: list[str] | None) -> list[DeviceSpec]:
+        return [self.devices[n] for n in _pick(names or self.sweep.get("devices") or list(self.devices),
+                                               self.devices, "device")]
+
+    def pick_models(self, names: list[str] | None) -> list[ModelSpec]:
+        chosen = _pick(names or self.sweep.get("models") or list(self.models), self.models, "model")
+        # a pruned model is measured against its original, so the original comes along
+        with_bases = []
+        for name in chosen:
+            base = self.models[name].base
+            if base and base not in with_bases and base not in chosen:
+                with_bases.append(base)
+            with_bases.append(name)
+        return [self.models[n] for n in with_bases]
+
+
+def _pick(names: list[str], known: dict, what: str) -> list[str]:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown[0]!r}; known {what}s: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def _parse_model(name: str, table: object) -> ModelSpec:
+    where = f"bench.toml [models.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(table) - _MODEL_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
+    return ModelSpec(name=name, **table) if "timm" in table else ModelSpec(name=name, timm="", **table)
+
+
+def _parse_measure(table: dict, where: str) -> Measure:
+    try:
+        return Measure(int(table["warmup_iterations"]), int(table["iterations"]), float(table["min_seconds"]),
+                       float(table["timeout_s"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bench.toml [{where}]: needs warmup_iterations, iterations, min_seconds, timeout_s "
+                          f"as numbers ({exc})") from None
+
+
+def load(path: Path | None = None) -> Config:
+    """The embedded default, overlaid with `path` (default ./bench.toml when it exists)."""
+    doc = tomllib.loads(DEFAULT_CONFIG)
+    if path is None and Path("bench.toml").is_file():
+        path = Path("bench.toml")
+    if path is not None:
+        try:
+            user = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        for key, value in user.items():
+            if key in ("models", "devices") and isinstance(value, dict):
+                doc[key] = value if key == "devices" else {**doc[key], **value}
+            elif isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key] = {**doc[key], **value}
+            else:
+                doc[key] = value
+
+    models = {name: _parse_model(name, table) for name, table in doc.get("models", {}).items()}
+    for spec in models.values():
+        if spec.base is not None:
+            if spec.base not in models or models[spec.base].base is not None:
+                raise ConfigError(f"bench.toml [models.{spec.name}]: base {spec.base!r} must name an unpruned "
+                                  f"model entry; known: {', '.join(n for n, m in models.items() if m.base is None)}")
+            spec.timm, spec.weights = spec.timm or models[spec.base].timm, models[spec.base].weights
+            if spec.ratios is None and spec.plan is None:
+                spec.ratios = "paper"
+        elif not spec.timm:
+            raise ConfigError(f"bench.toml [models.{spec.name}]: needs timm = \"<timm model name>\" (or base = ...)")
+    try:
+        devices = parse_devices(doc.get("devices"))
+    except DeviceConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    measure = dict(doc.get("measure", {}))
+    quick = measure.pop("quick", {})
+    sweep = dict(doc.get("sweep", {}))
+    for fmt in sweep.get("formats", []):
+        if fmt not in FORMATS:
+            raise ConfigError(f"bench.toml [sweep]: format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    paths = doc.get("paths", {})
+    return Config(models=models, devices=devices, sweep=sweep, measure=_parse_measure(measure, "measure"),
+                  quick=_parse_measure({**measure, **quick}, "measure.quick"), store=Path(paths["store"]),
+                  artifacts=Path(paths["artifacts"]), sweeps=doc.get("sweeps", {}))

@@ -1,0 +1,43 @@
+"""``python -m bench results …``: read the record store (list runs, export records)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from results.export import FORMATS, export
+from results.store import Store
+
+from . import config as bench_config
+from .options import HelpFormatter
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="list runs or export records from the store",
+                       description="Read the SQLite record store written by `bench sweep`.",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--config", type=Path, help="bench.toml to use (for the store path)")
+    p.add_argument("--store", type=Path, help="SQLite store (default: [paths] store)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("runs", help="list runs, newest last")
+    e = actions.add_parser("export", help="write records as csv, parquet or jsonl", formatter_class=HelpFormatter)
+    e.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    e.add_argument("--run", help="run id (default: every run)")
+    e.add_argument("--out", type=Path, help="output file (default: runs/export.<format>)")
+    e.add_argument("--samples", action="store_true", help="csv: include raw samples as a JSON column")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = Store(args.store or bench_config.load(args.config).store)
+    if args.action == "runs":
+        for r in store.runs():
+            mark = " (baseline)" if r.get("is_baseline") else ""
+            print(f"{r['run_id']}  {r['status']:11s} git {r['git_rev']}  {store.count(r['run_id'])} records{mark}")
+        return 0
+    if args.run and store.get_run(args.run) is None:
+        raise bench_config.ConfigError(f"unknown run {args.run!r} in {store.path}")
+    out = args.out or Path("runs") / f"export.{args.format}"
+    count = export(store, args.run, args.format, out, include_samples=args.samples)
+    print(f"wrote {count} records to {out}")
+    return 0

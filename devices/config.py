@@ -1,0 +1,146 @@
+"""The device model: what ``[devices.NAME]`` tables in ``bench.toml`` describe.
+
+A device is somewhere the agent runs (this machine, or a host reached over SSH)
+plus the runtimes to time there and their options. Each runtime accepts some
+artifact formats, which is how a sweep gives every device only what it can run:
+
+=============  ==========================  ==========================================
+runtime        artifact formats            options (all optional)
+=============  ==========================  ==========================================
+onnxruntime    onnx                        threads, providers / execution_provider,
+                                           graph_optimization
+torch          torchscript (.pt), pt2      threads, interop_threads, device (cpu/cuda)
+tensorrt       trt (the .onnx is shipped;  precision (fp32/fp16), device, workspace_mb
+               the engine is built on the
+               device and cached there)
+=============  ==========================  ==========================================
+
+Example::
+
+    [devices.pi]
+    kind = "ssh"
+    host = "pi"                      # an alias from ~/.ssh/config, or a host name
+    python = "/usr/bin/python3"
+    workdir = "~/snp-bench"
+    label = "Raspberry Pi 4B"
+    pre = ["sudo -n cpufreq-set -g performance"]
+    runtimes = { onnxruntime = { threads = 4 } }
+
+``pre``/``post`` are shell commands the user wrote in their own config; they run
+on the device as written (that is their purpose). Everything the project itself
+sends to a device is quoted. Passwords have no place here: SSH uses keys or
+ssh-agent only.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .transport import LocalTransport, Transport
+
+RUNTIME_FORMATS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("onnx",),
+    "torch": ("torchscript", "pt2"),
+    "tensorrt": ("trt",),
+}
+KINDS = ("local", "ssh")
+_KEYS = {"kind", "host", "user", "port", "identity_file", "python", "workdir", "label", "labels", "pre", "post",
+         "runtimes", "connect_timeout", "known_hosts", "ssh_config"}
+
+
+class DeviceConfigError(ValueError):
+    """A device table in bench.toml is wrong; the message names the device and the key."""
+
+
+@dataclass
+class DeviceSpec:
+    name: str
+    kind: str
+    runtimes: dict[str, dict]
+    host: str = ""
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    python: str = ""
+    workdir: str = ""
+    label: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    pre: list[str] = field(default_factory=list)
+    post: list[str] = field(default_factory=list)
+    connect_timeout: float = 10.0
+    known_hosts: str | None = None   # default ~/.ssh/known_hosts
+    ssh_config: str | None = None    # default ~/.ssh/config
+
+    @property
+    def display(self) -> str:
+        """The device's name as tables show it, e.g. "Raspberry Pi 4B"."""
+        return self.label or self.name
+
+    def formats_for(self, runtime: str) -> tuple[str, ...]:
+        return RUNTIME_FORMATS[runtime]
+
+
+def parse_device(name: str, table: object) -> DeviceSpec:
+    """One ``[devices.NAME]`` table, validated, with defaults filled in."""
+
+    def bad(message: str) -> DeviceConfigError:
+        return DeviceConfigError(f"bench.toml [devices.{name}]: {message}")
+
+    if not isinstance(table, dict):
+        raise bad("must be a table")
+    unknown = sorted(set(table) - _KEYS)
+    if unknown:
+        raise bad(f"unknown key {unknown[0]!r}; known: {', '.join(sorted(_KEYS))}")
+    if "password" in {k.lower() for k in table}:
+        raise bad("passwords are not accepted; use an SSH key or ssh-agent")
+    kind = table.get("kind", "local")
+    if kind not in KINDS:
+        raise bad(f"kind {kind!r} is not one of: {', '.join(KINDS)}")
+    if kind == "ssh" and not isinstance(table.get("host"), str):
+        raise bad("an ssh device needs host = \"name or ~/.ssh/config alias\"")
+    runtimes = table.get("runtimes", {"onnxruntime": {}, "torch": {}})
+    if isinstance(runtimes, list):  # runtimes = ["onnxruntime", "torch"]: default options
+        runtimes = {r: {} for r in runtimes}
+    if not isinstance(runtimes, dict) or not runtimes:
+        raise bad("runtimes must name at least one runtime, e.g. runtimes = { onnxruntime = { threads = 4 } }")
+    for runtime, options in runtimes.items():
+        if runtime not in RUNTIME_FORMATS:
+            raise bad(f"runtime {runtime!r} is not one of: {', '.join(RUNTIME_FORMATS)}")
+        if not isinstance(options, dict):
+            raise bad(f"options of runtime {runtime!r} must be a table")
+    for key in ("pre", "post"):
+        if not isinstance(table.get(key, []), list) or not all(isinstance(c, str) for c in table.get(key, [])):
+            raise bad(f"{key} must be a list of shell command strings")
+    default_workdir = f"runs/devices/{name}" if kind == "local" else "~/.snp-bench"
+    return DeviceSpec(
+        name=name, kind=kind, runtimes={r: dict(o) for r, o in runtimes.items()}, host=table.get("host", ""),
+        user=table.get("user"), port=table.get("port"), identity_file=table.get("identity_file"),
+        python=table.get("python", sys.executable if kind == "local" else "python3"),
+        workdir=table.get("workdir", default_workdir), label=table.get("label", ""),
+        labels={str(k): str(v) for k, v in table.get("labels", {}).items()}, pre=list(table.get("pre", [])),
+        post=list(table.get("post", [])), connect_timeout=float(table.get("connect_timeout", 10.0)),
+        known_hosts=table.get("known_hosts"), ssh_config=table.get("ssh_config"),
+    )
+
+
+def parse_devices(tables: object) -> dict[str, DeviceSpec]:
+    """All devices of a ``[devices]`` table; the local machine when there are none."""
+    if tables is None:
+        tables = {"local": {"kind": "local"}}
+    if not isinstance(tables, dict):
+        raise DeviceConfigError("bench.toml: [devices] must be a table of device tables")
+    return {name: parse_device(name, table) for name, table in tables.items()}
+
+
+def open_transport(spec: DeviceSpec, *, trust_new_hosts: bool = False) -> Transport:
+    """A transport to the device; SSH connects lazily on first use."""
+    if spec.kind == "local":
+        return LocalTransport(Path(spec.workdir), python=spec.python)
+    from .ssh import SSHTransport
+
+    return SSHTransport(spec.name, spec.host, user=spec.user, port=spec.port, identity_file=spec.identity_file,
+                        python=spec.python, workdir=spec.workdir, known_hosts=spec.known_hosts,
+                        trust_new_hosts=trust_new_hosts, connect_timeout=spec.connect_timeout,
+                        ssh_config_path=spec.ssh_config)
