@@ -2,8 +2,8 @@
 
 The file is optional: without one, the embedded default below is used (DeiT-T
 original and SNP-pruned with the paper's ratios, on the local machine, as
-.onnx through onnxruntime and .pt through PyTorch). A user's file replaces the
-tables it defines and keeps the embedded ones it does not.
+.onnx through onnxruntime and .pt through PyTorch). A user's ``[models]`` and
+``[devices]`` replace the embedded ones; other tables are merged key by key.
 
 Model entries are named; a pruned entry names the entry it is pruned from
 (``base``), which is also what its speedup is computed against::
@@ -11,10 +11,11 @@ Model entries are named; a pruned entry names the entry it is pruned from
     [models.deit_tiny]
     timm = "deit_tiny_patch16_224"
     weights = "pretrained"            # or "random" (seeded, offline), or a checkpoint path
+    # kwargs = { img_size = 160 }     # passed to timm.create_model
 
     [models.deit_tiny_snp]
     base = "deit_tiny"
-    ratios = "paper"                  # any `bench compress --ratios` spec
+    ratios = "paper"                  # any `bench compress --ratios` spec, or { qk = 0.5, v = 0.4, ffn = 0.3, embed = 0.2 }
     criterion = "snp"
     # round_to = 8 ; calib = "imagenet/train" ; plan = "runs/compress/x" (a saved plan instead)
 """
@@ -65,8 +66,8 @@ runtimes = { onnxruntime = {}, torch = {} }
 """
 
 FORMATS = ("onnx", "torchscript", "pt2", "trt")
-_MODEL_KEYS = {"timm", "weights", "base", "ratios", "criterion", "round_to", "calib", "num_calib", "plan", "top1",
-               "label"}
+_MODEL_KEYS = {"timm", "weights", "kwargs", "base", "ratios", "criterion", "round_to", "calib", "num_calib", "plan",
+               "top1", "label"}
 
 
 class ConfigError(ValueError):
@@ -78,8 +79,9 @@ class ModelSpec:
     name: str
     timm: str
     weights: str = "random"
+    kwargs: dict = field(default_factory=dict)
     base: str | None = None          # pruned entries: the model entry they come from
-    ratios: str | None = None
+    ratios: str | dict | None = None  # a --ratios spec, or uniform ratios per kind
     criterion: str = "snp"
     round_to: int | None = None
     calib: str | None = None
@@ -93,7 +95,11 @@ class ModelSpec:
         """"original", or what made the pruned variant (e.g. "snp:paper")."""
         if self.base is None:
             return "original"
-        return f"plan:{Path(self.plan).name}" if self.plan else f"{self.criterion}:{self.ratios}"
+        if self.plan:
+            return f"plan:{Path(self.plan).name}"
+        if isinstance(self.ratios, dict):
+            return f"{self.criterion}:" + ",".join(f"{k}={v}" for k, v in sorted(self.ratios.items()))
+        return f"{self.criterion}:{self.ratios}"
 
 
 @dataclass
@@ -102,6 +108,7 @@ class Measure:
     iterations: int
     min_seconds: float
     timeout_s: float
+    grace_s: float = 60.0   # the transport kills an agent this long after timeout_s (start-up, imports, report)
 
 
 @dataclass
@@ -151,14 +158,18 @@ def _parse_model(name: str, table: object) -> ModelSpec:
 def _parse_measure(table: dict, where: str) -> Measure:
     try:
         return Measure(int(table["warmup_iterations"]), int(table["iterations"]), float(table["min_seconds"]),
-                       float(table["timeout_s"]))
+                       float(table["timeout_s"]), float(table.get("grace_s", 60.0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bench.toml [{where}]: needs warmup_iterations, iterations, min_seconds, timeout_s "
                           f"as numbers ({exc})") from None
 
 
 def load(path: Path | None = None) -> Config:
-    """The embedded default, overlaid with `path` (default ./bench.toml when it exists)."""
+    """The embedded default, overlaid with `path` (default ./bench.toml when it exists).
+
+    ``[models]`` and ``[devices]`` in the user's file replace the embedded ones whole;
+    other tables are merged key by key.
+    """
     doc = tomllib.loads(DEFAULT_CONFIG)
     if path is None and Path("bench.toml").is_file():
         path = Path("bench.toml")
@@ -169,9 +180,11 @@ def load(path: Path | None = None) -> Config:
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        if "models" in user and "models" not in user.get("sweep", {}):
+            doc["sweep"].pop("models")  # the embedded model list names embedded models: sweep all of the user's
         for key, value in user.items():
-            if key in ("models", "devices") and isinstance(value, dict):
-                doc[key] = value if key == "devices" else {**doc[key], **value}
+            if key in ("models", "devices"):
+                doc[key] = value  # a user's models / devices replace the embedded ones
             elif isinstance(value, dict) and isinstance(doc.get(key), dict):
                 doc[key] = {**doc[key], **value}
             else:
@@ -183,7 +196,8 @@ def load(path: Path | None = None) -> Config:
             if spec.base not in models or models[spec.base].base is not None:
                 raise ConfigError(f"bench.toml [models.{spec.name}]: base {spec.base!r} must name an unpruned "
                                   f"model entry; known: {', '.join(n for n, m in models.items() if m.base is None)}")
-            spec.timm, spec.weights = spec.timm or models[spec.base].timm, models[spec.base].weights
+            base = models[spec.base]
+            spec.timm, spec.weights, spec.kwargs = spec.timm or base.timm, base.weights, base.kwargs
             if spec.ratios is None and spec.plan is None:
                 spec.ratios = "paper"
         elif not spec.timm:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = ratio_sources.resolve(args.ratios, args.model)
     plan = snp_core.make_plan(original, args.model, ratios, snp_core.get_criterion("l2"), round_to=args.round_to)
     pruned = snp_core.prune(original, plan)
-    x = torch.randn(args.batch, *original.pretrained_cfg["input_size"])
+    x = torch.randn(args.batch, *snp_core.models.input_size(original))
     samples = time_interleaved({"original": original, "pruned": pruned}, x, args.rounds, args.iters, args.warmup)
 
     med = {name: statistics.median(s) for name, s in samples.items()}

@@ -32,11 +32,14 @@ def build_model(spec: ModelSpec, base: ModelSpec | None) -> tuple[nn.Module, Pla
     if spec.plan:
         return snp_core.load(spec.plan), Plan.read(Path(spec.plan))
     if spec.base is None:
-        return snp_core.create(spec.timm, spec.weights), None
+        return snp_core.create(spec.timm, spec.weights, **spec.kwargs), None
     assert base is not None
-    original = snp_core.create(base.timm, base.weights)
+    original = snp_core.create(base.timm, base.weights, **base.kwargs)
     adapter = snp_core.adapter_for(original, spec.timm)
-    ratios = snp_core.ratios.resolve(spec.ratios or "paper", spec.timm)
+    if isinstance(spec.ratios, dict):
+        ratios = snp_core.ratios.uniform(adapter.groups(), **spec.ratios)
+    else:
+        ratios = snp_core.ratios.resolve(spec.ratios or "paper", spec.timm)
     criterion = snp_core.get_criterion(spec.criterion)
     images, info = None, None
     if criterion.uses_activations:
@@ -44,7 +47,7 @@ def build_model(spec: ModelSpec, base: ModelSpec | None) -> tuple[nn.Module, Pla
         images, info = calib.images, calib.info()
     snp_core.kept_widths(adapter.groups(), ratios, spec.round_to)
     plan = snp_core.make_plan(original, spec.timm, ratios, criterion, images, info, round_to=spec.round_to,
-                              progress=False)
+                              progress=False, model_kwargs=base.kwargs)
     return snp_core.prune(original, plan), plan
 
 
@@ -54,7 +57,7 @@ def export_all(specs: list[ModelSpec], formats: list[str], batches: list[int], c
     artifacts: dict[tuple[str, str, int], exporters.Artifact] = {}
     for spec in specs:
         model, plan = build_model(spec, models.get(spec.base) if spec.base else None)
-        size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        size = snp_core.models.input_size(model)
         for fmt in formats:
             for batch in batches:
                 art = exporters.export(model, EXPORT_FORMAT[fmt], cache_dir, input_shape=(batch, *size),

@@ -51,7 +51,8 @@ class Job:
 
     @property
     def key(self) -> str:
-        return records.job_key(self.model.timm, self.model.variant, self.fmt, self.device.name, self.runtime,
+        # the config entry's name, not the timm name: two entries may share a timm model (other kwargs)
+        return records.job_key(self.model.name, self.model.variant, self.fmt, self.device.name, self.runtime,
                                self.options, self.batch)
 
 
@@ -152,7 +153,7 @@ def run_device(device: DeviceSpec, jobs: list[Job], artifacts: dict, store: Stor
             job_doc = agent_job(job, art, "", workdir, measure)
             try:
                 job_doc["artifact"]["path"] = transport.ensure_blob(art.path, art.sha256)
-                result = transport.run_agent(job_doc, timeout_s=measure.timeout_s + 120)
+                result = transport.run_agent(job_doc, timeout_s=measure.timeout_s + measure.grace_s)
             except Exception as exc:  # an upload failure ends this job, not the device's sweep
                 result = error_result(job_doc, "transport", f"{type(exc).__name__}: {exc}")
             pending.pop(0)

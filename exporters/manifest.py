@@ -65,21 +65,22 @@ def library_versions() -> dict[str, str | None]:
 
 
 def plan_id(plan: object) -> str | None:
-    """sha256 of the plan.json content, or None for an original (unpruned) model.
+    """The plan's fingerprint (``snp_core.Plan.fingerprint``), or None for an original model.
 
-    A `snp_core.Plan` is serialised exactly as ``Plan.write`` writes plan.json, so
-    the id equals ``sha256sum plan.json`` of the folder ``snp_core.save`` wrote;
-    a path is hashed as the file it names (or the plan.json in that folder).
+    The fingerprint leaves out the plan's creation time, so the same pruning done
+    twice has the same id and the export cache is hit; a path is read as the
+    plan.json it names (or the one in that folder).
     """
     if plan is None:
         return None
     if isinstance(plan, (str, os.PathLike)):
-        path = Path(plan)
-        return sha256_file(path / "plan.json" if path.is_dir() else path)
-    to_dict = getattr(plan, "to_dict", None)
-    if to_dict is None:
+        from snp_core.plan import Plan
+
+        plan = Plan.read(Path(plan))
+    fingerprint = getattr(plan, "fingerprint", None)
+    if fingerprint is None:
         raise TypeError(f"plan must be a snp_core.Plan, a plan.json path or None, not {type(plan).__name__}")
-    return hashlib.sha256((json.dumps(to_dict(), indent=1) + "\n").encode()).hexdigest()
+    return fingerprint()
 
 
 def write(manifest: dict, path: Path) -> None:

@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
-import torch
 from torch import nn
 
 from . import cache, manifest as manifests, onnx_export, parity, pt2, torchscript

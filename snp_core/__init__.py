@@ -12,7 +12,7 @@ Typical use::
     again = snp_core.load("out")          # plan.json + model.safetensors, no pickles
 """
 
-from . import calibration, ratios
+from . import calibration, models, ratios
 from .adapters import ADAPTERS, PrunedAttention, adapter_for
 from .errors import (CalibrationError, PlanError, RatioError, SNPError, UnknownModelError,
                      UnsupportedModelError)
@@ -27,6 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTERS", "CRITERIA", "CalibrationError", "Importance", "Plan", "PlanError", "PrunedAttention", "RatioError",
     "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for", "calibration", "count_macs",
-    "count_params", "create", "get_criterion", "kept_widths", "load", "make_plan", "prune", "ratios", "save",
+    "count_params", "create", "get_criterion", "kept_widths", "load", "make_plan", "models", "prune", "ratios", "save",
     "summary",
 ]

@@ -103,19 +103,27 @@ def _from_folder(root: Path, model: torch.nn.Module, num_images: int, seed: int)
     return Calibration(torch.stack(images), str(root), f"{len(images)} images sampled with seed {seed}")
 
 
-def _eval_transform(model: torch.nn.Module):
-    from timm.data import create_transform, resolve_data_config
+def _data_config(model: torch.nn.Module) -> dict:
+    """timm's preprocessing for `model`, at the input size the model really takes."""
+    from timm.data import resolve_data_config
 
-    return create_transform(**resolve_data_config({}, model=model), is_training=False)
+    from .models import input_size
+
+    return resolve_data_config({"input_size": input_size(model)}, model=model)
+
+
+def _eval_transform(model: torch.nn.Module):
+    from timm.data import create_transform
+
+    return create_transform(**_data_config(model), is_training=False)
 
 
 def _fallback(model: torch.nn.Module, num_images: int, seed: int) -> Calibration:
     """Seeded random crops of scikit-image's bundled photographs (logged, never silent)."""
     import skimage.data
     from torchvision import transforms as T
-    from timm.data import resolve_data_config
 
-    cfg = resolve_data_config({}, model=model)
+    cfg = _data_config(model)
     crop = T.Compose([
         T.RandomResizedCrop(cfg["input_size"][1:], scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),

@@ -34,7 +34,9 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: tuple[int, ...] | None = None) -> int:
     """MACs of one forward pass for ONE image of `input_size` (C, H, W)."""
     if input_size is None:
-        input_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        from .models import input_size as model_input_size
+
+        input_size = model_input_size(model)
     total = 0
 
     def linear(m: nn.Linear, args, out) -> None:

@@ -61,3 +61,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise PlanError(f"weights file {str(path)!r} does not hold a state_dict")
     return state
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) the model takes: its patch embedding's when it has one (``img_size=`` overrides
+    timm's default), else its pretrained config's."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "img_size", None) is not None:
+        return (embed.proj.in_channels, *embed.img_size)
+    return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))

@@ -9,6 +9,7 @@ create the original architecture, cut it to the kept indices, load the weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +40,15 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, **asdict(self)}
+
+    def fingerprint(self) -> str:
+        """sha256 of the plan's content without its creation time: equal plans, equal ids.
+
+        Used as the plan id in artifact manifests and export cache keys, so pruning
+        the same model the same way twice reuses the same artifacts.
+        """
+        content = {k: v for k, v in self.to_dict().items() if k != "created"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")

@@ -130,9 +130,9 @@ def test_manifest_describes_the_file(exported: dict, deit: dict, variant: str, f
         assert (m["variant"], m["plan_id"], m["plan_macs"]) == ("original", None, None)
         assert m["params"] == 5_717_416
     else:
-        # The plan id is the sha256 of plan.json exactly as snp_core.save writes it.
+        # The plan id is the plan's fingerprint, the same whether given as a Plan or as the saved plan.json.
         snp_core.save(tmp_path, model, deit["plan"])
-        assert m["variant"] == "snp:deit_tiny" and m["plan_id"] == sha256(tmp_path / "plan.json")
+        assert m["variant"] == "snp:deit_tiny" and m["plan_id"] == deit["plan"].fingerprint()
         assert exporters.export(model, fmt, art.path.parent.parent, source=NAME, variant="snp:deit_tiny",
                                 plan=tmp_path / "plan.json", dynamic_batch=fmt == "onnx").path == art.path
         # Module MACs equal the plan's MACs for its kept widths: the module is physically that small.

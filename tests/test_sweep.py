@@ -1,0 +1,245 @@
+"""`bench sweep` end to end: local and real-sshd devices, faults, resume after SIGKILL, injection.
+
+A 2-block DeiT-T at 64x64 (timm kwargs) keeps exports and timings fast; the code
+paths are the ones a full DeiT sweep takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import config as bench_config
+from bench.sweep import execute
+from results.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+MODELS = """
+[paths]
+store = "{tmp}/bench.sqlite"
+artifacts = "{artifacts}"
+
+[models.tiny]
+timm = "deit_tiny_patch16_224"
+weights = "random"
+kwargs = {{ img_size = 64, depth = 2 }}
+
+[models.tiny_snp]
+base = "tiny"
+ratios = {{ qk = 0.5, v = 0.5, ffn = 0.5, embed = 0.25 }}
+criterion = "l2"
+
+[sweep]
+models = ["tiny", "tiny_snp"]
+formats = ["onnx", "torchscript"]
+batch = [1]
+
+[measure]
+warmup_iterations = 3
+iterations = {iterations}
+min_seconds = {min_seconds}
+timeout_s = {timeout}
+grace_s = {grace}
+"""
+
+
+def ssh_device(name: str, server, workdir: Path, python: str = PY, known_hosts: Path | None = None,
+               runtimes: str = "{ onnxruntime = { threads = 1 }, torch = { threads = 1 } }") -> str:
+    return f"""
+[devices.{name}]
+kind = "ssh"
+host = "{server.alias}"
+ssh_config = "{server.ssh_config}"
+known_hosts = "{known_hosts or server.known_hosts}"
+identity_file = "{server.client_key}"
+python = "{python}"
+workdir = {json.dumps(str(workdir))}
+runtimes = {runtimes}
+"""
+
+
+def local_device(name: str, workdir: Path, python: str = PY) -> str:
+    return f"""
+[devices.{name}]
+kind = "local"
+python = "{python}"
+workdir = {json.dumps(str(workdir))}
+runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")  # shared: each test after the first reuses the exports
+
+
+def write_config(tmp: Path, artifacts: Path, devices: str, iterations: int = 5, min_seconds: float = 0.0,
+                 timeout: float = 120, grace: float = 30) -> Path:
+    path = tmp / "bench.toml"
+    path.write_text(MODELS.format(tmp=tmp, artifacts=artifacts, iterations=iterations, min_seconds=min_seconds,
+                                  timeout=timeout, grace=grace) + devices)
+    return path
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([PY, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
+    cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev"))
+    r = bench("sweep", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| deit_tiny_patch16_224 | l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5 | local" in r.stdout
+    assert "onnxruntime (.onnx)" in r.stdout and "torch (.torchscript)" in r.stdout
+    rows = Store(tmp_path / "bench.sqlite").records()
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["n"] >= 5 for r in rows)
+    assert {r["variant"] for r in rows} == {"original", "l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5"}
+    assert all(len(r["samples_ns"]) == r["n"] and r["macs"] and r["env"]["cpu"] for r in rows)
+
+    r = bench("results", "--config", str(cfg), "export", "--format", "csv", "--out", str(tmp_path / "x.csv"),
+              cwd=tmp_path)
+    assert r.returncode == 0 and "wrote 4 records" in r.stdout
+
+
+def test_ssh_sweep_same_fields_as_local_and_second_sweep_uploads_nothing(tmp_path, artifacts, sshd_server):
+    devices = local_device("here", tmp_path / "here") + ssh_device("remote", sshd_server, tmp_path / "remote")
+    cfg = bench_config.load(write_config(tmp_path, artifacts, devices))
+    store = Store(cfg.store)
+    first = execute(cfg, store, {}, progress=False)
+    assert not first.errors, first.errors
+    assert first.uploaded["remote"] > 0  # agent + 4 artifacts went over SFTP
+    here = [r for r in first.records if r["device"] == "here"]
+    remote = [r for r in first.records if r["device"] == "remote"]
+    assert len(here) == len(remote) == 4
+    for a, b in zip(sorted(here, key=lambda r: r["job_key"]), sorted(remote, key=lambda r: r["job_key"])):
+        assert set(a) == set(b)
+        assert [k for k, v in a.items() if v is None] == [k for k, v in b.items() if v is None]
+        assert a["artifact_sha256"] == b["artifact_sha256"] and b["extra"]["transport"]["name"] == "remote"
+
+    second = execute(cfg, store, {}, progress=False)
+    assert not second.errors and second.run_id != first.run_id
+    assert second.uploaded == {"here": 0, "remote": 0}
+
+
+def test_faults_leave_error_records_and_other_devices_finish(tmp_path, artifacts, sshd_server, sshd_factory):
+    other = sshd_factory()  # a real server whose key is NOT the one we claim to know
+    wrong_keys = tmp_path / "wrong_known_hosts"
+    wrong_keys.write_text(other.host_key_line().replace(other.known_hosts_name, sshd_server.known_hosts_name))
+    hang = tmp_path / "hang.sh"  # an "agent" that never answers: the transport must kill it
+    hang.write_text("#!/bin/sh\nexec sleep 600\n")
+    hang.chmod(0o755)
+    killer = tmp_path / "dies.sh"  # the agent is SIGKILLed 1.5 s into its run
+    killer.write_text(f"#!/bin/sh\nexec timeout -s KILL 1.5 {PY} \"$@\"\n")
+    killer.chmod(0o755)
+    closed = sshd_factory()
+    closed.kill()  # nothing listens on its port any more
+    devices = (local_device("good", tmp_path / "good")
+               + ssh_device("unreachable", closed, tmp_path / "u")
+               + ssh_device("badkey", sshd_server, tmp_path / "b", known_hosts=wrong_keys)
+               + local_device("hangs", tmp_path / "h", python=str(hang))
+               + local_device("killed", tmp_path / "k", python=str(killer)))
+    cfg = bench_config.load(write_config(tmp_path, artifacts, devices, iterations=100000, min_seconds=0.0,
+                                         timeout=3, grace=2))
+    cfg.measure.iterations = 5  # only "killed" must run long: give it its own, slower settings below
+    outcome = execute(cfg, Store(cfg.store), {"devices": ["good", "unreachable", "badkey", "hangs"]}, progress=False)
+    by_device: dict[str, list[dict]] = {}
+    for r in outcome.records:
+        by_device.setdefault(r["device"], []).append(r)
+    assert all(len(rows) == 4 for rows in by_device.values()) and len(by_device) == 4
+    assert all(r["status"] == "ok" for r in by_device["good"])
+    assert all(r["error_stage"] == "connect" for r in by_device["unreachable"])
+    assert all(r["error_stage"] == "connect" and "host key" in r["error_message"].lower() for r in by_device["badkey"])
+    assert all(r["error_stage"] == "timeout" for r in by_device["hangs"])
+
+    cfg.measure.iterations, cfg.measure.min_seconds, cfg.measure.timeout_s = 100000, 30.0, 60.0
+    outcome = execute(cfg, Store(cfg.store), {"devices": ["killed"], "formats": ["onnx"]}, progress=False)
+    assert len(outcome.records) == 2
+    assert all(r["error_stage"] == "transport" and "SIGKILL" in r["error_message"] for r in outcome.records)
+
+
+def test_sigkill_mid_sweep_then_resume_runs_every_job_exactly_once(tmp_path, artifacts):
+    cfg_path = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev"), iterations=5,
+                            min_seconds=1.5)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([PY, "-m", "bench", "sweep", "--config", str(cfg_path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    db = tmp_path / "bench.sqlite"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as conn:
+                    if conn.execute("select count(*) from records").fetchone()[0] >= 1:
+                        break
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = Store(db)
+    run_id = store.latest_run()["run_id"]
+    partial = store.records(run_id)
+    assert 1 <= len(partial) < 4
+
+    r = bench("sweep", "--config", str(cfg_path), "--resume", run_id, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"run {run_id}: 4 jobs on 1 device(s), {4 - len(partial)} to do" in r.stdout
+    rows = store.records(run_id)
+    assert len(rows) == 4 and len({row["job_key"] for row in rows}) == 4 and all(row["status"] == "ok" for row in rows)
+    assert {(p["job_key"], p["median_ms"]) for p in partial} <= {(row["job_key"], row["median_ms"]) for row in rows}
+
+
+def test_hostile_names_and_workdirs_never_execute(tmp_path, artifacts, sshd_server):
+    evil = "x'; touch pwned; echo \"$(touch pwned2)\" `touch pwned3`"
+    workdir = tmp_path / evil
+    devices = ssh_device("remote", sshd_server, workdir, runtimes="{ onnxruntime = { threads = 1 } }")
+    cfg_path = write_config(tmp_path, artifacts, devices)
+    text = cfg_path.read_text().replace("[models.tiny_snp]", f"[models.\"{evil.replace(chr(34), '')}\"]\nbase = \"tiny\"\n"
+                                        "ratios = { qk = 0.25 }\ncriterion = \"l2\"\n\n[models.tiny_snp]")
+    cfg_path.write_text(text)
+    cfg = bench_config.load(cfg_path)
+    outcome = execute(cfg, Store(cfg.store), {"models": list(cfg.models), "formats": ["onnx"]}, progress=False)
+    assert len(outcome.records) == 3 and not outcome.errors, outcome.errors
+    assert (workdir / "blobs").is_dir()  # the odd name was used literally
+    home = Path(os.path.expanduser("~"))
+    for where in (tmp_path, home, Path.cwd(), Path("/tmp"), workdir):
+        for name in ("pwned", "pwned2", "pwned3"):
+            assert not (where / name).exists(), where / name
+
+
+def test_two_namespaced_devices_run_in_parallel(tmp_path, artifacts, netns_devices):
+    lab = netns_devices
+    devices = ""
+    for name, server in (("dev-a", lab.dev_a), ("dev-b", lab.dev_b)):  # dev-b only via ProxyJump dev-a
+        devices += f"""
+[devices.{name}]
+kind = "ssh"
+host = "{name}"
+ssh_config = "{lab.ssh_config}"
+known_hosts = "{lab.known_hosts}"
+identity_file = "{server.client_key}"
+python = "{PY}"
+workdir = "{tmp_path / name}"
+runtimes = {{ onnxruntime = {{ threads = 1 }} }}
+"""
+    cfg = bench_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=1.0))
+    started = time.monotonic()
+    outcome = lab.run(lambda: execute(cfg, Store(cfg.store), {"formats": ["onnx"]}, progress=False))
+    elapsed = time.monotonic() - started
+    assert not outcome.errors, outcome.errors
+    assert sorted(r["device"] for r in outcome.records) == ["dev-a", "dev-a", "dev-b", "dev-b"]
+    starts = {d: min(r["started"] for r in outcome.records if r["device"] == d) for d in ("dev-a", "dev-b")}
+    ends = {d: max(r["finished"] for r in outcome.records if r["device"] == d) for d in ("dev-a", "dev-b")}
+    assert starts["dev-a"] < ends["dev-b"] and starts["dev-b"] < ends["dev-a"]  # the two devices overlapped
+    assert elapsed < 60
