@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (Debian/Ubuntu, Python 3.11):
-#   make demo   set up .venv and run the main job on the local machine
+#   make demo   set up .venv and run the main job: a local sweep, original vs SNP-pruned DeiT-T
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m bench compress --model deit_tiny_patch16_224 --ratios paper --weights random --out runs/demo/deit_tiny_snp
+	$(PY) -m bench sweep
 
 test: setup
 	$(PY) -m pytest -q

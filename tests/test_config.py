@@ -1,0 +1,56 @@
+"""bench.toml: the shipped file, its commented device examples, and one-line errors."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import config as bench_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_bench_toml_defines_local_and_paper_examples(tmp_path):
+    cfg = bench_config.load(ROOT / "bench.toml")
+    assert list(cfg.devices) == ["local"] and cfg.devices["local"].kind == "local"
+    # uncomment every example device: they must be valid device tables
+    text = (ROOT / "bench.toml").read_text()
+    uncommented = re.sub(r"^# (\[[a-z]|[a-z_]+ = )", r"\1", text, flags=re.M)
+    (tmp_path / "all.toml").write_text(uncommented)
+    devices = bench_config.load(tmp_path / "all.toml").devices
+    assert set(devices) == {"local", "pi", "jetson", "xeon", "rtx3090"}
+    assert devices["pi"].runtimes == {"onnxruntime": {"threads": 4}} and devices["pi"].kind == "ssh"
+    assert devices["jetson"].formats_for("tensorrt") == ("trt",)
+    assert devices["rtx3090"].runtimes["torch"]["device"] == "cuda"
+    assert devices["jetson"].pre == ["sudo -n nvpmodel -m 0", "sudo -n jetson_clocks"]
+    assert bench_config.load(tmp_path / "all.toml").sweep["formats"] == ["onnx", "torchscript", "trt"]
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[devices.pi]\nkind = "ssh"\nhost = "pi"\npassword = "hunter2"\n', "unknown key 'password'"),
+    ('[devices.pi]\nkind = "serial"\n', "kind 'serial' is not one of: local, ssh"),
+    ('[devices.pi]\nkind = "ssh"\nruntimes = { onnxruntime = {} }\n', "an ssh device needs host"),
+    ('[devices.pi]\nruntimes = { openvino = {} }\n', "runtime 'openvino' is not one of"),
+    ('[models.x]\nbase = "nope"\n', "base 'nope' must name an unpruned model entry"),
+    ('[sweep]\nformats = ["tflite"]\n', "format 'tflite' is not one of"),
+    ('[measure\n', "is not valid TOML"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, toml, message):
+    (tmp_path / "bench.toml").write_text(toml)
+    with pytest.raises(bench_config.ConfigError, match=re.escape(message)):
+        bench_config.load(tmp_path / "bench.toml")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--devices", "local,pi", "unknown device 'pi'; known devices: local"),
+    ("--models", "deit_huge", "unknown model 'deit_huge'; known models: deit_tiny, deit_tiny_snp"),
+    ("--formats", "tflite", "unknown format 'tflite'; known formats: onnx, torchscript, pt2, trt"),
+])
+def test_unknown_names_on_the_command_line(tmp_path, flag, value, message):
+    r = subprocess.run([sys.executable, "-m", "bench", "sweep", "--config", str(ROOT / "bench.toml"),
+                        "--store", str(tmp_path / "s.sqlite"), flag, value], cwd=tmp_path, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {message}", r.stderr
