@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -243,3 +244,58 @@ runtimes = {{ onnxruntime = {{ threads = 1 }} }}
     ends = {d: max(r["finished"] for r in outcome.records if r["device"] == d) for d in ("dev-a", "dev-b")}
     assert starts["dev-a"] < ends["dev-b"] and starts["dev-b"] < ends["dev-a"]  # the two devices overlapped
     assert elapsed < 60
+
+
+def test_bench_devices_checks_each_device(tmp_path, artifacts, sshd_server, sshd_factory):
+    stranger = sshd_factory()
+    empty_known_hosts = tmp_path / "empty_known_hosts"
+    empty_known_hosts.write_text("")
+    devices = (local_device("here", tmp_path / "here") + ssh_device("remote", sshd_server, tmp_path / "r")
+               + ssh_device("stranger", stranger, tmp_path / "s", known_hosts=empty_known_hosts))
+    cfg = write_config(tmp_path, artifacts, devices)
+    r = bench("devices", "--config", str(cfg), cwd=tmp_path)
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()[3:]}
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert lines["here"].split()[1] == "ok" and "onnxruntime 1." in lines["here"] and "torch 2." in lines["here"]
+    assert lines["remote"].split()[1] == "ok" and f"python {sys.version.split()[0]}" in lines["remote"]
+    assert "FAIL" in lines["stranger"] and "ssh-keyscan" in lines["stranger"] and "--trust-new-hosts" in lines["stranger"]
+    assert empty_known_hosts.read_text() == ""  # nothing trusted silently
+
+
+def test_sshd_killed_mid_sweep_then_resume_never_uses_a_partial_blob(tmp_path, artifacts, sshd_factory):
+    server = sshd_factory()
+    workdir = tmp_path / "remote"
+    devices = local_device("here", tmp_path / "here") + ssh_device("remote", server, workdir)
+    cfg = bench_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=0.5))
+    store = Store(cfg.store)
+
+    def kill_after_first_remote_record() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rows = [r for r in store.records(with_samples=False) if r["device"] == "remote"]
+            if rows:
+                server.kill()
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_first_remote_record)
+    killer.start()
+    outcome = execute(cfg, store, {}, progress=False)
+    killer.join()
+    remote = [r for r in outcome.records if r["device"] == "remote"]
+    here = [r for r in outcome.records if r["device"] == "here"]
+    assert len(remote) == 4 and len(here) == 4 and all(r["status"] == "ok" for r in here)  # the other device finished
+    failed = [r for r in remote if r["status"] == "error"]
+    assert failed and all(r["error_stage"] in ("transport", "connect") for r in failed)
+
+    # a half-written upload, as a crash mid-transfer leaves it: never taken for the blob
+    blobs = workdir / "blobs"
+    missing = {r["artifact_sha256"] for r in failed} - {p.name for p in blobs.iterdir()}
+    assert missing  # some artifact never arrived: the case this test is about
+    for sha in missing:
+        (blobs / f".tmp-{sha}-deadbeef").write_bytes(b"partial")
+    sshd_factory(port=server.port, host_key=server.host_key, client_key=server.client_key)  # the device is back
+    resumed = execute(cfg, store, {}, resume=outcome.run_id, progress=False)
+    assert not resumed.errors and len(resumed.records) == 8
+    assert all(sha in {p.name for p in blobs.iterdir()} for sha in missing)
+
