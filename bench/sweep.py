@@ -58,7 +58,9 @@ class Job:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="time original and pruned models on the configured devices",
-                       description=__doc__.split("\n\n")[0] + " Records go to the SQLite store as they arrive.",
+                       description="Time models x formats x devices x batch sizes on the devices of bench.toml "
+                                   "(devices in parallel, each device's jobs one at a time). Every record goes to "
+                                   "the SQLite store as it arrives; --resume finishes an interrupted run.",
                        formatter_class=HelpFormatter)
     add_common(p)
     p.add_argument("--devices", type=_csv, help="comma-separated device names (default: the sweep's, or all)")

@@ -98,7 +98,8 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
-    cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev"))
+    hooks = f'pre = ["echo pre >> {tmp_path}/hooks.log"]\npost = ["echo post >> {tmp_path}/hooks.log"]\n'
+    cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev") + hooks)
     r = bench("sweep", "--config", str(cfg), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "| deit_tiny_patch16_224 | l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5 | local" in r.stdout
@@ -107,6 +108,7 @@ def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
     assert len(rows) == 4 and all(r["status"] == "ok" and r["n"] >= 5 for r in rows)
     assert {r["variant"] for r in rows} == {"original", "l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5"}
     assert all(len(r["samples_ns"]) == r["n"] and r["macs"] and r["env"]["cpu"] for r in rows)
+    assert (tmp_path / "hooks.log").read_text() == "pre\npost\n"  # the device's pre/post commands ran once each
 
     r = bench("results", "--config", str(cfg), "export", "--format", "csv", "--out", str(tmp_path / "x.csv"),
               cwd=tmp_path)
