@@ -1,0 +1,98 @@
+"""``python -m bench table``: the paper's latency / speedup table of a run (layout: ``results/table.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from results.store import Store
+from results.table import DEFAULT_CV_THRESHOLD, RENDERERS, TableError, build_tables, render
+
+from . import config as bench_config
+from .options import HelpFormatter
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes, got {text!r}")
+    return values
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "table", help="latency and speedup table of a run (markdown, LaTeX, CSV, HTML)",
+        description="The paper's benchmark table from the record store: one row per model (the original, then its "
+                    "pruned variants), one column per device and format, each cell 'median ms (speedup×)' against "
+                    "the unpruned original on the same device, runtime and batch size; one table per batch size. "
+                    "Cells whose record warns (throttling, high CV, fewer samples, provider fallback) or failed "
+                    "are marked and footnoted.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--config", type=Path, help="bench.toml to use (store path, model labels)")
+    p.add_argument("--store", type=Path, help="SQLite store (default: [paths] store)")
+    p.add_argument("--run", help="run id (default: the latest run)")
+    p.add_argument("--format", choices=RENDERERS, default="md", help="output format")
+    p.add_argument("--efficiency", action="store_true",
+                   help="add the MACs ratio and one speedup-efficiency column (speedup / MACs ratio) per latency column")
+    p.add_argument("--cv-threshold", type=float, default=DEFAULT_CV_THRESHOLD,
+                   help="mark cells whose coefficient of variation exceeds this")
+    p.add_argument("--all-warnings", action="store_true",
+                   help="also mark cells for any other agent warning (e.g. cpufreq governor not 'performance')")
+    p.add_argument("--batch", type=_batches, help="only these batch sizes, e.g. 1,8 (default: every one measured)")
+    p.add_argument("--out", type=Path, help="write the table to this file (default: print it)")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> bench_config.Config | None:
+    """The config for the store path and model labels; with --store alone a broken bench.toml is not fatal."""
+    if args.config is not None or args.store is None:
+        return bench_config.load(args.config)
+    try:
+        return bench_config.load(None)
+    except bench_config.ConfigError:
+        return None
+
+
+def pick_run(store: Store, run_id: str | None) -> dict:
+    """The run to tabulate: ``run_id``, or the latest; a one-line ConfigError naming recent runs otherwise."""
+    recent = ", ".join(r["run_id"] for r in store.runs()[-5:]) or "none"
+    if run_id is None:
+        run = store.latest_run()
+        if run is None:
+            raise bench_config.ConfigError(f"no runs in {store.path}: run `python -m bench sweep` first")
+        return run
+    run = store.get_run(run_id)
+    if run is None:
+        raise bench_config.ConfigError(f"unknown run {run_id!r} in {store.path}; recent runs: {recent}")
+    return run
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store_path = args.store or cfg.store
+    if not Path(store_path).is_file():
+        raise bench_config.ConfigError(f"no store at {store_path}: run `python -m bench sweep` first")
+    store = Store(store_path)
+    info = pick_run(store, args.run)
+    run_config = info.get("config") or {}
+    labels = {name: m.label for name, m in cfg.models.items() if m.label} if cfg else {}
+    try:
+        tables = build_tables(store.records(info["run_id"], with_samples=False), info["run_id"],
+                              cv_threshold=args.cv_threshold, efficiency=args.efficiency,
+                              all_warnings=args.all_warnings, labels=labels,
+                              model_order=run_config.get("models"), device_order=run_config.get("devices"),
+                              batches=args.batch)
+    except TableError as exc:
+        raise bench_config.ConfigError(str(exc)) from None
+    text = render(tables, args.format)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.format} table of run {info['run_id']} ({len(tables)} batch size(s)) to {args.out}")
+    return 0

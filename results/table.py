@@ -1,0 +1,535 @@
+"""The paper's benchmark table (DESIGN.md §3) from stored records: ``python -m bench table``.
+
+Layout
+======
+
+* **One table per batch size** (the paper's table is batch 1; a sweep over
+  ``--batch 1,8`` gives two tables, smallest batch first).  Latencies of
+  different batch sizes are not comparable side by side, and a batch column
+  would double every model row.  CSV is the exception: it is one flat file
+  with a ``batch_size`` column, so it loads as one frame.
+* **Rows**: one group per timm model, the unpruned ``original`` first (labelled
+  with its ``bench.toml`` ``label`` when given, else the timm name), then each
+  pruned variant as an indented ``+ SNP`` row (``+ L2``, ``+ random``, ... for
+  the ablation criteria; ``+ <label>`` when the entry has a label), with the
+  variant itself (e.g. ``snp:paper``) in the ``variant`` column.  Models and
+  variants follow the run's model order (``bench.toml``), devices the run's
+  device order.
+* **Columns**: ``Top-1`` (only when some entry gives ``top1``), ``GMACs`` (of
+  one image), ``Params (M)``, then one latency column per (device, runtime,
+  format, runtime options), labelled ``<device label> (<format>)`` as in the
+  paper, e.g. ``Raspberry Pi 4B (.onnx)``; TorchScript shows as ``.pt``.  When
+  one device has two runtimes or option sets for one format, the runtime and
+  then the options are added to the label.
+* **Cells**: ``median ms (speedup×)`` where the speedup is the unpruned
+  original's median ÷ this record's median on the same device, runtime,
+  options, format and batch size (``results.speedup.speedup_frame``, the one
+  definition the sweep's closing table uses too).  The original's own cell has
+  no speedup; a cell whose original failed or was not measured shows the median
+  alone; a combination never measured shows ``–``.
+* ``--efficiency`` adds a ``MACs ratio`` column and, after the latency
+  columns, one ``eff. <column>`` column each: speedup ÷ MACs ratio (1.0 means
+  every saved MAC became saved time).
+
+Footnotes
+=========
+
+A cell is marked when its record should not be trusted blindly, one marker
+per reason, and a footnote per reason lists every marked cell with the detail:
+
+=====  ==============================================================================
+``†``  throttling seen: a ``*_now`` flag in the environment snapshot before or after
+       the measurement (Raspberry Pi ``vcgencmd get_throttled``), a ``*_occurred``
+       flag that appeared during it, or the agent's own throttling warning
+``‡``  CV (std / mean of the samples) above the threshold (default 0.05)
+``§``  fewer samples than asked, or less time than ``min_seconds`` (the agent's
+       warnings say so; also when ``n`` is below the iterations asked)
+``¶``  the onnxruntime execution provider fell back (``provider_fallback``)
+``‖``  any other agent warning (only with ``all_warnings``: e.g. a cpufreq
+       governor other than ``performance``, which most desktops report)
+``*``  the job failed: the cell reads ``error``; the footnote gives stage and message
+=====  ==============================================================================
+
+LaTeX uses ``\\dag``, ``\\ddag``, ``\\S``, ``\\P``, ``$\\|$`` and ``*`` as superscripts.
+
+Renderers
+=========
+
+``md`` (``DataFrame.to_markdown``), ``latex`` (``DataFrame.to_latex``: booktabs
+rules, every text escaped, inside a ``table`` float with caption and the notes
+as a ``\\footnotesize`` block; needs ``\\usepackage{booktabs}``), ``html``
+(``DataFrame.to_html``, escaped, notes in a ``<ul>``), ``csv`` (``to_csv``:
+numbers, not formatted text: per latency column ``… median_ms``, ``… speedup``,
+``… efficiency`` with ``--efficiency``, and ``… notes`` with the reasons as
+text).
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from results.records import options_key
+from results.speedup import speedup_frame
+
+DEFAULT_CV_THRESHOLD = 0.05
+RENDERERS = ("md", "latex", "csv", "html")
+FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2", "trt": ".trt"}
+_FORMAT_ORDER = {"onnx": 0, "torchscript": 1, "pt2": 2, "trt": 3}
+_CRITERION_NAMES = {"snp": "SNP", "l2": "L2"}
+MISSING = "–"
+
+
+@dataclass(frozen=True)
+class Reason:
+    key: str
+    symbol: str   # markdown / html / csv
+    latex: str    # inside \textsuperscript{...}
+    title: str    # footnote heading; {cv} is the CV threshold
+
+
+REASONS: tuple[Reason, ...] = (
+    Reason("throttling", "†", r"\dag", "throttling seen during the measurement"),
+    Reason("cv", "‡", r"\ddag", "high variation: CV above {cv:g}"),
+    Reason("samples", "§", r"\S", "fewer samples than asked"),
+    Reason("fallback", "¶", r"\P", "execution provider fell back"),
+    Reason("warning", "‖", r"$\|$", "other warnings of the device agent"),
+    Reason("error", "*", "*", "the job failed"),
+)
+REASON_BY_KEY = {r.key: r for r in REASONS}
+
+
+class TableError(ValueError):
+    """Nothing to tabulate (no records, no batch size left, ...): one line for the user."""
+
+
+# --------------------------------------------------------------------------
+# Why a record is marked
+# --------------------------------------------------------------------------
+
+def throttle_flags(env: Mapping[str, Any] | None) -> list[str]:
+    """Throttling the environment snapshots show: ``*_now`` flags, or ``*_occurred`` ones new during the run."""
+    env = env or {}
+    before = ((env.get("before") or {}).get("pi_throttled") or {}).get("flags") or []
+    after = ((env.get("after") or {}).get("pi_throttled") or {}).get("flags") or []
+    flags = [f for f in [*before, *after] if f.endswith("_now")]
+    flags += [f for f in after if f.endswith("_occurred") and f not in before]
+    return list(dict.fromkeys(flags))
+
+
+def _first_line(text: Any, limit: int = 160) -> str:
+    line = (str(text or "").strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _after(prefix: str, warning: str) -> str:
+    """The warning without its category prefix (the footnote's title says it already)."""
+    rest = warning[len(prefix):].lstrip(" :") if warning.startswith(prefix) else warning
+    return _first_line(rest or warning)
+
+
+def _asked_iterations(record: Mapping[str, Any]) -> int | None:
+    settings = (record.get("extra") or {}).get("settings") or {}
+    asked = (settings.get("measure") or {}).get("iterations")
+    return asked if isinstance(asked, int) and not isinstance(asked, bool) else None
+
+
+def record_reasons(record: Mapping[str, Any], cv_threshold: float = DEFAULT_CV_THRESHOLD,
+                   all_warnings: bool = False) -> list[tuple[str, str]]:
+    """``(reason key, detail)`` for each reason the record's cell is marked, in :data:`REASONS` order."""
+    if record.get("status") != "ok":
+        stage = record.get("error_stage") or "unknown"
+        return [("error", f"{stage}: {_first_line(record.get('error_message'))}")]
+    warnings = [str(w) for w in record.get("warnings") or []]
+    used: set[str] = set()
+    found: dict[str, str] = {}
+
+    def claim(*prefixes: str, contains: str | None = None) -> list[str]:
+        hits = [w for w in warnings if w.startswith(prefixes) or (contains is not None and contains in w)]
+        used.update(hits)
+        return hits
+
+    flags = throttle_flags(record.get("env"))
+    said = claim("throttling seen")
+    if flags or said:
+        found["throttling"] = ", ".join(flags) if flags else _first_line(said[0])
+    cv = record.get("cv")
+    claim("high variation")  # the agent's own cv warning (its threshold); ours decides
+    if cv is not None and not math.isnan(cv) and cv > cv_threshold:
+        found["cv"] = f"cv={cv:.3f}"
+    said = claim("fewer samples than asked", contains="less than min_seconds")
+    asked, n = _asked_iterations(record), record.get("n") or 0
+    if said:
+        found["samples"] = "; ".join(_after("fewer samples than asked", w) for w in said)
+    elif asked is not None and n < asked:
+        found["samples"] = f"{n} of {asked} samples"
+    said = claim("provider fallback")
+    if record.get("provider_fallback") or said:
+        found["fallback"] = _after("provider fallback", said[0]) if said else f"providers {record.get('providers')}"
+    if all_warnings:
+        rest = [w for w in warnings if w not in used]
+        if rest:
+            found["warning"] = "; ".join(_first_line(w) for w in rest)
+    return [(r.key, found[r.key]) for r in REASONS if r.key in found]
+
+
+# --------------------------------------------------------------------------
+# The table data
+# --------------------------------------------------------------------------
+
+@dataclass
+class Note:
+    reason: str
+    cell: str     # "deit_tiny_patch16_224 snp:paper, Raspberry Pi 4B (.onnx)"
+    detail: str
+
+
+@dataclass
+class SpeedupTable:
+    """One batch size of one run: rows (models), latency columns, long-form cells and footnotes."""
+
+    run_id: str
+    batch_size: int
+    rows: pd.DataFrame        # one row per (model, variant), in table order; index = row id
+    columns: list[str]        # latency column labels, in order
+    cells: pd.DataFrame       # one row per record: row, column, median_ms, speedup, efficiency, status, reasons
+    notes: list[Note] = field(default_factory=list)
+    cv_threshold: float = DEFAULT_CV_THRESHOLD
+    efficiency: bool = False
+
+    @property
+    def has_top1(self) -> bool:
+        return bool(self.rows["top1"].notna().any())
+
+    def note_lines(self) -> list[tuple[Reason, str, str]]:
+        """``(reason, title, body)`` per reason that marks some cell, in :data:`REASONS` order."""
+        out = []
+        for reason in REASONS:
+            hits = [n for n in self.notes if n.reason == reason.key]
+            if hits:
+                body = "; ".join(f"{n.cell}: {n.detail}" for n in hits)
+                out.append((reason, reason.title.format(cv=self.cv_threshold), body))
+        return out
+
+    def caption(self) -> str:
+        return (f"Median latency in ms (speedup over the unpruned original on the same device, runtime and batch "
+                f"size), batch size {self.batch_size}, run {self.run_id}.")
+
+
+def _job(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (record.get("extra") or {}).get("job") or {}
+
+
+def _pruned_name(variant: str) -> str:
+    criterion = variant.split(":", 1)[0]
+    return _CRITERION_NAMES.get(criterion, criterion)
+
+
+def _column_labels(keys: pd.DataFrame) -> dict[tuple, str]:
+    """Label each (device, runtime, format, options) column; disambiguate labels that would repeat."""
+    keys = keys.assign(base=keys["device_label"] + " (" + keys["format"].map(
+        lambda f: FORMAT_SUFFIX.get(f, "." + f)))
+    labels = {}
+    for _, same in keys.groupby("base", sort=False):
+        for row in same.itertuples(index=False):
+            extra = []
+            if len(same) > 1:
+                if same["device"].nunique() > 1:
+                    extra.append(row.device)
+                if same["runtime"].nunique() > 1:
+                    extra.append(row.runtime)
+                if same["options"].nunique() > 1:
+                    extra.append(options_key(json.loads(row.options)))
+            labels[(row.device, row.runtime, row.format, row.options)] = \
+                row.base + "".join(", " + e for e in extra) + ")"
+    return labels
+
+
+def _order(values: Iterable[str], preferred: Sequence[str] | None) -> dict[str, int]:
+    """Position of each value: its place in ``preferred`` first, then first appearance."""
+    order = {v: i for i, v in enumerate(preferred or [])}
+    for v in values:
+        order.setdefault(v, len(order))
+    return order
+
+
+def build_tables(records: Sequence[Mapping[str, Any]], run_id: str = "", *,
+                 cv_threshold: float = DEFAULT_CV_THRESHOLD, efficiency: bool = False, all_warnings: bool = False,
+                 labels: Mapping[str, str] | None = None, model_order: Sequence[str] | None = None,
+                 device_order: Sequence[str] | None = None, batches: Sequence[int] | None = None
+                 ) -> list[SpeedupTable]:
+    """One :class:`SpeedupTable` per batch size of ``records`` (one run's records, ok and error).
+
+    ``labels`` maps ``bench.toml`` model entry names to display labels;
+    ``model_order`` (entry names) and ``device_order`` (device names) give the
+    row and column order (the run's config lists them); ``batches`` keeps only
+    those batch sizes.
+    """
+    if not records:
+        raise TableError(f"run {run_id or '?'} has no records")
+    labels = dict(labels or {})
+    df = pd.DataFrame([dict(r) for r in records])
+    if batches:
+        df = df[df["batch_size"].isin(list(batches))]
+        if df.empty:
+            raise TableError(f"run {run_id or '?'} has no records for batch size(s) "
+                             f"{', '.join(map(str, batches))}")
+    df = df.reset_index(drop=True)
+    jobs = df["extra"].map(lambda e: (e or {}).get("job") or {})
+    df["entry"] = [j.get("entry") or m for j, m in zip(jobs, df["model"])]
+    df["device_label"] = [j.get("device_label") or d for j, d in zip(jobs, df["device"])]
+    df["top1"] = [j.get("top1") for j in jobs]
+    df["label"] = [labels.get(e) or j.get("label") or "" for e, j in zip(df["entry"], jobs)]
+    df["options"] = df["runtime_options"].map(lambda o: json.dumps(o or {}, sort_keys=True))
+
+    # speedups: the same pairing as the sweep's closing table, joined back by job key
+    pairs = speedup_frame(df.drop(columns=["options"]).to_dict("records"))
+    cols = ["job_key", "speedup", "macs_ratio", "efficiency"]
+    pairs = pairs[cols] if not pairs.empty else pd.DataFrame(columns=cols)
+    df = df.merge(pairs, on="job_key", how="left")
+
+    entry_pos = _order(df["entry"], model_order)
+    device_pos = _order(df["device"], device_order)
+    tables = []
+    for batch, part in df.groupby("batch_size", sort=True):
+        tables.append(_one_table(part.copy(), run_id, int(batch), cv_threshold, efficiency, all_warnings,
+                                 entry_pos, device_pos))
+    return tables
+
+
+def _one_table(df: pd.DataFrame, run_id: str, batch: int, cv_threshold: float, efficiency: bool,
+               all_warnings: bool, entry_pos: dict[str, int], device_pos: dict[str, int]) -> SpeedupTable:
+    # rows: timm model groups (ordered by their first entry), original first, then pruned variants
+    df["is_original"] = df["variant"] == "original"
+    df["entry_pos"] = df["entry"].map(entry_pos)
+    group_pos = df.groupby("model")["entry_pos"].min()
+    df["group_pos"] = df["model"].map(group_pos)
+    row_keys = (df.groupby(["model", "variant"], sort=False)
+                .agg(group_pos=("group_pos", "first"), is_original=("is_original", "first"),
+                     entry_pos=("entry_pos", "min"), entry=("entry", "first"), label=("label", "first"),
+                     top1=("top1", "first"), macs=("macs", "first"), params=("params", "first"))
+                .reset_index()
+                .sort_values(["group_pos", "is_original", "entry_pos", "variant"], ascending=[True, False, True, True])
+                .reset_index(drop=True))
+    row_keys["row"] = range(len(row_keys))
+    original_macs = row_keys[row_keys["is_original"]].set_index("model")["macs"]
+    original_label = row_keys[row_keys["is_original"]].set_index("model")["label"]
+    has_original = set(original_macs.index)
+
+    def display(r: pd.Series) -> str:
+        if r["is_original"]:
+            return r["label"] or r["model"]
+        name = r["label"] or _pruned_name(r["variant"])
+        name = name if name.startswith("+") else "+ " + name
+        return name if r["model"] in has_original else f"{r['model']} {name}"
+
+    row_keys["display"] = row_keys.apply(display, axis=1)
+    row_keys["gmacs"] = row_keys["macs"].map(lambda m: None if pd.isna(m) else m / 1e9)
+    row_keys["params_m"] = row_keys["params"].map(lambda p: None if pd.isna(p) else p / 1e6)
+    row_keys["macs_ratio"] = [
+        None if orig or m not in original_macs.index or pd.isna(mac) or not mac or pd.isna(original_macs[m])
+        else original_macs[m] / mac
+        for orig, m, mac in zip(row_keys["is_original"], row_keys["model"], row_keys["macs"])]
+    row_keys["top1"] = row_keys["top1"].astype(object).where(row_keys["top1"].notna(), None)
+    row_keys["who"] = [(original_label.get(m) or m) if orig else f"{original_label.get(m) or m} {v}"
+                       for orig, m, v in zip(row_keys["is_original"], row_keys["model"], row_keys["variant"])]
+
+    # columns: (device, runtime, format, options) in device order, then format, runtime, options
+    keys = (df[["device", "device_label", "runtime", "format", "options"]].drop_duplicates()
+            .assign(dpos=lambda k: k["device"].map(device_pos),
+                    fpos=lambda k: k["format"].map(lambda f: _FORMAT_ORDER.get(f, 99)))
+            .sort_values(["dpos", "fpos", "format", "runtime", "options"]).reset_index(drop=True))
+    labels = _column_labels(keys)
+    columns = [labels[(k.device, k.runtime, k.format, k.options)] for k in keys.itertuples(index=False)]
+
+    df = df.merge(row_keys[["model", "variant", "row", "who"]], on=["model", "variant"])
+    df["column"] = [labels[(d, r, f, o)] for d, r, f, o in
+                    zip(df["device"], df["runtime"], df["format"], df["options"])]
+    df = df.sort_values("id" if "id" in df else "job_key").drop_duplicates(["row", "column"], keep="last")
+    reasons = [record_reasons(r, cv_threshold, all_warnings) for r in df.to_dict("records")]
+    df["reasons"] = [[k for k, _ in rs] for rs in reasons]
+    df["details"] = ["; ".join(f"{k}: {d}" for k, d in rs) for rs in reasons]
+    notes = [Note(key, f"{who}, {col}", detail)
+             for who, col, rs in sorted(zip(df["who"], df["column"], reasons),
+                                        key=lambda t: (columns.index(t[1]), t[0]))
+             for key, detail in rs]
+    notes.sort(key=lambda n: [r.key for r in REASONS].index(n.reason))
+    cells = df[["row", "column", "median_ms", "speedup", "efficiency", "status", "reasons", "details"]].reset_index(drop=True)
+    for col in ("speedup", "efficiency", "median_ms"):
+        cells[col] = pd.to_numeric(cells[col], errors="coerce")
+    return SpeedupTable(run_id=run_id, batch_size=batch, rows=row_keys.set_index("row"), columns=columns,
+                        cells=cells, notes=notes, cv_threshold=cv_threshold, efficiency=efficiency)
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+
+def fmt_ms(value: float) -> str:
+    """Milliseconds with 3-4 significant digits: 1377.7, 81.6, 4.21, 0.317."""
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+@dataclass(frozen=True)
+class _Style:
+    times: str
+    indent: str
+    missing: str
+    marker: Callable[[Reason], str]
+
+
+_PLAIN = _Style(times="×", indent="", missing=MISSING, marker=lambda r: r.symbol)
+_HTML = _Style(times="×", indent="\u00a0\u00a0", missing=MISSING, marker=lambda r: r.symbol)
+# LaTeX: tokens that survive escaping, replaced by markup after to_latex (see _LATEX_TOKENS)
+_LATEX = _Style(times="@@times@@", indent="@@indent@@", missing="@@missing@@", marker=lambda r: f"@@mark-{r.key}@@")
+_LATEX_TOKENS = {"@@times@@": r"$\times$", "@@indent@@": r"\quad{}", "@@missing@@": "--",
+                 **{f"@@mark-{r.key}@@": rf"\textsuperscript{{{r.latex}}}" for r in REASONS}}
+
+
+def _cell_text(cell: Mapping[str, Any], style: _Style) -> str:
+    marks = "".join(style.marker(REASON_BY_KEY[k]) for k in cell["reasons"])
+    if cell["status"] != "ok":
+        return "error" + marks
+    text = fmt_ms(cell["median_ms"])
+    if not pd.isna(cell["speedup"]):
+        text += f" ({cell['speedup']:.2f}{style.times})"
+    return text + marks
+
+
+def display_frame(table: SpeedupTable, style: _Style = _PLAIN) -> pd.DataFrame:
+    """The table as text cells, one column per header: model, variant, [Top-1], GMACs, Params (M), latencies, ..."""
+    cells = table.cells.assign(text=[_cell_text(c, style) for c in table.cells.to_dict("records")])
+    latency = cells.pivot(index="row", columns="column", values="text").reindex(
+        index=table.rows.index, columns=table.columns)
+    rows = table.rows
+    out = pd.DataFrame(index=rows.index)
+    out["model"] = [d if orig else style.indent + d for d, orig in zip(rows["display"], rows["is_original"])]
+    out["variant"] = rows["variant"]
+    if table.has_top1:
+        out["Top-1"] = rows["top1"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.1f}")
+    out["GMACs"] = rows["gmacs"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.3g}")
+    out["Params (M)"] = rows["params_m"].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.2f}")
+    if table.efficiency:
+        out["MACs ratio"] = rows["macs_ratio"].map(
+            lambda v: "" if v is None or pd.isna(v) else f"{v:.2f}{style.times}")
+    out = out.join(latency.fillna(style.missing))
+    if table.efficiency:
+        eff = table.cells.pivot(index="row", columns="column", values="efficiency").reindex(
+            index=table.rows.index, columns=table.columns)
+        for col in table.columns:
+            out[f"eff. {col}"] = eff[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    return out.reset_index(drop=True)
+
+
+def numeric_frame(table: SpeedupTable) -> pd.DataFrame:
+    """The table as numbers (CSV): one column per quantity, per latency column ``median_ms``, ``speedup``, ``notes``."""
+    rows = table.rows
+    out = pd.DataFrame({"batch_size": table.batch_size, "model": rows["model"], "variant": rows["variant"],
+                        "entry": rows["entry"], "label": rows["display"], "top1": rows["top1"].astype(float),
+                        "gmacs": rows["gmacs"].astype(float), "params_m": rows["params_m"].astype(float)},
+                       index=rows.index)
+    if table.efficiency:
+        out["macs_ratio"] = rows["macs_ratio"].astype(float)
+    cells = table.cells.assign(
+        median=table.cells["median_ms"].where(table.cells["status"] == "ok"))
+    quantities = [("median_ms", "median"), ("speedup", "speedup")]
+    if table.efficiency:
+        quantities.append(("efficiency", "efficiency"))
+    quantities += [("status", "status"), ("notes", "details")]
+    for name, source in quantities:
+        wide = cells.pivot(index="row", columns="column", values=source).reindex(
+            index=rows.index, columns=table.columns)
+        for col in table.columns:
+            out[f"{col} {name}"] = wide[col]
+    ordered = ["batch_size", "model", "variant", "entry", "label", "top1", "gmacs", "params_m"] + \
+              (["macs_ratio"] if table.efficiency else []) + \
+              [f"{col} {name}" for col in table.columns for name, _ in quantities]
+    return out[ordered].reset_index(drop=True)
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters in running text (captions, footnotes)."""
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "†": r"\dag{}", "‡": r"\ddag{}", "§": r"\S{}", "¶": r"\P{}", "×": r"$\times$", "–": "--", "…": r"\dots{}"}
+    return re.sub("|".join(re.escape(k) for k in repl), lambda m: repl[m.group(0)], text)
+
+
+def _latex_tokens(text: str) -> str:
+    return re.sub("|".join(re.escape(k) for k in _LATEX_TOKENS), lambda m: _LATEX_TOKENS[m.group(0)], text)
+
+
+def _md_escape(symbol: str) -> str:
+    """A footnote marker at the start of a list item: "- *" would start a nested list, so * is escaped."""
+    return symbol.replace("*", "\\*")
+
+
+def render_markdown(tables: Sequence[SpeedupTable]) -> str:
+    parts = []
+    for t in tables:
+        frame = display_frame(t, _PLAIN)
+        align = ["left", "left"] + ["right"] * (frame.shape[1] - 2)
+        parts.append(f"**Batch size {t.batch_size}** (run {t.run_id}): median latency in ms "
+                     f"(speedup over the unpruned original on the same device, runtime and batch size)")
+        parts.append(frame.to_markdown(index=False, colalign=align, disable_numparse=True))
+        notes = [f"- {_md_escape(r.symbol)} {title}: {body}" for r, title, body in t.note_lines()]
+        if notes:
+            parts.append("\n".join(notes))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_latex(tables: Sequence[SpeedupTable]) -> str:
+    parts = []
+    for t in tables:
+        frame = display_frame(t, _LATEX)
+        column_format = "ll" + "r" * (frame.shape[1] - 2)
+        tabular = _latex_tokens(frame.to_latex(index=False, escape=True, column_format=column_format))
+        lines = [r"\begin{table}[htbp]", r"\centering", rf"\caption{{{latex_escape(t.caption())}}}",
+                 rf"\label{{tab:speedup-bs{t.batch_size}}}", tabular.rstrip("\n")]
+        notes = t.note_lines()
+        if notes:
+            lines.append(r"\par\smallskip")
+            lines.append(r"{\footnotesize")
+            lines += [rf"\textsuperscript{{{r.latex}}}~{latex_escape(title)}: {latex_escape(body)}\par"
+                      for r, title, body in notes]
+            lines.append("}")
+        lines.append(r"\end{table}")
+        parts.append("\n".join(lines))
+    return "% needs \\usepackage{booktabs}\n" + "\n\n".join(parts) + "\n"
+
+
+def render_html(tables: Sequence[SpeedupTable]) -> str:
+    parts = []
+    for t in tables:
+        frame = display_frame(t, _HTML)
+        parts.append(f"<h3>Batch size {t.batch_size} (run {html_lib.escape(t.run_id)})</h3>")
+        parts.append(frame.to_html(index=False, escape=True, classes="speedup-table", border=0))
+        notes = t.note_lines()
+        if notes:
+            items = "\n".join(f"<li>{html_lib.escape(r.symbol)} {html_lib.escape(title)}: {html_lib.escape(body)}</li>"
+                              for r, title, body in notes)
+            parts.append(f'<ul class="footnotes">\n{items}\n</ul>')
+    return "\n".join(parts) + "\n"
+
+
+def render_csv(tables: Sequence[SpeedupTable]) -> str:
+    frames = [numeric_frame(t) for t in tables]
+    return pd.concat(frames, ignore_index=True).to_csv(index=False)
+
+
+def render(tables: Sequence[SpeedupTable], fmt: str = "md") -> str:
+    """The tables as ``md``, ``latex``, ``csv`` or ``html`` text."""
+    renderers = {"md": render_markdown, "latex": render_latex, "csv": render_csv, "html": render_html}
+    if fmt not in renderers:
+        raise TableError(f"unknown table format {fmt!r}; choose one of: {', '.join(RENDERERS)}")
+    return renderers[fmt](tables)

@@ -1,0 +1,386 @@
+"""`bench table`: the paper's speedup table from a real local sweep's store, plus synthetic warning records.
+
+The real store comes from an in-process sweep of a 2-block DeiT-T at 64x64
+(as in test_sweep.py); the warning cases (throttling, high CV, few samples,
+provider fallback, errors) are records built with ``make_record`` from agent
+results shaped like the agent's, since a healthy machine produces none of them
+on demand.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from bench import config as bench_config
+from bench import table_cmd
+from bench.cli import main
+from bench.sweep import execute
+from results.records import make_record
+from results.store import Store
+from results.table import build_tables, fmt_ms, record_reasons, render
+
+CONFIG = """
+[paths]
+store = "{tmp}/bench.sqlite"
+artifacts = "{tmp}/artifacts"
+
+[models.tiny]
+timm = "deit_tiny_patch16_224"
+weights = "random"
+kwargs = {{ img_size = 64, depth = 2 }}
+label = "DeiT-T_2blk"
+top1 = 72.2
+
+[models.tiny_snp]
+base = "tiny"
+ratios = {{ qk = 0.5, v = 0.5, ffn = 0.5, embed = 0.25 }}
+criterion = "l2"
+
+[sweep]
+models = ["tiny", "tiny_snp"]
+formats = ["onnx", "torchscript"]
+batch = [1]
+
+[measure]
+warmup_iterations = 3
+iterations = 20
+min_seconds = 0.0
+timeout_s = 120
+grace_s = 30
+
+[devices.box]
+kind = "local"
+label = "Test Box #1"
+python = "{python}"
+workdir = "{tmp}/dev"
+runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
+"""
+
+CELL = re.compile(r"^(?P<ms>[\d.]+)(?: \((?P<speedup>[\d.]+)×\))?(?P<marks>[†‡§¶‖*]*)$")
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real sweep: 2 models x (onnx, torchscript) on the local machine; returns (config path, store, run id)."""
+    import sys
+    tmp = tmp_path_factory.mktemp("table_sweep")
+    cfg_path = tmp / "bench.toml"
+    cfg_path.write_text(CONFIG.format(tmp=tmp, python=sys.executable))
+    cfg = bench_config.load(cfg_path)
+    store = Store(cfg.store)
+    outcome = execute(cfg, store, {}, progress=False)
+    assert not outcome.errors, outcome.errors
+    return cfg_path, store, outcome.run_id
+
+
+def agent_result(median_ms: float, *, n: int = 10, cv: float = 0.01, warnings=(), fallback=None, env=None,
+                 iterations: int = 10) -> dict:
+    samples = [int(median_ms * 1e6)] * n
+    ns = int(median_ms * 1e6)
+    return {"status": "ok", "samples_ns": samples,
+            "stats": {"n": n, "min_ns": ns, "median_ns": ns, "mean_ns": ns, "max_ns": ns, "p90_ns": ns,
+                      "p99_ns": ns, "std_ns": int(ns * cv), "cv": cv},
+            "env": env or {"cpu": "test", "before": {}, "after": {}}, "warnings": list(warnings),
+            "provider_fallback": fallback, "settings": {"measure": {"iterations": iterations, "min_seconds": 0}}}
+
+
+def error_result(stage: str, message: str) -> dict:
+    return {"status": "error", "error": {"stage": stage, "type": "RuntimeError", "message": message}}
+
+
+def job(model: str, variant: str, device: str, fmt: str, runtime: str, macs: int, entry: str,
+        label: str, top1=None, batch: int = 1) -> dict:
+    sha = format(abs(hash((model, variant, fmt))) % (1 << 60), "064x")
+    return {"model": model, "variant": variant, "entry": entry, "device": device, "device_label": label,
+            "runtime": runtime, "runtime_options": {}, "batch_size": batch, "input_shape": [batch, 3, 8, 8],
+            "artifact": {"sha256": sha, "format": fmt, "macs": macs, "params": macs // 100}, "top1": top1}
+
+
+PI = ("pi", "onnx", "onnxruntime", "Raspberry Pi 4B")
+XEON = ("xeon", "torchscript", "torch", "Xeon_4210R & co")
+MODEL = "my_vit_100%"  # underscores, a percent sign: LaTeX must escape them
+
+
+def synthetic_records(run_id: str) -> list[dict]:
+    throttled = {"cpu": "x", "before": {"pi_throttled": {"raw": "0x0", "flags": []}},
+                 "after": {"pi_throttled": {"raw": "0x4", "flags": ["throttled_now"]}}}
+    out = []
+
+    def add(variant, dev, result, macs, model=MODEL, entry=None):
+        name, fmt, runtime, label = dev
+        entry = entry or ("orig" if variant == "original" else "pruned")
+        out.append(make_record(run_id, job(model, variant, name, fmt, runtime, macs, entry, label,
+                                           top1=72.2 if variant == "original" else 70.2),
+                               result, "rev"))
+
+    add("original", PI, agent_result(139.1, n=3, warnings=["fewer samples than asked: 3 of 10 (stopped at timeout)"]),
+        1_254_000_000)
+    add("snp:paper", PI, agent_result(81.6, cv=0.08), 638_000_000)
+    add("original", XEON, agent_result(34.7, env=throttled), 1_254_000_000)
+    add("snp:paper", XEON, agent_result(25.3, fallback=True,
+                                        warnings=["provider fallback: requested CUDAExecutionProvider but ..."]),
+        638_000_000)
+    add("original", PI, error_result("load", "out of memory {&}"), 4_600_000_000, model="other_vit", entry="o2")
+    add("original", XEON, agent_result(53.4, cv=0.04), 4_600_000_000, model="other_vit", entry="o2")
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = tmp_path_factory.mktemp("table_synth") / "bench.sqlite"
+    store = Store(path)
+    old = store.new_run({"devices": ["xeon"], "models": []}, "rev")
+    store.add_record(make_record(old, job("older", "original", *XEON[:1], "onnx", "onnxruntime", 1, "e", "L"),
+                                 agent_result(1.0), "rev"))
+    run_id = store.new_run({"devices": ["pi", "xeon"], "models": ["orig", "pruned", "o2"]}, "rev")
+    for record in synthetic_records(run_id):
+        store.add_record(record)
+    return path, store, run_id, old
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["table", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def markdown_cells(text: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the first markdown table in `text`."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return split[0], split[2:]
+
+
+# --------------------------------------------------------------------------
+# Real store
+# --------------------------------------------------------------------------
+
+def test_markdown_speedups_recomputed_from_store(swept, capsys):
+    cfg, store, run_id = swept
+    rc, out, _ = cli(capsys, "--config", cfg)  # default: the latest (only) run
+    assert rc == 0
+    assert f"run {run_id}" in out
+    header, rows = markdown_cells(out)
+    assert header[:5] == ["model", "variant", "Top-1", "GMACs", "Params (M)"]
+    assert header[5:] == ["Test Box #1 (.onnx)", "Test Box #1 (.pt)"]
+    assert [r[0] for r in rows] == ["DeiT-T_2blk", "+ L2"]  # original first, the pruned variant indented as "+ ..."
+    assert rows[1][1] == "l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5" and rows[0][2] == "72.2" and rows[1][2] == ""
+
+    records = store.records(run_id)
+    by = {(r["variant"] == "original", r["format"]): r for r in records}
+    assert rows[0][3] == f"{by[True, 'onnx']['macs'] / 1e9:.3g}"
+    for col, fmt in ((5, "onnx"), (6, "torchscript")):
+        orig, pruned = by[True, fmt], by[False, fmt]
+        o = CELL.match(rows[0][col])
+        p = CELL.match(rows[1][col])
+        assert o and p, (rows[0][col], rows[1][col])
+        assert o["speedup"] is None  # the original's own cell has no speedup
+        assert o["ms"] == fmt_ms(orig["median_ms"]) and p["ms"] == fmt_ms(pruned["median_ms"])
+        assert float(p["speedup"]) == pytest.approx(round(orig["median_ms"] / pruned["median_ms"], 2), abs=1e-9)
+        for rec, m in ((orig, o), (pruned, p)):  # the real records' cv decides the ‡ marker
+            assert ("‡" in m["marks"]) == (rec["cv"] > 0.05)
+
+
+def test_efficiency_and_csv_numbers(swept, capsys):
+    cfg, store, run_id = swept
+    rc, out, _ = cli(capsys, "--config", cfg, "--run", run_id, "--format", "csv", "--efficiency")
+    assert rc == 0
+    df = pd.read_csv(io.StringIO(out))
+    assert list(df["variant"]) == ["original", "l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5"]
+    records = {(r["variant"] == "original", r["format"]): r for r in store.records(run_id)}
+    for label, fmt in (("Test Box #1 (.onnx)", "onnx"), ("Test Box #1 (.pt)", "torchscript")):
+        assert pd.api.types.is_float_dtype(df[f"{label} median_ms"])
+        orig, pruned = records[True, fmt], records[False, fmt]
+        assert df[f"{label} median_ms"].tolist() == pytest.approx([orig["median_ms"], pruned["median_ms"]])
+        speedup = orig["median_ms"] / pruned["median_ms"]
+        assert pd.isna(df.loc[0, f"{label} speedup"])
+        assert df.loc[1, f"{label} speedup"] == pytest.approx(speedup)
+        macs_ratio = orig["macs"] / pruned["macs"]
+        assert df.loc[1, "macs_ratio"] == pytest.approx(macs_ratio)
+        assert df.loc[1, f"{label} efficiency"] == pytest.approx(speedup / macs_ratio)
+    assert df["gmacs"].tolist() == pytest.approx([records[True, "onnx"]["macs"] / 1e9,
+                                                  records[False, "onnx"]["macs"] / 1e9])
+
+    rc, out, _ = cli(capsys, "--config", cfg, "--efficiency")
+    header, rows = markdown_cells(out)
+    assert "MACs ratio" in header and "eff. Test Box #1 (.onnx)" in header
+    assert rows[0][header.index("MACs ratio")] == "" and rows[1][header.index("MACs ratio")].endswith("×")
+
+
+def test_html_and_out_file(swept, capsys, tmp_path):
+    cfg, _, run_id = swept
+    out_file = tmp_path / "sub" / "table.html"
+    rc, out, _ = cli(capsys, "--config", cfg, "--format", "html", "--out", out_file)
+    assert rc == 0 and str(out_file) in out
+    text = out_file.read_text()
+    assert "<table" in text and "</table>" in text and "Test Box #1 (.onnx)" in text and run_id in text
+    assert text.count("<tr") == 3  # header + 2 model rows
+
+
+# --------------------------------------------------------------------------
+# Warnings and errors (synthetic records)
+# --------------------------------------------------------------------------
+
+def test_reasons_of_single_records():
+    run = "20260101-000000-abcd"
+    recs = {(r["model"], r["variant"], r["device"]): r for r in synthetic_records(run)}
+    assert record_reasons(recs[MODEL, "original", "pi"]) == [("samples", "3 of 10 (stopped at timeout)")]
+    assert record_reasons(recs[MODEL, "snp:paper", "pi"]) == [("cv", "cv=0.080")]
+    assert record_reasons(recs[MODEL, "original", "xeon"]) == [("throttling", "throttled_now")]
+    assert [k for k, _ in record_reasons(recs[MODEL, "snp:paper", "xeon"])] == ["fallback"]
+    assert record_reasons(recs["other_vit", "original", "pi"]) == [("error", "load: out of memory {&}")]
+    assert record_reasons(recs["other_vit", "original", "xeon"]) == []
+    assert record_reasons(recs["other_vit", "original", "xeon"], cv_threshold=0.03) == [("cv", "cv=0.040")]
+    # n below the iterations asked counts even without the agent's warning; other warnings only on request
+    quiet = make_record(run, job("m", "original", "pi", "onnx", "onnxruntime", 1, "e", "L"),
+                        agent_result(1.0, n=4, iterations=10, warnings=["cpufreq governor is powersave, ..."]), "r")
+    assert record_reasons(quiet) == [("samples", "4 of 10 samples")]
+    assert record_reasons(quiet, all_warnings=True)[1] == ("warning", "cpufreq governor is powersave, ...")
+
+
+def test_markdown_marks_and_footnotes(synthetic, capsys):
+    path, _, run_id, _ = synthetic
+    rc, out, _ = cli(capsys, "--store", path)
+    assert rc == 0 and run_id in out  # the latest run, not the older one
+    header, rows = markdown_cells(out)
+    assert header[5:] == ["Raspberry Pi 4B (.onnx)", "Xeon_4210R & co (.pt)"]
+    cells = {(r[0], h): c for r in rows for h, c in zip(header, r)}
+    assert [r[0] for r in rows] == [MODEL, "+ SNP", "other_vit"]
+    assert cells[MODEL, "Raspberry Pi 4B (.onnx)"] == "139.1§"
+    assert cells["+ SNP", "Raspberry Pi 4B (.onnx)"] == "81.6 (1.70×)‡"
+    assert cells[MODEL, "Xeon_4210R & co (.pt)"] == "34.7†"
+    assert cells["+ SNP", "Xeon_4210R & co (.pt)"] == "25.3 (1.37×)¶"
+    assert cells["other_vit", "Raspberry Pi 4B (.onnx)"] == "error*"
+    assert cells["other_vit", "Xeon_4210R & co (.pt)"] == "53.4"  # cv 0.04 is under the default 0.05
+    notes = [ln for ln in out.splitlines() if ln.startswith("- ")]
+    assert [n.split()[1] for n in notes] == ["†", "‡", "§", "¶", "\\*"]  # "- *" would nest a markdown list
+    assert "‡ high variation: CV above 0.05: my_vit_100% snp:paper, Raspberry Pi 4B (.onnx): cv=0.080" in out
+    assert "\\* the job failed: other_vit, Raspberry Pi 4B (.onnx): load: out of memory {&}" in out
+    assert "¶ execution provider fell back: my_vit_100% snp:paper, Xeon_4210R & co (.pt): requested CUDA" in out
+    assert "§ fewer samples than asked: my_vit_100%, Raspberry Pi 4B (.onnx): 3 of 10 (stopped at timeout)" in out
+
+    rc, out, _ = cli(capsys, "--store", path, "--cv-threshold", "0.03")
+    _, rows = markdown_cells(out)
+    assert rows[2][6] == "53.4‡" and "CV above 0.03" in out
+
+
+def test_csv_keeps_numbers_and_reasons(synthetic, capsys):
+    path, _, _, _ = synthetic
+    rc, out, _ = cli(capsys, "--store", path, "--format", "csv")
+    df = pd.read_csv(io.StringIO(out))
+    pi = "Raspberry Pi 4B (.onnx)"
+    assert df[f"{pi} median_ms"].tolist()[:2] == pytest.approx([139.1, 81.6]) and pd.isna(df[f"{pi} median_ms"][2])
+    assert df[f"{pi} status"].tolist() == ["ok", "ok", "error"]
+    assert df[f"{pi} notes"][1] == "cv: cv=0.080" and df[f"{pi} notes"][2].startswith("error: load:")
+    assert df["top1"].tolist() == [72.2, 70.2, 72.2]
+
+
+def test_html_escapes_and_lists_notes(synthetic, capsys):
+    path, _, _, _ = synthetic
+    rc, out, _ = cli(capsys, "--store", path, "--format", "html")
+    assert rc == 0 and "<table" in out and "Xeon_4210R &amp; co (.pt)" in out
+    assert '<ul class="footnotes">' in out and "out of memory {&amp;}" in out
+
+
+def test_unknown_run_is_one_line_error(synthetic, capsys):
+    path, _, run_id, old = synthetic
+    rc, out, err = cli(capsys, "--store", path, "--run", "nope")
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and "unknown run 'nope'" in err and run_id in err and old in err
+    rc, _, err = cli(capsys, "--store", path, "--batch", "8")
+    assert rc == 2 and "no records for batch size(s) 8" in err
+    with pytest.raises(bench_config.ConfigError, match="recent runs"):
+        table_cmd.pick_run(Store(path), "nope")
+
+
+def test_one_table_per_batch_size():
+    run = "20260101-000000-abcd"
+    recs = []
+    for batch, (o, p) in ((1, (10.0, 5.0)), (8, (60.0, 40.0))):
+        for variant, ms, macs in (("original", o, 200), ("snp:paper", p, 100)):
+            recs.append(make_record(run, job("m", variant, "pi", "onnx", "onnxruntime", macs, variant, "Pi",
+                                             batch=batch), agent_result(ms), "r"))
+    tables = build_tables(recs, run)
+    assert [t.batch_size for t in tables] == [1, 8]
+    md = render(tables, "md")
+    assert "**Batch size 1**" in md and "**Batch size 8**" in md
+    assert "5.00 (2.00×)" in md and "40.0 (1.50×)" in md
+    csv = pd.read_csv(io.StringIO(render(tables, "csv")))
+    assert csv["batch_size"].tolist() == [1, 1, 8, 8]
+    assert build_tables(recs, run, batches=[8])[0].batch_size == 8
+
+
+# --------------------------------------------------------------------------
+# LaTeX
+# --------------------------------------------------------------------------
+
+def check_latex(text: str) -> list[str]:
+    """Structural checks; returns the tabular rows (between \\toprule and \\bottomrule, rules excluded)."""
+    body = "\n".join(ln for ln in text.splitlines() if not ln.startswith("%"))
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{([^}]*)\}", body):
+        if kind == "begin":
+            stack.append(env)
+        else:
+            assert stack and stack.pop() == env, f"unbalanced \\end{{{env}}}"
+    assert not stack, f"unclosed environments {stack}"
+    assert body.count("{") - body.count(r"\{") == body.count("}") - body.count(r"\}")
+    rows = []
+    for spec, tab in re.findall(r"\\begin\{tabular\}\{([^}]*)\}(.*?)\\end\{tabular\}", body, re.S):
+        ncols = len(re.findall(r"[lcr]", spec))
+        table_rows = [ln for ln in tab.strip().splitlines() if not re.fullmatch(r"\\(top|mid|bottom)rule", ln)]
+        assert table_rows
+        for row in table_rows:
+            assert row.endswith(r"\\"), row
+            assert len(re.findall(r"(?<!\\)&", row)) == ncols - 1, row
+        rows += table_rows
+    # nothing special left unescaped: every _ % # is escaped (& is checked per row above)
+    assert not re.search(r"(?<!\\)[_%#]", body), "unescaped special character"
+    outside = re.sub(r"\\begin\{tabular\}.*?\\end\{tabular\}", "", body, flags=re.S)
+    assert not re.search(r"(?<!\\)&", outside), "unescaped & in caption or notes"
+    assert "†" not in body and "×" not in body and "–" not in body
+    return rows
+
+
+def test_latex_structure_and_escaping(synthetic, swept, capsys):
+    path, _, _, _ = synthetic
+    rc, out, _ = cli(capsys, "--store", path, "--format", "latex", "--efficiency")
+    assert rc == 0
+    rows = check_latex(out)
+    assert r"\toprule" in out and r"\midrule" in out and r"\bottomrule" in out
+    assert r"my\_vit\_100\%" in out and r"Xeon\_4210R \& co (.pt)" in out
+    assert r"\quad{}+ SNP" in out and r"81.6 (1.70$\times$)\textsuperscript{\ddag}" in out
+    assert r"error\textsuperscript{*}" in out and r"\footnotesize" in out
+    assert r"out of memory \{\&\}" in out
+    assert len(rows) == 4  # header + 3 model rows
+
+    cfg, _, _ = swept
+    rc, real, _ = cli(capsys, "--config", cfg, "--format", "latex")
+    assert len(check_latex(real)) == 3 and r"Test Box \#1 (.onnx)" in real and r"DeiT-T\_2blk" in real
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_latex_compiles(synthetic, swept, tmp_path, capsys):
+    path, _, _, _ = synthetic
+    cfg, _, _ = swept
+    tables = [cli(capsys, "--store", path, "--format", "latex", "--efficiency")[1],
+              cli(capsys, "--config", cfg, "--format", "latex", "--efficiency")[1]]
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n"
+                   "\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
+                   "\\begin{document}\n" + "\n".join(tables) + "\n\\end{document}\n")
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    assert "Missing character" not in (tmp_path / "doc.log").read_text(errors="replace")
