@@ -1,0 +1,50 @@
+"""``python -m bench figures``: the paper's figures (PNG + PDF) from one run of the record store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from results.figures import FIGURES, make_figures
+from results.store import Store
+
+from . import config as bench_config
+from .options import HelpFormatter
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figures", help="draw latency, accuracy, speedup and distribution figures of a run",
+                       description="Draw the paper's figures from a run of the record store, as PNG (200 dpi) and "
+                                   "PDF: latency vs params, top-1 vs latency (when bench.toml gives top1), speedup "
+                                   "bars with the MACs ratio, and the latency distribution of every measurement.",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--config", type=Path, help="bench.toml to use (for the store path)")
+    p.add_argument("--store", type=Path, help="SQLite store (default: [paths] store)")
+    p.add_argument("--run", help="run id (default: the latest run)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<run_id>/figures)")
+    p.add_argument("--only", action="append", choices=list(FIGURES), metavar="KIND",
+                   help=f"draw only this kind (repeatable): {', '.join(FIGURES)}")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = Store(args.store or bench_config.load(args.config).store)
+    if args.run:
+        if store.get_run(args.run) is None:
+            raise bench_config.ConfigError(f"unknown run {args.run!r} in {store.path}")
+        run_id = args.run
+    else:
+        latest = store.latest_run()
+        if latest is None:
+            raise bench_config.ConfigError(f"no runs in {store.path}: run `python -m bench sweep` first")
+        run_id = latest["run_id"]
+    records = store.records(run_id, status="ok")
+    if not records:
+        raise bench_config.ConfigError(f"run {run_id} has no successful records: nothing to plot")
+    out = args.out or Path("runs") / run_id / "figures"
+    for kind, result in make_figures(records, out, args.only).items():
+        if result.paths:
+            print(f"{kind}: {', '.join(str(p) for p in result.paths)}")
+        else:
+            print(f"{kind}: skipped, {result.skipped}")
+    return 0
