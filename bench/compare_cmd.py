@@ -1,0 +1,130 @@
+"""``python -m bench compare BASELINE CANDIDATE``: a regression report of one run against another.
+
+Every job of the candidate run is compared with the same job of the baseline
+run (same job key: model entry, variant, format, device, runtime, options,
+batch size): change of the median latency with a bootstrap confidence
+interval, classified as regressed / improved / unchanged against a relative
+threshold (see ``results/regression.py`` for the statistics and the rule).
+Writes ``report.md`` and ``report.html`` (figures embedded) into ``--out``
+(default: ``runs/<CANDIDATE>/`` under the current directory), prints
+the summary, and exits with status 1 when anything regressed (a slower job,
+or a job that was ok and now fails), 0 otherwise.
+
+Run ids: as ``bench results runs`` lists them; ``baseline`` names the store's
+baseline run (``bench nightly --promote`` sets it), ``latest`` the newest run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from results import regression, report
+from results.store import Store
+
+from . import config as bench_config
+from .options import HelpFormatter
+from .sweep import add_common
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="regression report: a run against a baseline run, job by job",
+                       description=__doc__.split("\n\n")[1],
+                       formatter_class=HelpFormatter)
+    add_common(p)
+    p.add_argument("baseline", metavar="BASELINE", help="baseline run id, or 'baseline' (the store's baseline run)")
+    p.add_argument("candidate", metavar="CANDIDATE", help="candidate run id, or 'latest' (the newest run)")
+    add_report_options(p)
+    p.set_defaults(func=run)
+
+
+def threshold_arg(text: str) -> float:
+    """A relative threshold: ``0.05`` or ``5%``."""
+    try:
+        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold {text!r} must be a fraction like 0.05 or a percentage like 5%") \
+            from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"threshold {text!r} must be at least 0 and below 1 (100 %)")
+    return value
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=threshold_arg, default=None,
+                   help=f"relative change that counts, e.g. 0.05 or 5%% (default {regression.DEFAULT_THRESHOLD})")
+    p.add_argument("--confidence", type=float, default=regression.DEFAULT_CONFIDENCE,
+                   help="confidence level of the intervals")
+    p.add_argument("--resamples", type=int, default=regression.DEFAULT_RESAMPLES, help="bootstrap resamples per run")
+    p.add_argument("--seed", type=int, default=regression.DEFAULT_SEED, help="seed of the bootstrap")
+    p.add_argument("--out", type=Path, help="folder for report.md, report.html and figures "
+                                            "(default: runs/<candidate run id>/)")
+
+
+def open_store(args: argparse.Namespace, cfg: bench_config.Config | None = None, must_exist: bool = True) -> Store:
+    path = Path(args.store or (cfg or bench_config.load(args.config)).store)
+    if must_exist and not path.is_file():
+        raise bench_config.ConfigError(f"no results store at {path}; run `python -m bench sweep` first "
+                                       f"(or give --store / --config)")
+    return Store(path)
+
+
+def resolve_run(store: Store, text: str, role: str) -> dict[str, Any]:
+    """A run of the store by id, or by the aliases ``baseline`` / ``latest``; ConfigError when there is none."""
+    if text == "baseline":
+        run = store.baseline()
+        if run is None:
+            raise bench_config.ConfigError(f"{store.path} has no baseline run yet; mark one with "
+                                           f"`python -m bench nightly --promote` or give a run id")
+        return run
+    if text == "latest":
+        run = store.latest_run()
+        if run is None:
+            raise bench_config.ConfigError(f"{store.path} has no runs yet")
+        return run
+    run = store.get_run(text)
+    if run is None:
+        recent = ", ".join(r["run_id"] for r in store.runs()[-5:]) or "none"
+        raise bench_config.ConfigError(f"unknown {role} run {text!r} in {store.path}; recent runs: {recent}")
+    return run
+
+
+def report_dir(run_id: str, out: Path | None) -> Path:
+    """Where a run's reports go: ``--out``, else ``runs/<run id>/`` under the current directory.
+
+    Under the current directory rather than beside the store, so that a store
+    kept outside the checkout (the nightly runner's) still leaves its reports
+    where CI uploads them from.
+    """
+    return Path(out) if out else Path("runs") / run_id
+
+
+def compare_and_report(store: Store, baseline: dict, candidate: dict, args: argparse.Namespace,
+                       threshold: float) -> tuple[regression.Comparison, dict[str, Path]]:
+    """Compare two runs of the store, write the reports, print the summary; the comparison and the paths."""
+    candidate_records = store.records(candidate["run_id"])
+    cmp = regression.compare_records(store.records(baseline["run_id"]), candidate_records, threshold=threshold,
+                                     confidence=args.confidence, resamples=args.resamples, seed=args.seed,
+                                     baseline_run=baseline, candidate_run=candidate)
+    paths = report.write_reports(cmp, report_dir(candidate["run_id"], args.out), candidate_records)
+    print(report.summary_markdown(cmp))
+    print(f"reports: {paths['markdown']} {paths['html']}", flush=True)
+    return cmp, paths
+
+
+def _check_stats_options(args: argparse.Namespace) -> None:
+    if not 0 < args.confidence < 1:
+        raise bench_config.ConfigError(f"--confidence must be between 0 and 1, got {args.confidence}")
+    if args.resamples < 100:
+        raise bench_config.ConfigError(f"--resamples must be at least 100, got {args.resamples}")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_stats_options(args)
+    store = open_store(args)
+    baseline = resolve_run(store, args.baseline, "baseline")
+    candidate = resolve_run(store, args.candidate, "candidate")
+    threshold = regression.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    cmp, _ = compare_and_report(store, baseline, candidate, args, threshold)
+    return 1 if cmp.regressed else 0

@@ -1,0 +1,505 @@
+"""Regressions between two runs: job by job, relative change of the median latency with a confidence interval.
+
+Matching
+========
+A job of the candidate run is compared with *the same job* of the baseline
+run: the same ``job_key`` minus the run, i.e. the same model entry, variant,
+format, device, runtime, runtime options and batch size
+(``results.records.job_key``).  Jobs whose key has no partner (a model entry
+renamed in bench.toml, say) are then matched on the record's identity tuple
+(timm ``model``, ``variant``, ``format``, ``device``, ``runtime``, runtime
+options, ``batch_size``), preferring the baseline record whose artifact sha256
+equals the candidate's; an ambiguous identity (two baseline records, neither
+with the same artifact) stays unmatched rather than guessed.
+
+A changed artifact hash is *not* a reason to skip a pair: a re-export, a new
+exporter or a new pruning plan is exactly what a regression report is for.  It
+is reported as a column (``artifact_changed``) next to the change it caused.
+
+Jobs present in only one run are listed separately (``only_baseline``,
+``only_candidate``), and so are pairs with an error on either side
+(``status_changes``): ``ok -> error`` counts as a regression, ``error -> ok``
+as fixed, ``error -> error`` as still failing.
+
+Statistics
+==========
+For each pair of ok records the change is ``median(candidate) / median(baseline) - 1``
+from the raw per-iteration samples (``samples_ns``), with a bootstrap
+confidence interval (95 % by default) of that ratio of medians:
+
+* The median, because it is what every table of this project reports and it
+  shrugs off the rare 10x iteration (a context switch, a GC, a page fault).
+* A bootstrap, because latency samples are skewed, multimodal and heavy-tailed:
+  no normal-theory formula for the variance of a median fits them, and the
+  ratio of two medians has no closed form anyway.  Each run is resampled on its
+  own (the runs are independent), 2000 times by default, with a
+  ``numpy.random.Generator`` seeded from ``seed`` and the job key, so a report
+  is reproducible and does not depend on the order of the jobs.  The interval
+  is the percentile interval of ``log(median*_c / median*_b)``, mapped back.
+* **Time-ordering aware**: the samples are a time series, and on real devices
+  they are autocorrelated (thermal drift, DVFS, a background task that runs for
+  a second).  An i.i.d. bootstrap then treats a burst of 300 slow iterations
+  as 300 independent pieces of evidence and gives intervals far too narrow: on
+  AR(1) noise with ρ = 0.9 its "95 %" interval of a zero change excluded zero
+  in 16 of 30 seeded trials (the block bootstrap below: 6 of 30).  So the resampling is a *circular block bootstrap*: blocks
+  of ``b`` consecutive iterations, ``b`` chosen per run by the Politis & White
+  (2004, with Patton et al. 2009's correction) rule from the autocorrelation
+  of the samples' ranks (ranks: a few huge outliers must not decide the block
+  length).  On independent samples the rule gives ``b`` ≈ 1, i.e. the plain
+  bootstrap; on a drifting run it gives long blocks and honest, wide intervals.
+
+What the interval does *not* cover is run-to-run variation that is constant
+within a run: another process on the machine all night, a different clock,
+another memory layout.  Five runs of identical code on this project's shared
+2-core test machine differed pairwise by up to 8 % in median, with within-run
+intervals of ±0.5 %.  That is what the threshold is for, and why it is
+configurable per sweep (``[sweeps.NAME] threshold``): 5 % suits a dedicated,
+quiet lab device; a shared machine needs more (measure it: compare two runs of
+unchanged code).
+
+Classification
+==============
+With the relative threshold ``t`` (default 0.05) and the interval
+``[lo, hi]`` of the change:
+
+* **regressed** iff ``lo > +t`` (the whole interval is above +t),
+* **improved**  iff ``hi < -t`` (the whole interval is below -t),
+* **unchanged** otherwise; ``conclusive`` says whether the interval lies
+  entirely inside ``[-t, +t]`` (it really is unchanged) or straddles a
+  threshold (the data cannot tell; the report shows it as *inconclusive*, and
+  it does not fail the run).
+
+Why this rule and not "point estimate > t and the interval excludes 0": ours
+is a one-sided test of "the slowdown is larger than t" at level 2.5 %, so a
+job whose true change is anywhere at or below +t is flagged at most 2.5 % of
+the time, whatever the noise; a nightly job that cries wolf gets ignored.  The
+alternative flags a job whose true change is exactly t half the time, and in
+heavy noise it flags on the point estimate alone, when the data are equally
+consistent with a 1 % change ("10 % buried in 30 % noise" gets flagged).  The
+price is power: a change is flagged once ``change - t`` exceeds about two
+standard errors; with this project's measurement settings (≥ 1000 iterations,
+cv of a few %, standard error of the log ratio ≈ 1.25·cv·sqrt(2/n) ≈ 0.2 %) a
+true 6 % slowdown is already caught, and a 10 % one always.  Measured (tests/
+test_regression.py, 100 seeded same-distribution pairs, cv 5 %, half of them
+AR(1)-correlated): 0 flagged at t = 5 %; with t = 0, i.e. a bare significance
+test, 6 of 100 (the interval is honest; the threshold is not hiding a broken
+interval).  A 10 % slowdown at cv 2 % and 1000 iterations: flagged in 50 of
+50 seeds; a 10 % change in cv 30 % noise with 50 iterations: 15 of 200 (the
+alternative rule: 44 of 200).
+
+Consequence for ``bench nightly --promote``: the baseline moves every night
+that passes, so a creep of less than t per night is never flagged; compare
+with a fixed release baseline (``bench compare``) now and then.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from results.records import options_key
+
+DEFAULT_THRESHOLD = 0.05
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_RESAMPLES = 2000
+DEFAULT_SEED = 0
+#: Fewer samples than this on either side: no interval, the pair is reported but never flagged.
+MIN_SAMPLES = 10
+#: Elements of one chunk of bootstrap indices (memory bound: 2000 resamples of 100 000 samples would be 1.6 GB).
+_CHUNK_ELEMENTS = 1 << 22
+
+VERDICTS = ("regressed", "improved", "unchanged")
+IDENTITY_FIELDS = ("model", "variant", "format", "device", "runtime", "runtime_options", "batch_size")
+
+
+# --------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------
+
+def block_length(samples: Sequence[float] | np.ndarray) -> int:
+    """Circular-block-bootstrap block length for a time series (Politis & White 2004, Patton et al. 2009).
+
+    Computed on the ranks of the samples, so that a handful of huge outliers do
+    not dominate the autocovariances.  Returns 1 for independent samples (up to
+    noise) and grows with the reach of the autocorrelation; at most
+    ``min(3·sqrt(n), n/3)``.
+    """
+    x = np.asarray(samples, dtype=float)
+    n = x.size
+    if n < 8:
+        return 1
+    ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
+    eps = ranks - ranks.mean()
+    var = float(eps @ eps)
+    if var == 0.0:
+        return 1
+    b_max = math.ceil(min(3 * math.sqrt(n), n / 3))
+    kn = max(5, int(math.log10(n)))
+    m_max = min(int(math.ceil(math.sqrt(n))) + kn, n - 2)
+    critical = 2 * math.sqrt(math.log10(n) / n)
+    acov = np.array([float(eps[k:] @ eps[:n - k]) / n for k in range(m_max + 1)])
+    acorr = np.abs(acov) / acov[0]
+    m_hat = None
+    for m in range(1, m_max - kn + 2):
+        if np.all(acorr[m:m + kn] < critical):
+            m_hat = m
+            break
+    big_m = m_max if m_hat is None else min(2 * max(m_hat, 1), m_max)
+    g, long_run = 0.0, acov[0]
+    for k in range(1, big_m + 1):
+        lam = 1.0 if k / big_m <= 0.5 else 2 * (1 - k / big_m)  # flat-top lag window
+        g += 2 * lam * k * acov[k]
+        long_run += 2 * lam * acov[k]
+    if long_run <= 0 or g == 0:
+        return 1
+    d_cb = 4 / 3 * long_run ** 2
+    b = (2 * g ** 2 / d_cb) ** (1 / 3) * n ** (1 / 3)
+    return int(max(1, min(math.ceil(b), b_max)))
+
+
+def bootstrap_log_medians(samples: np.ndarray, resamples: int, rng: np.random.Generator,
+                          block: int = 1) -> np.ndarray:
+    """``log(median)`` of ``resamples`` circular-block bootstrap resamples of ``samples`` (in time order)."""
+    x = np.asarray(samples, dtype=float)
+    n = x.size
+    block = max(1, min(int(block), n))
+    blocks = -(-n // block)
+    offsets = np.arange(block)
+    out = np.empty(resamples)
+    per_chunk = max(1, _CHUNK_ELEMENTS // (blocks * block))
+    for start in range(0, resamples, per_chunk):
+        count = min(per_chunk, resamples - start)
+        starts = rng.integers(0, n, size=(count, blocks))
+        idx = ((starts[:, :, None] + offsets) % n).reshape(count, blocks * block)[:, :n]
+        out[start:start + count] = np.median(x[idx], axis=1)
+    return np.log(out)
+
+
+@dataclass
+class Change:
+    """Relative change of the median (candidate / baseline - 1) and its confidence interval."""
+
+    change: float
+    ci_low: float | None
+    ci_high: float | None
+    block_baseline: int | None = None
+    block_candidate: int | None = None
+
+
+def relative_change(baseline: Sequence[float] | np.ndarray, candidate: Sequence[float] | np.ndarray, *,
+                    resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
+                    rng: np.random.Generator | None = None, block: int | None = None) -> Change:
+    """Change of the median from ``baseline`` to ``candidate`` samples, with a bootstrap interval.
+
+    ``block`` forces one block length for both runs (1: the i.i.d. bootstrap);
+    by default each run gets its own (:func:`block_length`).  With fewer than
+    :data:`MIN_SAMPLES` samples on a side the interval is ``None``.
+    """
+    b = np.asarray(baseline, dtype=float)
+    c = np.asarray(candidate, dtype=float)
+    if b.size == 0 or c.size == 0:
+        raise ValueError("both runs need at least one sample")
+    if not (np.all(b > 0) and np.all(c > 0)):
+        raise ValueError("latency samples must be positive")
+    point = float(np.median(c) / np.median(b) - 1)
+    if b.size < MIN_SAMPLES or c.size < MIN_SAMPLES:
+        return Change(point, None, None)
+    rng = rng if rng is not None else np.random.default_rng(DEFAULT_SEED)
+    bb = block if block is not None else block_length(b)
+    bc = block if block is not None else block_length(c)
+    diff = bootstrap_log_medians(c, resamples, rng, bc) - bootstrap_log_medians(b, resamples, rng, bb)
+    alpha = 1 - confidence
+    lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
+    return Change(point, float(math.expm1(lo)), float(math.expm1(hi)), bb, bc)
+
+
+def classify(ci_low: float | None, ci_high: float | None, threshold: float = DEFAULT_THRESHOLD) -> tuple[str, bool]:
+    """``(verdict, conclusive)`` of a change's interval; see the module docstring for the rule."""
+    if ci_low is None or ci_high is None:
+        return "unchanged", False
+    if ci_low > threshold:
+        return "regressed", True
+    if ci_high < -threshold:
+        return "improved", True
+    return "unchanged", (ci_low >= -threshold and ci_high <= threshold)
+
+
+# --------------------------------------------------------------------------
+# Comparing runs
+# --------------------------------------------------------------------------
+
+@dataclass
+class Pair:
+    """One job measured ok in both runs."""
+
+    job_key: str
+    model: str
+    variant: str
+    format: str
+    device: str
+    runtime: str
+    options: str
+    batch_size: int
+    baseline_ms: float
+    candidate_ms: float
+    change: float
+    ci_low: float | None
+    ci_high: float | None
+    verdict: str
+    conclusive: bool
+    n_baseline: int
+    n_candidate: int
+    block_baseline: int | None
+    block_candidate: int | None
+    baseline_sha256: str
+    candidate_sha256: str
+    artifact_changed: bool
+    matched_by: str               # "job_key" or "identity"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return job_label(self.__dict__)
+
+
+@dataclass
+class StatusChange:
+    """A job with an error record in at least one of the runs."""
+
+    job_key: str
+    model: str
+    variant: str
+    format: str
+    device: str
+    runtime: str
+    options: str
+    batch_size: int
+    baseline_status: str
+    candidate_status: str
+    kind: str                     # "ok->error" (a regression), "error->ok" (fixed), "error->error"
+    message: str
+    baseline_ms: float | None = None
+    artifact_changed: bool = False
+
+    @property
+    def label(self) -> str:
+        return job_label(self.__dict__)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "ok->error"
+
+
+@dataclass
+class Comparison:
+    """Every job of two runs, compared (see :func:`compare_records`)."""
+
+    baseline_run: dict[str, Any]
+    candidate_run: dict[str, Any]
+    threshold: float
+    confidence: float
+    resamples: int
+    seed: int
+    pairs: list[Pair]
+    status_changes: list[StatusChange]
+    only_baseline: list[dict[str, Any]]
+    only_candidate: list[dict[str, Any]]
+
+    @property
+    def regressions(self) -> list[Pair]:
+        """Regressed pairs, worst (largest lower bound) first."""
+        return sorted((p for p in self.pairs if p.verdict == "regressed"), key=lambda p: -(p.ci_low or 0))
+
+    @property
+    def improvements(self) -> list[Pair]:
+        return sorted((p for p in self.pairs if p.verdict == "improved"), key=lambda p: p.ci_high or 0)
+
+    @property
+    def new_errors(self) -> list[StatusChange]:
+        return [s for s in self.status_changes if s.is_regression]
+
+    @property
+    def regressed(self) -> bool:
+        """Anything regressed: a slower job or an ok -> error transition."""
+        return bool(self.regressions or self.new_errors)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per class: verdicts of ok pairs, inconclusive ones, status changes, jobs of one run only."""
+        counts = {v: sum(p.verdict == v for p in self.pairs) for v in VERDICTS}
+        counts["inconclusive"] = sum(p.verdict == "unchanged" and not p.conclusive for p in self.pairs)
+        for kind in ("ok->error", "error->ok", "error->error"):
+            counts[kind] = sum(s.kind == kind for s in self.status_changes)
+        counts["only_baseline"] = len(self.only_baseline)
+        counts["only_candidate"] = len(self.only_candidate)
+        counts["artifact_changed"] = sum(p.artifact_changed for p in self.pairs)
+        return counts
+
+    def frame(self):
+        """The ok pairs as a pandas DataFrame (one row per job, ``label`` added)."""
+        import pandas as pd
+        rows = [{"label": p.label, **asdict(p)} for p in self.pairs]
+        return pd.DataFrame(rows)
+
+
+def job_label(job: Mapping[str, Any]) -> str:
+    """A short human label of a job: ``model variant | device runtime(.format) opts | bsN``."""
+    options = job.get("options")
+    if options is None:
+        options = options_key(job.get("runtime_options"))
+    opts = "" if options == "default" else f" [{options}]"
+    return (f"{job['model']} {job['variant']} | {job['device']} {job['runtime']} (.{job['format']}){opts} "
+            f"| bs{job['batch_size']}")
+
+
+def _identity(record: Mapping[str, Any]) -> tuple:
+    return (record["model"], record["variant"], record["format"], record["device"], record["runtime"],
+            options_key(record.get("runtime_options")), int(record["batch_size"]))
+
+
+def match_records(baseline: Iterable[Mapping[str, Any]], candidate: Iterable[Mapping[str, Any]]
+                  ) -> tuple[list[tuple[dict, dict, str]], list[dict], list[dict]]:
+    """``(pairs, only_baseline, only_candidate)``; each pair is ``(baseline, candidate, matched_by)``.
+
+    First by ``job_key``; the rest by identity tuple, the same artifact hash
+    preferred, an ambiguous identity left unmatched.
+    """
+    base = [dict(r) for r in baseline]
+    cand = [dict(r) for r in candidate]
+    by_key = {r["job_key"]: r for r in base}
+    pairs: list[tuple[dict, dict, str]] = []
+    used: set[int] = set()
+    rest = []
+    for c in cand:
+        b = by_key.get(c["job_key"])
+        if b is not None and id(b) not in used:
+            used.add(id(b))
+            pairs.append((b, c, "job_key"))
+        else:
+            rest.append(c)
+    only_candidate = []
+    for c in rest:
+        options = [b for b in base if id(b) not in used and _identity(b) == _identity(c)]
+        same_hash = [b for b in options if b["artifact_sha256"] == c["artifact_sha256"]]
+        chosen = same_hash if same_hash else options
+        if len(chosen) == 1:
+            used.add(id(chosen[0]))
+            pairs.append((chosen[0], c, "identity"))
+        else:
+            only_candidate.append(c)
+    only_baseline = [b for b in base if id(b) not in used]
+    return pairs, only_baseline, only_candidate
+
+
+def _samples(record: Mapping[str, Any]) -> np.ndarray:
+    samples = record.get("samples_ns") or []
+    return np.asarray(samples, dtype=float) / 1e6
+
+
+def _env_notes(b: Mapping[str, Any], c: Mapping[str, Any]) -> list[str]:
+    """What changed in the environment between the two records: host, CPU, Python, runtime versions."""
+    eb, ec = b.get("env") or {}, c.get("env") or {}
+    notes = []
+    if eb.get("hostname") and ec.get("hostname") and eb["hostname"] != ec["hostname"]:
+        notes.append(f"host {eb['hostname']} -> {ec['hostname']}")
+    cpu_b, cpu_c = (eb.get("cpu") or {}).get("model"), (ec.get("cpu") or {}).get("model")
+    if cpu_b and cpu_c and cpu_b != cpu_c:
+        notes.append(f"cpu {cpu_b} -> {cpu_c}")
+    py_b, py_c = (eb.get("python") or {}).get("version"), (ec.get("python") or {}).get("version")
+    if py_b and py_c and py_b != py_c:
+        notes.append(f"python {py_b} -> {py_c}")
+    rt_b, rt_c = eb.get("runtimes") or {}, ec.get("runtimes") or {}
+    for name in sorted(set(rt_b) & set(rt_c)):
+        if rt_b[name] != rt_c[name]:
+            notes.append(f"{name} {rt_b[name]} -> {rt_c[name]}")
+    return notes
+
+
+def _common(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {"job_key": record["job_key"], "model": record["model"], "variant": record["variant"],
+            "format": record["format"], "device": record["device"], "runtime": record["runtime"],
+            "options": options_key(record.get("runtime_options")), "batch_size": int(record["batch_size"])}
+
+
+def _pair(b: dict, c: dict, matched_by: str, threshold: float, confidence: float, resamples: int,
+          seed: int) -> Pair:
+    sb, sc = _samples(b), _samples(c)
+    notes = []
+    if sb.size and sc.size:
+        rng = np.random.default_rng([seed, zlib.crc32(c["job_key"].encode())])
+        change = relative_change(sb, sc, resamples=resamples, confidence=confidence, rng=rng)
+        if change.ci_low is None:
+            notes.append(f"fewer than {MIN_SAMPLES} samples: no interval, not classified")
+    else:  # records read without samples: the point estimate only
+        change = Change(float(c["median_ms"]) / float(b["median_ms"]) - 1, None, None)
+        notes.append("no raw samples: no interval, not classified")
+    verdict, conclusive = classify(change.ci_low, change.ci_high, threshold)
+    artifact_changed = b["artifact_sha256"] != c["artifact_sha256"]
+    if artifact_changed:
+        notes.append("artifact changed")
+    if matched_by != "job_key":
+        notes.append(f"matched by identity (baseline key {b['job_key']})")
+    notes += _env_notes(b, c)
+    notes += [f"warning: {w}" for w in (c.get("warnings") or [])[:2]]
+    return Pair(**_common(c), baseline_ms=float(b["median_ms"]), candidate_ms=float(c["median_ms"]),
+                change=change.change, ci_low=change.ci_low, ci_high=change.ci_high, verdict=verdict,
+                conclusive=conclusive, n_baseline=int(b.get("n") or sb.size), n_candidate=int(c.get("n") or sc.size),
+                block_baseline=change.block_baseline, block_candidate=change.block_candidate,
+                baseline_sha256=b["artifact_sha256"], candidate_sha256=c["artifact_sha256"],
+                artifact_changed=artifact_changed, matched_by=matched_by, notes=notes)
+
+
+def _error_text(record: Mapping[str, Any]) -> str:
+    return f"[{record.get('error_stage')}] {record.get('error_message')}"
+
+
+def _status_change(b: dict, c: dict) -> StatusChange:
+    kind = f"{b['status']}->{c['status']}"
+    message = _error_text(c) if c["status"] == "error" else f"was {_error_text(b)}"
+    return StatusChange(**_common(c), baseline_status=b["status"], candidate_status=c["status"], kind=kind,
+                        message=message, baseline_ms=b.get("median_ms") if b["status"] == "ok" else None,
+                        artifact_changed=b["artifact_sha256"] != c["artifact_sha256"])
+
+
+def compare_records(baseline: Iterable[Mapping[str, Any]], candidate: Iterable[Mapping[str, Any]], *,
+                    threshold: float = DEFAULT_THRESHOLD, confidence: float = DEFAULT_CONFIDENCE,
+                    resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                    baseline_run: Mapping[str, Any] | None = None,
+                    candidate_run: Mapping[str, Any] | None = None) -> Comparison:
+    """Compare two runs' records job by job (records as :meth:`results.store.Store.records` returns them)."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a fraction in [0, 1), got {threshold}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 100:
+        raise ValueError(f"use at least 100 bootstrap resamples, got {resamples}")
+    matched, only_b, only_c = match_records(baseline, candidate)
+    pairs, changes = [], []
+    for b, c, how in matched:
+        if b["status"] == "ok" and c["status"] == "ok":
+            pairs.append(_pair(b, c, how, threshold, confidence, resamples, seed))
+        else:
+            changes.append(_status_change(b, c))
+    pairs.sort(key=lambda p: -p.change)
+    slim = [{k: v for k, v in r.items() if k not in ("samples_ns", "env", "extra")} for r in only_b]
+    slim_c = [{k: v for k, v in r.items() if k not in ("samples_ns", "env", "extra")} for r in only_c]
+    return Comparison(baseline_run=dict(baseline_run or {}), candidate_run=dict(candidate_run or {}),
+                      threshold=threshold, confidence=confidence, resamples=resamples, seed=seed, pairs=pairs,
+                      status_changes=changes, only_baseline=slim, only_candidate=slim_c)
+
+
+def compare_runs(store, baseline_id: str, candidate_id: str, **kwargs: Any) -> Comparison:
+    """Compare two runs of a :class:`results.store.Store`; an unknown run raises ``UnknownRunError``."""
+    from results.store import UnknownRunError
+
+    runs = {}
+    for run_id in (baseline_id, candidate_id):
+        info = store.get_run(run_id)
+        if info is None:
+            raise UnknownRunError(f"no run {run_id!r} in {store.path}")
+        runs[run_id] = info
+    return compare_records(store.records(baseline_id), store.records(candidate_id),
+                           baseline_run=runs[baseline_id], candidate_run=runs[candidate_id], **kwargs)
