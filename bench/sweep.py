@@ -179,6 +179,7 @@ def run_device(device: DeviceSpec, jobs: list[Job], artifacts: dict, store: Stor
 def job_spec(job: Job, art: exporters.Artifact) -> dict:
     """What the record store needs to know about a job besides the agent's result."""
     return {"job_key": job.key, "model": job.model.timm, "variant": job.model.variant, "entry": job.model.name,
+            "label": job.model.label,
             "artifact": {"sha256": art.sha256, "format": job.fmt, "path": str(art.path),
                          "macs": art.manifest.get("macs"), "params": art.manifest.get("params")},
             "device": job.device.name, "device_label": job.device.display, "runtime": job.runtime,
