@@ -90,11 +90,11 @@ def parse_device(name: str, table: object) -> DeviceSpec:
 
     if not isinstance(table, dict):
         raise bad("must be a table")
+    if any("password" in k.lower() or "passphrase" in k.lower() for k in table):
+        raise bad("passwords are not accepted here; use an SSH key (identity_file) or ssh-agent")
     unknown = sorted(set(table) - _KEYS)
     if unknown:
         raise bad(f"unknown key {unknown[0]!r}; known: {', '.join(sorted(_KEYS))}")
-    if "password" in {k.lower() for k in table}:
-        raise bad("passwords are not accepted; use an SSH key or ssh-agent")
     kind = table.get("kind", "local")
     if kind not in KINDS:
         raise bad(f"kind {kind!r} is not one of: {', '.join(KINDS)}")

@@ -30,7 +30,7 @@ def test_shipped_bench_toml_defines_local_and_paper_examples(tmp_path):
 
 
 @pytest.mark.parametrize("toml, message", [
-    ('[devices.pi]\nkind = "ssh"\nhost = "pi"\npassword = "hunter2"\n', "unknown key 'password'"),
+    ('[devices.pi]\nkind = "ssh"\nhost = "pi"\npassword = "hunter2"\n', "passwords are not accepted here"),
     ('[devices.pi]\nkind = "serial"\n', "kind 'serial' is not one of: local, ssh"),
     ('[devices.pi]\nkind = "ssh"\nruntimes = { onnxruntime = {} }\n', "an ssh device needs host"),
     ('[devices.pi]\nruntimes = { openvino = {} }\n', "runtime 'openvino' is not one of"),
