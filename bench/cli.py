@@ -14,10 +14,10 @@ import sys
 
 from snp_core.errors import SNPError
 
-from . import compare_cmd, compress, devices_cmd, figures_cmd, inspect_plan, nightly_cmd, results_cmd, sweep, table_cmd
+from . import ablation, compare_cmd, compress, devices_cmd, figures_cmd, finetune_cmd, inspect_plan, nightly_cmd, results_cmd, sweep, table_cmd
 from .config import ConfigError
 
-COMMANDS = (compress, inspect_plan, sweep, devices_cmd, results_cmd, table_cmd, figures_cmd, compare_cmd, nightly_cmd)
+COMMANDS = (compress, inspect_plan, sweep, devices_cmd, results_cmd, table_cmd, figures_cmd, compare_cmd, nightly_cmd, ablation, finetune_cmd)
 #: Errors caused by the user's input: printed as one line, exit status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (SNPError, ConfigError)
 
