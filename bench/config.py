@@ -22,6 +22,7 @@ Model entries are named; a pruned entry names the entry it is pruned from
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,17 @@ class ModelSpec:
     plan: str | None = None
     top1: float | None = None
     label: str = ""
+
+    @property
+    def known_top1(self) -> float | None:
+        """Top-1 from the entry, else from ``metrics.json`` beside its plan (written by `bench finetune`)."""
+        if self.top1 is not None or not self.plan:
+            return self.top1
+        folder = Path(self.plan) if Path(self.plan).is_dir() else Path(self.plan).parent
+        try:
+            return float(json.loads((folder / "metrics.json").read_text())["top1"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     @property
     def variant(self) -> str:

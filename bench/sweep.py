@@ -184,7 +184,7 @@ def job_spec(job: Job, art: exporters.Artifact) -> dict:
                          "macs": art.manifest.get("macs"), "params": art.manifest.get("params")},
             "device": job.device.name, "device_label": job.device.display, "runtime": job.runtime,
             "runtime_options": job.options, "batch_size": job.batch,
-            "input_shape": list(art.manifest["input_shape"]), "top1": job.model.top1}
+            "input_shape": list(art.manifest["input_shape"]), "top1": job.model.known_top1}
 
 
 @dataclass

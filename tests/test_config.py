@@ -54,3 +54,11 @@ def test_unknown_names_on_the_command_line(tmp_path, flag, value, message):
                         "--store", str(tmp_path / "s.sqlite"), flag, value], cwd=tmp_path, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {message}", r.stderr
+
+
+def test_top1_comes_from_the_fine_tuned_plan_folder(tmp_path):
+    (tmp_path / "plan.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text('{"top1": 71.25, "top5": 90.0}')
+    assert bench_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path)).known_top1 == 71.25
+    assert bench_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path), top1=70.0).known_top1 == 70.0
+    assert bench_config.ModelSpec("m", "deit_tiny_patch16_224").known_top1 is None
