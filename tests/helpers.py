@@ -29,3 +29,40 @@ def uniform_plan(model, name: str, criterion: str = "l2", **ratios) -> snp_core.
     adapter = snp_core.adapter_for(model, name)
     return snp_core.make_plan(model, name, snp_core.ratios.uniform(adapter.groups(), **ratios),
                               snp_core.get_criterion(criterion), progress=False)
+
+
+def tiny_sweep_toml(store_dir, artifacts, devices: str, *, iterations: int = 5, min_seconds: float = 0.0,
+                    timeout: float = 120, grace: float = 30, tiny_extra: str = "") -> str:
+    """bench.toml text for a real sweep of a 2-block 64x64 DeiT-T and its l2-pruned version.
+
+    The same code paths as a full DeiT sweep, in seconds; `devices` is appended as
+    given and `tiny_extra` lines go into the original model's table (label, top1).
+    """
+    return f"""
+[paths]
+store = "{store_dir}/bench.sqlite"
+artifacts = "{artifacts}"
+
+[models.tiny]
+timm = "deit_tiny_patch16_224"
+weights = "random"
+kwargs = {{ img_size = 64, depth = 2 }}
+{tiny_extra}
+
+[models.tiny_snp]
+base = "tiny"
+ratios = {{ qk = 0.5, v = 0.5, ffn = 0.5, embed = 0.25 }}
+criterion = "l2"
+
+[sweep]
+models = ["tiny", "tiny_snp"]
+formats = ["onnx", "torchscript"]
+batch = [1]
+
+[measure]
+warmup_iterations = 3
+iterations = {iterations}
+min_seconds = {min_seconds}
+timeout_s = {timeout}
+grace_s = {grace}
+""" + devices

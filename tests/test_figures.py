@@ -24,36 +24,12 @@ from matplotlib.patches import Rectangle
 from bench import config as bench_config
 from bench.cli import main
 from bench.sweep import execute
+from helpers import tiny_sweep_toml
 from results import figures
 from results.records import make_record
 from results.store import Store
 
-CONFIG = """
-[paths]
-store = "{tmp}/bench.sqlite"
-artifacts = "{tmp}/artifacts"
-
-[models.tiny]
-timm = "deit_tiny_patch16_224"
-weights = "random"
-kwargs = {{ img_size = 64, depth = 2 }}
-
-[models.tiny_snp]
-base = "tiny"
-ratios = {{ qk = 0.5, v = 0.5, ffn = 0.5, embed = 0.25 }}
-criterion = "l2"
-
-[sweep]
-models = ["tiny", "tiny_snp"]
-formats = ["onnx", "torchscript"]
-batch = [1]
-
-[measure]
-warmup_iterations = 3
-iterations = 30
-min_seconds = 0.0
-timeout_s = 120
-
+DEVICE = """
 [devices.local]
 kind = "local"
 label = "this machine"
@@ -99,7 +75,8 @@ def paper_records(run_id: str, n: int = 300) -> list[dict]:
 def run(tmp_path_factory) -> tuple[Store, str]:
     tmp = tmp_path_factory.mktemp("figures")
     path = tmp / "bench.toml"
-    path.write_text(CONFIG.format(tmp=tmp, python=sys.executable))
+    path.write_text(tiny_sweep_toml(tmp, tmp / "artifacts", DEVICE.format(tmp=tmp, python=sys.executable),
+                                    iterations=30))
     cfg = bench_config.load(path)
     store = Store(cfg.store)
     outcome = execute(cfg, store, {}, progress=False)

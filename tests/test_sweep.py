@@ -19,39 +19,13 @@ from pathlib import Path
 import pytest
 
 from bench import config as bench_config
+from helpers import tiny_sweep_toml
 from bench.sweep import execute
 from results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-MODELS = """
-[paths]
-store = "{tmp}/bench.sqlite"
-artifacts = "{artifacts}"
-
-[models.tiny]
-timm = "deit_tiny_patch16_224"
-weights = "random"
-kwargs = {{ img_size = 64, depth = 2 }}
-
-[models.tiny_snp]
-base = "tiny"
-ratios = {{ qk = 0.5, v = 0.5, ffn = 0.5, embed = 0.25 }}
-criterion = "l2"
-
-[sweep]
-models = ["tiny", "tiny_snp"]
-formats = ["onnx", "torchscript"]
-batch = [1]
-
-[measure]
-warmup_iterations = 3
-iterations = {iterations}
-min_seconds = {min_seconds}
-timeout_s = {timeout}
-grace_s = {grace}
-"""
 
 
 def ssh_device(name: str, server, workdir: Path, python: str = PY, known_hosts: Path | None = None,
@@ -87,8 +61,8 @@ def artifacts(tmp_path_factory) -> Path:
 def write_config(tmp: Path, artifacts: Path, devices: str, iterations: int = 5, min_seconds: float = 0.0,
                  timeout: float = 120, grace: float = 30) -> Path:
     path = tmp / "bench.toml"
-    path.write_text(MODELS.format(tmp=tmp, artifacts=artifacts, iterations=iterations, min_seconds=min_seconds,
-                                  timeout=timeout, grace=grace) + devices)
+    path.write_text(tiny_sweep_toml(tmp, artifacts, devices, iterations=iterations, min_seconds=min_seconds,
+                                    timeout=timeout, grace=grace))
     return path
 
 

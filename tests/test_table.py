@@ -21,39 +21,12 @@ from bench import config as bench_config
 from bench import table_cmd
 from bench.cli import main
 from bench.sweep import execute
+from helpers import tiny_sweep_toml
 from results.records import make_record
 from results.store import Store
 from results.table import build_tables, fmt_ms, record_reasons, render
 
-CONFIG = """
-[paths]
-store = "{tmp}/bench.sqlite"
-artifacts = "{tmp}/artifacts"
-
-[models.tiny]
-timm = "deit_tiny_patch16_224"
-weights = "random"
-kwargs = {{ img_size = 64, depth = 2 }}
-label = "DeiT-T_2blk"
-top1 = 72.2
-
-[models.tiny_snp]
-base = "tiny"
-ratios = {{ qk = 0.5, v = 0.5, ffn = 0.5, embed = 0.25 }}
-criterion = "l2"
-
-[sweep]
-models = ["tiny", "tiny_snp"]
-formats = ["onnx", "torchscript"]
-batch = [1]
-
-[measure]
-warmup_iterations = 3
-iterations = 20
-min_seconds = 0.0
-timeout_s = 120
-grace_s = 30
-
+DEVICE = """
 [devices.box]
 kind = "local"
 label = "Test Box #1"
@@ -75,7 +48,8 @@ def swept(tmp_path_factory):
     import sys
     tmp = tmp_path_factory.mktemp("table_sweep")
     cfg_path = tmp / "bench.toml"
-    cfg_path.write_text(CONFIG.format(tmp=tmp, python=sys.executable))
+    cfg_path.write_text(tiny_sweep_toml(tmp, tmp / "artifacts", DEVICE.format(tmp=tmp, python=sys.executable),
+                                        iterations=20, tiny_extra='label = "DeiT-T_2blk"\ntop1 = 72.2'))
     cfg = bench_config.load(cfg_path)
     store = Store(cfg.store)
     outcome = execute(cfg, store, {}, progress=False)
