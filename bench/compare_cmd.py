@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from results import regression, report
 from results.store import Store
 
 from . import config as bench_config
 from .options import HelpFormatter
+from .runs import open_store, pick_run
 from .sweep import add_common
 
 
@@ -62,34 +62,6 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
                                             "(default: runs/<candidate run id>/)")
 
 
-def open_store(args: argparse.Namespace, cfg: bench_config.Config | None = None, must_exist: bool = True) -> Store:
-    path = Path(args.store or (cfg or bench_config.load(args.config)).store)
-    if must_exist and not path.is_file():
-        raise bench_config.ConfigError(f"no results store at {path}; run `python -m bench sweep` first "
-                                       f"(or give --store / --config)")
-    return Store(path)
-
-
-def resolve_run(store: Store, text: str, role: str) -> dict[str, Any]:
-    """A run of the store by id, or by the aliases ``baseline`` / ``latest``; ConfigError when there is none."""
-    if text == "baseline":
-        run = store.baseline()
-        if run is None:
-            raise bench_config.ConfigError(f"{store.path} has no baseline run yet; mark one with "
-                                           f"`python -m bench nightly --promote` or give a run id")
-        return run
-    if text == "latest":
-        run = store.latest_run()
-        if run is None:
-            raise bench_config.ConfigError(f"{store.path} has no runs yet")
-        return run
-    run = store.get_run(text)
-    if run is None:
-        recent = ", ".join(r["run_id"] for r in store.runs()[-5:]) or "none"
-        raise bench_config.ConfigError(f"unknown {role} run {text!r} in {store.path}; recent runs: {recent}")
-    return run
-
-
 def report_dir(run_id: str, out: Path | None) -> Path:
     """Where a run's reports go: ``--out``, else ``runs/<run id>/`` under the current directory.
 
@@ -123,8 +95,8 @@ def _check_stats_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_stats_options(args)
     store = open_store(args)
-    baseline = resolve_run(store, args.baseline, "baseline")
-    candidate = resolve_run(store, args.candidate, "candidate")
+    baseline = pick_run(store, args.baseline, "baseline")
+    candidate = pick_run(store, args.candidate, "candidate")
     threshold = regression.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     cmp, _ = compare_and_report(store, baseline, candidate, args, threshold)
     return 1 if cmp.regressed else 0

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from results.figures import FIGURES, make_figures
-from results.store import Store
 
 from . import config as bench_config
 from .options import HelpFormatter
+from .runs import open_store, pick_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,16 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = Store(args.store or bench_config.load(args.config).store)
-    if args.run:
-        if store.get_run(args.run) is None:
-            raise bench_config.ConfigError(f"unknown run {args.run!r} in {store.path}")
-        run_id = args.run
-    else:
-        latest = store.latest_run()
-        if latest is None:
-            raise bench_config.ConfigError(f"no runs in {store.path}: run `python -m bench sweep` first")
-        run_id = latest["run_id"]
+    store = open_store(args)
+    run_id = pick_run(store, args.run)["run_id"]
     records = store.records(run_id, status="ok")
     if not records:
         raise bench_config.ConfigError(f"run {run_id} has no successful records: nothing to plot")

@@ -34,9 +34,9 @@ from typing import Any
 from results import regression, report
 
 from . import config as bench_config
-from .compare_cmd import _check_stats_options, add_report_options, compare_and_report, open_store, report_dir, \
-    resolve_run, threshold_arg
+from .compare_cmd import _check_stats_options, add_report_options, compare_and_report, report_dir, threshold_arg
 from .options import HelpFormatter
+from .runs import open_store, pick_run
 from .sweep import add_common, execute
 
 DEFAULT_SWEEP = "nightly"
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     selection, sweep_threshold, described = sweep_selection(cfg, args.sweep)
     store = open_store(args, cfg, must_exist=False)
     # resolve the baseline before spending an hour on the sweep: a typo fails now
-    baseline = resolve_run(store, args.baseline, "baseline") if args.baseline else store.baseline()
+    baseline = pick_run(store, args.baseline, "baseline") if args.baseline else store.baseline()
     threshold = (args.threshold if args.threshold is not None else
                  sweep_threshold if sweep_threshold is not None else regression.DEFAULT_THRESHOLD)
     print(f"nightly: {described}; baseline: "

@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from results.export import FORMATS, export
-from results.store import Store
 
-from . import config as bench_config
 from .options import HelpFormatter
+from .runs import open_store, pick_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,14 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = Store(args.store or bench_config.load(args.config).store)
+    store = open_store(args)
     if args.action == "runs":
         for r in store.runs():
             mark = " (baseline)" if r.get("is_baseline") else ""
             print(f"{r['run_id']}  {r['status']:11s} git {r['git_rev']}  {store.count(r['run_id'])} records{mark}")
         return 0
-    if args.run and store.get_run(args.run) is None:
-        raise bench_config.ConfigError(f"unknown run {args.run!r} in {store.path}")
+    if args.run:
+        pick_run(store, args.run)
     out = args.out or Path("runs") / f"export.{args.format}"
     count = export(store, args.run, args.format, out, include_samples=args.samples)
     print(f"wrote {count} records to {out}")

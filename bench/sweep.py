@@ -33,6 +33,7 @@ from results.store import Store
 from . import config as bench_config
 from .options import HelpFormatter
 from .prepare import AGENT_FORMAT, export_all
+from .runs import pick_run
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +205,7 @@ def execute(cfg: bench_config.Config, store: Store, selection: dict, resume: str
             trust_new_hosts: bool = False, progress: bool = True) -> Outcome:
     """Plan, prepare and run a sweep (or the rest of run `resume`); records are stored as they arrive."""
     if resume:
-        run_info = store.get_run(resume)
-        if run_info is None:
-            known = ", ".join(r["run_id"] for r in store.runs()[-5:]) or "none"
-            raise bench_config.ConfigError(f"unknown run {resume!r} in {store.path}; recent runs: {known}")
+        run_info = pick_run(store, resume)
         selection = run_info["config"]["selection"]
         store.set_run_status(resume, "running")
     devices = cfg.pick_devices(selection.get("devices"))

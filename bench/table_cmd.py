@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from results.store import Store
 from results.table import DEFAULT_CV_THRESHOLD, RENDERERS, TableError, build_tables, render
 
 from . import config as bench_config
 from .options import HelpFormatter
+from .runs import open_store, pick_run
 
 
 def _batches(text: str) -> list[int]:
@@ -57,26 +57,9 @@ def _config(args: argparse.Namespace) -> bench_config.Config | None:
         return None
 
 
-def pick_run(store: Store, run_id: str | None) -> dict:
-    """The run to tabulate: ``run_id``, or the latest; a one-line ConfigError naming recent runs otherwise."""
-    recent = ", ".join(r["run_id"] for r in store.runs()[-5:]) or "none"
-    if run_id is None:
-        run = store.latest_run()
-        if run is None:
-            raise bench_config.ConfigError(f"no runs in {store.path}: run `python -m bench sweep` first")
-        return run
-    run = store.get_run(run_id)
-    if run is None:
-        raise bench_config.ConfigError(f"unknown run {run_id!r} in {store.path}; recent runs: {recent}")
-    return run
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    store_path = args.store or cfg.store
-    if not Path(store_path).is_file():
-        raise bench_config.ConfigError(f"no store at {store_path}: run `python -m bench sweep` first")
-    store = Store(store_path)
+    store = open_store(args, cfg)
     info = pick_run(store, args.run)
     run_config = info.get("config") or {}
     labels = {name: m.label for name, m in cfg.models.items() if m.label} if cfg else {}

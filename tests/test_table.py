@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from bench import config as bench_config
-from bench import table_cmd
+from bench import runs
 from bench.cli import main
 from bench.sweep import execute
 from helpers import tiny_sweep_toml
@@ -274,7 +274,7 @@ def test_unknown_run_is_one_line_error(synthetic, capsys):
     rc, _, err = cli(capsys, "--store", path, "--batch", "8")
     assert rc == 2 and "no records for batch size(s) 8" in err
     with pytest.raises(bench_config.ConfigError, match="recent runs"):
-        table_cmd.pick_run(Store(path), "nope")
+        runs.pick_run(Store(path), "nope")
 
 
 def test_one_table_per_batch_size():
