@@ -41,12 +41,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for kind, what in (("qk", "query/key pairs per head"), ("v", "value neurons per head"),
                        ("ffn", "MLP hidden neurons"), ("embed", "residual-stream channels")):
         src.add_argument(f"--{kind}", type=float, metavar="R", help=f"uniform ratio for {what}")
+    src.add_argument("--heads", type=float, metavar="R",
+                     help="fraction of whole heads removed in every block (conventional head pruning, done before "
+                          "SNP; combines with --ratios or the uniform ratios and is held fixed by --target-gmacs)")
     src.add_argument("--target-gmacs", type=float, metavar="X",
                      help="scale the ratio pattern (above, or the paper's, or "
                           f"{DEFAULT_PATTERN}) until the pruned model has X GMACs (within 2%%)")
+    src.add_argument("--hold", metavar="KINDS", type=_kinds, default=(),
+                     help="comma-separated group kinds (qk, v, ffn, embed) whose ratios --target-gmacs keeps as given "
+                          "while it scales the others, e.g. --hold qk,v")
     src.add_argument("--round-to", type=int, metavar="N", help="round every kept width to a multiple of N (GEMM-friendly)")
     crit = p.add_argument_group("criterion")
     crit.add_argument("--criterion", default="snp", choices=sorted(snp_core.CRITERIA), help="importance criterion")
+    crit.add_argument("--head-criterion", default="proj_l1", choices=sorted(snp_core.HEAD_CRITERIA),
+                      help="ranks whole heads for --heads: proj_l1 (L1 norm of the head's output-projection columns) "
+                           "or qk_sum (sum of its Q/K pair scores)")
     crit.add_argument("--gamma", default="0.9", type=_gamma,
                       help="SNP singular components: an int (fixed count) or a float in (0, 1] (energy fraction)")
     crit.add_argument("--weighting", default="none", choices=("none", "sigma"), help="SNP: weight components by σ")
@@ -74,6 +83,14 @@ def _gamma(text: str) -> int | float:
             raise argparse.ArgumentTypeError(f"gamma {text!r} is neither an int nor a float") from None
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in ratio_sources.KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown group kind {bad[0]!r}; known: {', '.join(ratio_sources.KINDS)}")
+    return kinds
+
+
 def _criterion(args: argparse.Namespace) -> snp_core.Importance:
     if args.criterion in ("snp", "reverse"):
         return snp_core.get_criterion(args.criterion, gamma=args.gamma, weighting=args.weighting,
@@ -98,8 +115,17 @@ def _ratios(args: argparse.Namespace, groups: list[snp_core.groups.Group], adapt
             ratios, origin = ratio_sources.resolve("paper", args.model), "paper pattern"
         except RatioError:
             ratios, origin = ratio_sources.uniform(groups, **DEFAULT_PATTERN), "default pattern"
+    fixed = [g.name for g in groups if g.kind in args.hold]
+    if args.heads is not None:
+        heads = [g.name for g in groups if g.kind == "heads"]
+        fixed += heads
+        if not heads:
+            raise RatioError(f"--heads {args.heads}: model {args.model!r} has no prunable head groups")
+        ratios = {**ratios, **ratio_sources.uniform([g for g in groups if g.kind == "heads"], heads=args.heads)}
+        origin += f" + heads={args.heads}"
     if args.target_gmacs is not None:
-        ratios = ratio_sources.scale_to_target(ratios, groups, adapter.macs, args.target_gmacs * 1e9, args.round_to)
+        ratios = ratio_sources.scale_to_target(ratios, groups, adapter.macs, args.target_gmacs * 1e9, args.round_to,
+                                               fixed=fixed)
         origin += f" scaled to {args.target_gmacs} GMACs"
     return ratios, origin
 
@@ -122,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         images, calib_info = calib.images, calib.info()
     plan = snp_core.make_plan(model, args.model, ratios, criterion, images, calib_info, round_to=args.round_to,
                               batch_size=args.batch_size, progress=not args.quiet,
-                              model_kwargs={})
+                              model_kwargs={}, head_criterion=args.head_criterion)
     pruned = snp_core.prune(model, plan)
     elapsed = time.perf_counter() - started
 

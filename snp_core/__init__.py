@@ -17,16 +17,17 @@ from .adapters import ADAPTERS, PrunedAttention, adapter_for
 from .errors import (CalibrationError, PlanError, RatioError, SNPError, UnknownModelError,
                      UnsupportedModelError)
 from .flops import count_macs, count_params
+from .head_importance import HEAD_CRITERIA, HeadImportance, get_head_criterion
 from .importance import CRITERIA, Importance, get_criterion
 from .models import create
 from .plan import Plan
-from .pruner import kept_widths, load, make_plan, prune, save, summary
+from .pruner import kept_widths, load, make_plan, prune, save, score_groups, select, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ADAPTERS", "CRITERIA", "CalibrationError", "Importance", "Plan", "PlanError", "PrunedAttention", "RatioError",
-    "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for", "calibration", "count_macs",
-    "count_params", "create", "get_criterion", "kept_widths", "load", "make_plan", "models", "prune", "ratios", "save",
-    "summary",
+    "ADAPTERS", "CRITERIA", "HEAD_CRITERIA", "CalibrationError", "HeadImportance", "Importance", "Plan", "PlanError",
+    "PrunedAttention", "RatioError", "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for",
+    "calibration", "count_macs", "count_params", "create", "get_criterion", "get_head_criterion", "kept_widths", "load",
+    "make_plan", "models", "prune", "ratios", "save", "score_groups", "select", "summary",
 ]

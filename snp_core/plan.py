@@ -83,17 +83,25 @@ class Plan:
         return cls(**{k: v for k, v in doc.items() if k in known})
 
     def check_against(self, groups: list[Group]) -> None:
-        """Raise PlanError unless the kept indices fit the model's groups exactly."""
+        """Raise PlanError unless the kept indices fit the model's groups exactly.
+
+        A ``heads`` group may be absent (plans written before head pruning existed):
+        every head is then kept.
+        """
         names = {g.name for g in groups}
-        if set(self.keep) != names:
-            missing, extra = sorted(names - set(self.keep)), sorted(set(self.keep) - names)
+        optional = {g.name for g in groups if g.kind == "heads"}
+        if not names - optional <= set(self.keep) <= names:
+            missing, extra = sorted(names - optional - set(self.keep)), sorted(set(self.keep) - names)
             raise PlanError(f"plan for {self.model!r} does not fit the model: missing groups {missing[:3]}, "
                             f"unknown groups {extra[:3]}")
         for g in groups:
+            if g.name not in self.keep:
+                continue
             kept = self.keep[g.name]
             heads = kept if g.heads > 1 else [kept]
-            if len(heads) != g.heads or any(max(h, default=-1) >= g.width for h in heads):
-                raise PlanError(f"plan group {g.name!r} does not fit the model ({g.heads} head(s) of width {g.width})")
+            expected = len(self.keep[g.head_group]) if g.head_group in self.keep else g.heads
+            if len(heads) != expected or any(max(h, default=-1) >= g.width for h in heads):
+                raise PlanError(f"plan group {g.name!r} does not fit the model ({expected} head(s) of width {g.width})")
 
 
 def _check_kept(name: str, kept: object, bad) -> None:

@@ -1,8 +1,8 @@
 """From a model, ratios and a criterion to a plan, and from a plan to a smaller model.
 
-`make_plan` scores every group with the criterion (running calibration images
-through the model first if the criterion needs activations) and keeps the
-highest-scoring neurons; `prune` cuts a model to a plan; `save` / `load` store a
+`make_plan` scores every group with the criterion (`score_groups`: running
+calibration images through the model first if the criterion needs activations)
+and keeps the highest-scoring neurons (`select`); `prune` cuts a model to a plan; `save` / `load` store a
 pruned model as ``plan.json`` + ``model.safetensors`` and rebuild it.
 """
 
@@ -22,6 +22,7 @@ from .adapters import Adapter, adapter_for
 from .errors import PlanError
 from .flops import count_macs, count_params
 from .groups import Group
+from .head_importance import HeadImportance, get_head_criterion
 from .importance import Importance
 from .plan import PLAN_FILE, WEIGHTS_FILE, Plan
 
@@ -69,37 +70,77 @@ def _top(scores: torch.Tensor, kept: int) -> list:
     return sorted(torch.topk(scores, kept).indices.tolist())
 
 
-def make_plan(model: nn.Module, model_name: str, ratios: Mapping[str, float], criterion: Importance,
-              images: torch.Tensor | None = None, calibration_info: dict | None = None,
-              round_to: int | None = None, batch_size: int = 16, progress: bool = True,
-              model_kwargs: dict | None = None) -> Plan:
-    """Score `model` with `criterion` and keep, per group, the neurons `ratios` leave."""
-    adapter = adapter_for(model, model_name)
-    groups = adapter.groups()
-    ratios = ratio_sources.validate(ratios, groups)
-    widths = kept_widths(groups, ratios, round_to)
+def score_groups(model: nn.Module, adapter: Adapter, criterion: Importance, images: torch.Tensor | None = None,
+                 head_criterion: HeadImportance | str = "proj_l1", batch_size: int = 16,
+                 progress: bool = True) -> dict[str, torch.Tensor]:
+    """The importance of every neuron of every group (higher = keep).
 
+    ``[H, d]`` for per-head kinds, ``[width]`` otherwise (heads: one score per head).
+    Scoring once and selecting many times lets a search try many ratio settings
+    without re-running calibration.
+    """
+    if isinstance(head_criterion, str):
+        head_criterion = get_head_criterion(head_criterion)
+    groups = adapter.groups()
     qk_scores: dict[str, torch.Tensor] = {}
     if criterion.uses_activations:
         if images is None:
             raise PlanError(f"criterion {criterion.name!r} needs calibration images")
         qk_scores = collect_qk_scores(model, adapter, criterion, images, batch_size, progress)
 
-    keep: dict[str, list] = {}
+    scores: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for g in groups:
             if g.kind == "qk":
-                scores = criterion.query_key(*adapter.qk_weights(g.name), qk_scores.get(g.name))
+                scores[g.name] = criterion.query_key(*adapter.qk_weights(g.name), qk_scores.get(g.name))
             elif g.kind == "v":
-                scores = criterion.value(adapter.value_weights(g.name))
+                scores[g.name] = criterion.value(adapter.value_weights(g.name))
             elif g.kind == "ffn":
-                scores = criterion.hidden(adapter.hidden_weights(g.name))
-            else:
-                scores = criterion.channels(adapter.channel_producers(g.name))
-            keep[g.name] = _top(scores, widths[g.name])
+                scores[g.name] = criterion.hidden(adapter.hidden_weights(g.name))
+            elif g.kind == "embed":
+                scores[g.name] = criterion.channels(adapter.channel_producers(g.name))
+        for g in groups:
+            if g.kind == "heads":
+                qk = next(q.name for q in groups if q.kind == "qk" and q.head_group == g.name)
+                scores[g.name] = head_criterion.score(scores[qk], adapter.head_proj_columns(g.name))
+    return scores
 
-    return Plan(model=model_name, family=adapter.family, keep=keep, widths=widths, ratios=ratios,
-                criterion={"name": criterion.name, "params": criterion.params()}, model_kwargs=model_kwargs or {},
+
+def select(groups: list[Group], scores: Mapping[str, torch.Tensor], widths: Mapping[str, int]) -> dict[str, list]:
+    """Kept indices per group: the `widths` highest scores.
+
+    Heads go first; the neurons of a per-head group are then chosen within the
+    surviving heads only (SNP on the heads that head pruning kept, SNP_SPEC §6).
+    """
+    keep = {g.name: _top(scores[g.name], widths[g.name]) for g in groups if g.kind == "heads"}
+    for g in groups:
+        if g.kind != "heads":
+            s = scores[g.name]
+            if g.head_group is not None:
+                s = s[keep[g.head_group]]
+            keep[g.name] = _top(s, widths[g.name])
+    return keep
+
+
+def make_plan(model: nn.Module, model_name: str, ratios: Mapping[str, float], criterion: Importance,
+              images: torch.Tensor | None = None, calibration_info: dict | None = None,
+              round_to: int | None = None, batch_size: int = 16, progress: bool = True,
+              model_kwargs: dict | None = None, head_criterion: str = "proj_l1") -> Plan:
+    """Score `model` with `criterion` and keep, per group, the neurons `ratios` leave.
+
+    `head_criterion` ranks whole heads (`head_importance`); it only matters, and is
+    only recorded in the plan, when a ``heads`` ratio is non-zero.
+    """
+    adapter = adapter_for(model, model_name)
+    groups = adapter.groups()
+    ratios = ratio_sources.validate(ratios, groups)
+    widths = kept_widths(groups, ratios, round_to)
+    scores = score_groups(model, adapter, criterion, images, head_criterion, batch_size, progress)
+    criterion_doc = {"name": criterion.name, "params": criterion.params()}
+    if any(ratios[g.name] for g in groups if g.kind == "heads"):
+        criterion_doc["heads"] = head_criterion
+    return Plan(model=model_name, family=adapter.family, keep=select(groups, scores, widths), widths=widths,
+                ratios=ratios, criterion=criterion_doc, model_kwargs=model_kwargs or {},
                 round_to=round_to, calibration=calibration_info,
                 macs={"original": adapter.macs({g.name: g.width for g in groups}), "pruned": adapter.macs(widths)},
                 params={"original": count_params(model)})

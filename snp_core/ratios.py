@@ -2,8 +2,10 @@
 
 Three sources, all producing a plain ``{group name: fraction removed}`` dict:
 
-* a named config shipped in ``snp_core/configs/`` (``deit_tiny``, ``deit_small``,
-  ``deit_small_1.3g``, ``deit_base``) or ``"paper"`` for the one made for the model;
+* a named config shipped in ``snp_core/configs/`` (the paper's ``deit_tiny``,
+  ``deit_small``, ``deit_small_1.3g``, ``deit_base``, and configs this project found
+  for the paper's other rows, e.g. ``deit_base_head_3.5g``; `config_names` lists
+  them) or ``"paper"`` for the one made for the model;
 * a file: our ``snp-ratios/1`` JSON, or the paper's original files (keys
   ``matmul_{2b}``, ``matmul_{2b+1}``, ``blocks_{b}_mlp_fc1``, ``add_{2*depth}``);
 * uniform ratios per kind (``--qk 0.5 --v 0.4 --ffn 0.3 --embed 0.2``).
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .errors import RatioError
 from .groups import KINDS, Group, check_ratio
@@ -138,6 +140,7 @@ def scale_to_target(
     round_to: int | None = None,
     tolerance: float = 0.02,
     max_ratio: float = 0.95,
+    fixed: Iterable[str] = (),
 ) -> Ratios:
     """Scale a ratio pattern so the pruned model has `target_macs` MACs (within `tolerance`).
 
@@ -154,10 +157,12 @@ def scale_to_target(
        exceed the tolerance alone: it is pinned at each of its two bracketing
        ratios in turn and the other groups are fitted again.
 
-    The closest total wins.
+    The closest total wins. Groups named in `fixed` keep their ratio from `base`
+    (e.g. a head-pruning ratio chosen first, with SNP scaled around it).
     """
     base = validate(base, groups)
-    if not any(base.values()):
+    held = {n: base[n] for n in fixed}
+    if not any(r for n, r in base.items() if n not in held):
         raise RatioError("--target-gmacs needs a ratio pattern with at least one non-zero ratio to scale")
 
     def macs_of_ratios(ratios: Ratios) -> int:
@@ -183,21 +188,22 @@ def scale_to_target(
         mixes = [{n: (heavy if i < k else light)[n] for i, n in enumerate(base)} for k in range(len(base) + 1)]
         return min(mixes, key=lambda r: abs(macs_of_ratios(r) - target_macs)), light, heavy
 
-    full = macs_of_ratios({n: 0.0 for n in base})
-    floor = macs_of_ratios({n: min(r * 1e9, max_ratio) for n, r in base.items()})
-    first = fit({})
+    full = macs_of_ratios({n: held.get(n, 0.0) for n in base})
+    floor = macs_of_ratios({n: held.get(n, min(r * 1e9, max_ratio)) for n, r in base.items()})
+    first = fit(held)
     if first is None:
         if abs(full - target_macs) <= tolerance * target_macs:
-            return {n: 0.0 for n in base}
+            return {n: held.get(n, 0.0) for n in base}
         raise RatioError(
             f"target {target_macs / 1e9:.3f} GMACs is out of reach: this model spans "
-            f"{floor / 1e9:.3f} (every ratio at {max_ratio}) to {full / 1e9:.3f} GMACs (unpruned)"
+            f"{floor / 1e9:.3f} (every ratio at {max_ratio}) to {full / 1e9:.3f} GMACs "
+            f"({'only the fixed ratios' if held else 'unpruned'})"
         )
     candidates = [first[0]]
     for g in groups:
-        if g.kind == "embed":
+        if g.kind == "embed" and g.name not in held:
             for ratio in {first[1][g.name], first[2][g.name]}:
-                refit = fit({g.name: ratio})
+                refit = fit({**held, g.name: ratio})
                 if refit:
                     candidates.append(refit[0])
     best = min(candidates, key=lambda r: abs(macs_of_ratios(r) - target_macs))

@@ -65,6 +65,10 @@ class Adapter(ABC):
     def channel_producers(self, group: str) -> Sequence[torch.Tensor]:
         """Weights of every layer writing the residual stream, output channels first."""
 
+    def head_proj_columns(self, group: str) -> torch.Tensor:
+        """For a ``"heads"`` group: each head's output-projection columns ``[H, C, d_v]``."""
+        raise NotImplementedError(f"{self.family} has no head groups")
+
     @abstractmethod
     def apply(self, keep: Keep) -> None:
         """Cut the model in place to the kept indices."""

@@ -10,6 +10,10 @@ Groups (SNP_SPEC §1):
   different indices allowed), cut from Q and K at the same index.
 * ``blocks.<b>.v``: value neurons of block b, per head, plus proj input columns.
 * ``blocks.<b>.ffn``: hidden neurons of block b's MLP (fc1 rows, fc2 columns).
+* ``blocks.<b>.heads``: whole heads of block b (conventional head pruning,
+  SNP_SPEC §6): a removed head loses its q, k and v rows and its proj columns.
+  The qk and v groups then keep neurons of the surviving heads only. Plans
+  without this group keep every head.
 
 Because q/k and v widths differ, timm's ``Attention`` (one fused qkv with a single
 ``(3, H, head_dim)`` reshape) is replaced by `PrunedAttention`: one fused Linear of
@@ -135,9 +139,12 @@ class VitAdapter(Adapter):
     def groups(self) -> list[Group]:
         groups = [Group("embed", "embed", self.model.embed_dim)]
         for b, blk in enumerate(self.model.blocks):
-            heads, head_dim = blk.attn.num_heads, blk.attn.head_dim
-            groups += [Group(f"blocks.{b}.qk", "qk", head_dim, heads), Group(f"blocks.{b}.v", "v", head_dim, heads),
+            heads, head_dim, head_group = blk.attn.num_heads, blk.attn.head_dim, f"blocks.{b}.heads"
+            groups += [Group(f"blocks.{b}.qk", "qk", head_dim, heads, head_group),
+                       Group(f"blocks.{b}.v", "v", head_dim, heads, head_group),
                        Group(f"blocks.{b}.ffn", "ffn", blk.mlp.fc1.out_features)]
+        # head groups last: ratio files and plans list the neuron groups first, as before
+        groups += [Group(f"blocks.{b}.heads", "heads", blk.attn.num_heads) for b, blk in enumerate(self.model.blocks)]
         return groups
 
     def _block(self, group: str) -> Block:
@@ -169,6 +176,10 @@ class VitAdapter(Adapter):
     def hidden_weights(self, group):
         return self._block(group).mlp.fc1.weight.detach()
 
+    def head_proj_columns(self, group):
+        attn = self._block(group).attn
+        return attn.proj.weight.detach().reshape(-1, attn.num_heads, attn.head_dim).transpose(0, 1)
+
     def channel_producers(self, group):
         m = self.model
         producers = [m.patch_embed.proj.weight.detach()]
@@ -184,7 +195,7 @@ class VitAdapter(Adapter):
         proj = m.patch_embed.proj
         total = patches * proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1] * E
         for b, blk in enumerate(m.blocks):
-            H = blk.attn.num_heads
+            H = widths.get(f"blocks.{b}.heads", blk.attn.num_heads)
             dqk, dv, hidden = widths[f"blocks.{b}.qk"], widths[f"blocks.{b}.v"], widths[f"blocks.{b}.ffn"]
             total += N * E * H * (2 * dqk + dv) + H * N * N * (dqk + dv) + N * H * dv * E + 2 * N * E * hidden
         for name in _HEADS:
@@ -210,7 +221,8 @@ class VitAdapter(Adapter):
             for ls in (blk.ls1, blk.ls2):
                 if isinstance(ls, LayerScale):
                     ls.gamma = surgery.slice_last_dim(ls.gamma, embed)
-            blk.attn = _pruned_attention(blk.attn, keep[f"blocks.{b}.qk"], keep[f"blocks.{b}.v"], embed)
+            heads = keep.get(f"blocks.{b}.heads", list(range(blk.attn.num_heads)))
+            blk.attn = _pruned_attention(blk.attn, heads, keep[f"blocks.{b}.qk"], keep[f"blocks.{b}.v"], embed)
             hidden = torch.as_tensor(keep[f"blocks.{b}.ffn"], dtype=torch.long)
             surgery.slice_linear(blk.mlp.fc1, out_idx=hidden, in_idx=embed)
             surgery.slice_linear(blk.mlp.fc2, out_idx=embed, in_idx=hidden)
@@ -223,19 +235,24 @@ class VitAdapter(Adapter):
         m.embed_dim = m.num_features = m.head_hidden_size = len(embed)
 
 
-def _head_rows(per_head: list[list[int]], head_dim: int, offset: int = 0) -> torch.Tensor:
-    """Row indices into a head-major projection for the kept neurons of each head."""
-    return torch.tensor([offset + h * head_dim + i for h, kept in enumerate(per_head) for i in kept], dtype=torch.long)
+def _head_rows(heads: list[int], per_head: list[list[int]], head_dim: int, offset: int = 0) -> torch.Tensor:
+    """Row indices into a head-major projection for the kept neurons of each kept head."""
+    return torch.tensor([offset + h * head_dim + i for h, kept in zip(heads, per_head) for i in kept], dtype=torch.long)
 
 
-def _pruned_attention(attn: Attention, qk: list[list[int]], v: list[list[int]], embed: torch.Tensor) -> PrunedAttention:
-    """A PrunedAttention holding `attn`'s weights for the kept q/k pairs, values and channels."""
-    H, hd = attn.num_heads, attn.head_dim
-    inner = H * hd
-    rows = torch.cat([_head_rows(qk, hd), _head_rows(qk, hd, inner), _head_rows(v, hd, 2 * inner)])
-    new = PrunedAttention(len(embed), H, len(qk[0]), len(v[0]), attn.scale, qkv_bias=attn.qkv.bias is not None,
-                          proj_bias=attn.proj.bias is not None, attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p)
+def _pruned_attention(attn: Attention, heads: list[int], qk: list[list[int]], v: list[list[int]],
+                      embed: torch.Tensor) -> PrunedAttention:
+    """A PrunedAttention holding `attn`'s weights for the kept heads, q/k pairs, values and channels.
+
+    `qk` and `v` hold one list per kept head, in the order of `heads`.
+    """
+    hd = attn.head_dim
+    inner = attn.num_heads * hd
+    rows = torch.cat([_head_rows(heads, qk, hd), _head_rows(heads, qk, hd, inner), _head_rows(heads, v, hd, 2 * inner)])
+    new = PrunedAttention(len(embed), len(heads), len(qk[0]), len(v[0]), attn.scale,
+                          qkv_bias=attn.qkv.bias is not None, proj_bias=attn.proj.bias is not None,
+                          attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p)
     surgery.slice_linear(attn.qkv, out_idx=rows, in_idx=embed)
-    surgery.slice_linear(attn.proj, out_idx=embed, in_idx=_head_rows(v, hd))
+    surgery.slice_linear(attn.proj, out_idx=embed, in_idx=_head_rows(heads, v, hd))
     new.qkv, new.proj = attn.qkv, attn.proj
     return new.to(attn.qkv.weight.dtype)

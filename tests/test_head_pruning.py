@@ -1,0 +1,138 @@
+"""Whole-head pruning combined with SNP (issue 6; SNP_SPEC §6)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import snp_core
+from helpers import randomize_norms, tiny_vit
+from snp_core import ratios as ratio_sources
+from snp_core.errors import PlanError, RatioError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plan_for(model, criterion: str = "l2", head_criterion: str = "proj_l1", **ratios) -> snp_core.Plan:
+    groups = snp_core.adapter_for(model).groups()
+    return snp_core.make_plan(model, "tiny", ratio_sources.uniform(groups, **ratios), snp_core.get_criterion(criterion),
+                              progress=False, head_criterion=head_criterion)
+
+
+def test_removing_a_head_equals_zeroing_its_output_projection_columns():
+    model = tiny_vit()
+    randomize_norms(model)
+    plan = plan_for(model, heads=0.34)  # 3 heads -> 2
+    pruned = snp_core.prune(model, plan)
+
+    reference = tiny_vit()
+    randomize_norms(reference)
+    for b, blk in enumerate(reference.blocks):
+        removed = set(range(3)) - set(plan.keep[f"blocks.{b}.heads"])
+        assert len(removed) == 1
+        with torch.no_grad():
+            for h in removed:
+                blk.attn.proj.weight[:, h * 16:(h + 1) * 16] = 0
+    assert all(b.attn.num_heads == 2 for b in pruned.blocks)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        assert (pruned(x) - reference(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("head_criterion", ["proj_l1", "qk_sum"])
+def test_head_criteria_remove_the_weakest_head(head_criterion):
+    model = tiny_vit()
+    weak = {0: 2, 1: 0}  # block -> head made weak by the measure each criterion reads
+    with torch.no_grad():
+        for b, h in weak.items():
+            attn = model.blocks[b].attn
+            if head_criterion == "proj_l1":
+                attn.proj.weight[:, h * 16:(h + 1) * 16] *= 0.01
+            else:  # l2 Q/K pair scores are ‖W_q,i‖·‖W_k,i‖: shrink the head's query rows
+                attn.qkv.weight[h * 16:(h + 1) * 16] *= 0.01
+    plan = plan_for(model, head_criterion=head_criterion, heads=0.34)
+    for b, h in weak.items():
+        assert h not in plan.keep[f"blocks.{b}.heads"]
+    assert plan.criterion["heads"] == head_criterion
+
+
+def test_snp_prunes_neurons_within_the_surviving_heads():
+    model = tiny_vit()
+    plan = plan_for(model, heads=0.34, qk=0.5, v=0.25)
+    assert [len(plan.keep[f"blocks.{b}.qk"]) for b in range(2)] == [2, 2]  # one list per surviving head
+    pruned = snp_core.prune(model, plan)
+    attn = pruned.blocks[0].attn
+    assert (attn.num_heads, attn.qk_dim, attn.v_dim) == (2, 8, 12)
+    assert attn.scale == 16 ** -0.5
+    assert snp_core.count_macs(pruned, (3, 32, 32)) == plan.macs["pruned"]
+
+
+def test_snp_with_heads_plan_round_trip(tmp_path):
+    name, kwargs = "deit_tiny_patch16_224", {"img_size": 32, "depth": 2}
+    model = snp_core.create(name, **kwargs)
+    randomize_norms(model)
+    groups = snp_core.adapter_for(model).groups()
+    plan = snp_core.make_plan(model, name, ratio_sources.uniform(groups, heads=0.34, qk=0.25, ffn=0.5, embed=0.25),
+                              snp_core.get_criterion("snp"), torch.randn(8, 3, 32, 32), progress=False,
+                              model_kwargs=kwargs, head_criterion="qk_sum")
+    pruned = snp_core.prune(model, plan)
+    snp_core.save(tmp_path, pruned, plan)
+    again = snp_core.load(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(again(x), pruned(x))
+
+
+def test_plans_without_head_groups_still_load():
+    """Plans written before head pruning existed have no ``blocks.*.heads``: every head is kept."""
+    model = tiny_vit()
+    randomize_norms(model)
+    doc = plan_for(model, qk=0.25).to_dict()
+    for key in ("keep", "widths", "ratios"):
+        doc[key] = {k: v for k, v in doc[key].items() if not k.endswith(".heads")}
+    pruned = snp_core.prune(model, snp_core.Plan.from_dict(doc))
+    assert all(b.attn.num_heads == 3 for b in pruned.blocks)
+
+
+def test_plan_with_wrong_head_count_is_refused():
+    model = tiny_vit()
+    plan = plan_for(model, heads=0.34)
+    plan.keep["blocks.0.qk"] = plan.keep["blocks.0.qk"] + [plan.keep["blocks.0.qk"][0]]  # 3 lists for 2 heads
+    with pytest.raises(PlanError, match="blocks.0.qk"):
+        snp_core.prune(model, plan)
+
+
+def test_removing_every_head_is_a_clear_error():
+    model = tiny_vit()
+    with pytest.raises(RatioError, match="removes all 3 heads"):
+        plan_for(model, heads=0.9)
+
+
+def test_deit_base_head_config_measures_3_5_gmacs():
+    name = "deit_base_patch16_224"
+    model = snp_core.create(name)
+    plan = snp_core.make_plan(model, name, ratio_sources.resolve("deit_base_head_3.5g", name),
+                              snp_core.get_criterion("l2"), progress=False)
+    pruned = snp_core.prune(model, plan, inplace=True)
+    macs = snp_core.count_macs(pruned)
+    assert abs(macs / 3.5e9 - 1) <= 0.03
+    assert all(len(plan.keep[f"blocks.{b}.heads"]) == 6 for b in range(12))  # heads removed show in the plan
+    assert [b.attn.num_heads for b in pruned.blocks] == [6] * 12
+    assert torch.isfinite(pruned(torch.randn(1, 3, 224, 224))).all()
+
+
+def test_compress_cli_heads_hold_and_target(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench", "compress", "--weights", "random", "--criterion", "l2",
+                        "--heads", "0.34", "--hold", "qk,v", "--target-gmacs", "0.5", "--head-criterion", "qk_sum",
+                        "--out", str(tmp_path), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    paper = ratio_sources.resolve("paper", "deit_tiny_patch16_224")
+    assert abs(plan["macs"]["pruned"] / 0.5e9 - 1) <= 0.02
+    assert all(plan["ratios"][f"blocks.{b}.heads"] == 0.34 for b in range(12))
+    assert all(plan["ratios"][f"blocks.{b}.{k}"] == paper[f"blocks.{b}.{k}"] for b in range(12) for k in ("qk", "v"))
+    assert plan["criterion"]["heads"] == "qk_sum"
+    assert all(len(plan["keep"][f"blocks.{b}.heads"]) == 2 for b in range(12))
