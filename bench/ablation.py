@@ -93,6 +93,7 @@ class Settings:
     num_calib: int = 64
     variant_ratio: float = 0.5
     variant_gammas: tuple[int | float, ...] = VARIANT_GAMMAS
+    head_ratios: tuple[float, ...] = (0.25, 0.5)
     cache: Path = Path("runs/ablation")
 
 
@@ -234,10 +235,11 @@ def criterion_for(name: str, seed: int = 0, **snp_params) -> snp_core.Importance
 
 
 def prune(model: nn.Module, config: TrainConfig, ratio: float, criterion: snp_core.Importance,
-          calib: torch.Tensor, embed: float = 0.0, qk_only: bool = False, kinds: tuple[str, ...] | None = None
-          ) -> nn.Module:
+          calib: torch.Tensor, embed: float = 0.0, qk_only: bool = False, kinds: tuple[str, ...] | None = None,
+          head_criterion: str | snp_core.HeadImportance = "proj_l1") -> nn.Module:
     """`model` pruned uniformly: `ratio` of Q/K pairs, V and FFN neurons removed (only Q/K pairs with
-    `qk_only`, only the group kinds in `kinds` when given), `embed` of the residual stream."""
+    `qk_only`, only the group kinds in `kinds` when given, e.g. ``("heads",)``), `embed` of the
+    residual stream; whole heads are ranked by `head_criterion`."""
     groups = snp_core.adapter_for(model, MODEL_NAME).groups()
     if qk_only:
         kinds = ("qk",)
@@ -247,7 +249,7 @@ def prune(model: nn.Module, config: TrainConfig, ratio: float, criterion: snp_co
         ratios = ratio_sources.uniform(groups, qk=ratio, v=ratio, ffn=ratio, embed=embed)
     plan = snp_core.make_plan(model, MODEL_NAME, ratios, criterion, calib,
                               {"source": "digits train", "num_images": len(calib)}, progress=False,
-                              model_kwargs=config.model_kwargs())
+                              model_kwargs=config.model_kwargs(), head_criterion=head_criterion)
     return snp_core.prune(model, plan)
 
 
@@ -370,6 +372,38 @@ def per_kind(model: nn.Module, data: Digits, calib: torch.Tensor, settings: Sett
     return rows
 
 
+@torch.inference_mode()
+def output_kl(original: nn.Module, pruned: nn.Module, x: torch.Tensor) -> float:
+    """Mean KL(original ‖ pruned) of the class distributions: how much the prediction moved."""
+    log_p, log_q = original(x).log_softmax(-1), pruned(x).log_softmax(-1)
+    return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+
+
+def compare_heads(model: nn.Module, data: Digits, calib: torch.Tensor, settings: Settings) -> list[dict]:
+    """Whole-head pruning alone (SNP_SPEC §6) at each of `settings.head_ratios`, per head criterion:
+    ``proj_l1``, ``qk_sum`` (sum of the head's SNP Q/K pair scores) and ``random`` (each seed).
+
+    Removed heads have no attention map to compare, so fidelity is measured on the output: the
+    KL divergence of the class distributions; plus accuracy before and after the fixed fine-tune."""
+    rows = []
+    runs = [("proj_l1", 0), ("qk_sum", 0)] + [("random", s) for s in settings.random_seeds]
+    for ratio in settings.head_ratios:
+        for name, seed in runs:
+            head_criterion = snp_core.get_head_criterion(name, **({"seed": seed} if name == "random" else {}))
+            pruned = prune(model, settings.train, ratio, criterion_for("snp"), calib, kinds=("heads",),
+                           head_criterion=head_criterion)
+            row = {"ratio": ratio, "head_criterion": name, "seed": seed,
+                   "heads_kept": pruned.blocks[0].attn.num_heads,
+                   "acc_pruned": accuracy(pruned, data.x_test, data.y_test),
+                   "output_kl": output_kl(model, pruned, data.x_test)}
+            if settings.finetune_steps > 0:
+                tuned = fit(copy.deepcopy(pruned), data, settings.finetune_steps, settings.finetune_lr,
+                            settings.train.weight_decay, batch_size=settings.train.batch_size, seed=seed)
+                row["acc_finetuned"] = accuracy(tuned, data.x_test, data.y_test)
+            rows.append(row)
+    return rows
+
+
 def run_experiment(settings: Settings, log_fn: Callable[[str], None] = log.info) -> dict:
     started = time.perf_counter()
     data = load_digits(settings.train.img_size)
@@ -390,6 +424,11 @@ def run_experiment(settings: Settings, log_fn: Callable[[str], None] = log.info)
         log_fn(f"only {r['kind']:3s} pruned {settings.variant_ratio:.0%}, {r['criterion']:7s}: "
                f"acc {r['acc_pruned']:.4f}, "
                f"attention cos {r['cosine']:.4f}")
+
+    heads = compare_heads(model, data, calib, settings) if settings.head_ratios else []
+    for r in heads:
+        log_fn(f"heads {r['ratio']:.0%} removed, {r['head_criterion']:7s} seed {r['seed']}: acc {r['acc_pruned']:.4f} "
+               f"-> {r.get('acc_finetuned', float('nan')):.4f}, output KL {r['output_kl']:.4f}")
 
     runs: list[tuple[str, dict, int]] = [("snp", {}, 0), ("l2", {}, 0), ("reverse", {}, 0)]
     runs += [("random", {}, s) for s in settings.random_seeds]
@@ -413,7 +452,7 @@ def run_experiment(settings: Settings, log_fn: Callable[[str], None] = log.info)
                    f"KL {row['kl']:.4f}, Q/K only cos {row['cosine_qk']:.4f} KL {row['kl_qk']:.4f} "
                    f"({row['seconds']} s)")
     return {"settings": _jsonable(asdict(settings)), "train": train_info, "unpruned": base, "rows": rows,
-            "variants": variants, "best_variant": best, "per_kind": kinds,
+            "variants": variants, "best_variant": best, "per_kind": kinds, "heads": heads,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -501,6 +540,29 @@ def per_kind_table(rows: list[dict]) -> str:
         cells = {r["criterion"]: r for r in rows if r["kind"] == kind}
         lines.append(f"| {kind} | " + " | ".join(f"{cells[c]['acc_pruned'] * 100:.1f} / {cells[c]['cosine']:.4f}"
                                                  for c in criteria) + " |")
+    return "\n".join(lines)
+
+
+def heads_table(rows: list[dict]) -> str:
+    """One line per (ratio, head criterion); random: mean ± sd over its seeds."""
+    if not rows:
+        return "(not run)"
+    lines = ["| heads removed | head criterion | test acc. pruned (%) | test acc. fine-tuned (%) | output KL ↓ |",
+             "|---|---|---|---|---|"]
+    for ratio in dict.fromkeys(r["ratio"] for r in rows):
+        for name in dict.fromkeys(r["head_criterion"] for r in rows):
+            group = [r for r in rows if r["ratio"] == ratio and r["head_criterion"] == name]
+            cells = []
+            for key, scale, digits in (("acc_pruned", 100.0, 1), ("acc_finetuned", 100.0, 1), ("output_kl", 1.0, 4)):
+                values = [r[key] * scale for r in group if key in r]
+                if not values:
+                    cells.append("–")
+                elif len(values) == 1:
+                    cells.append(f"{values[0]:.{digits}f}")
+                else:
+                    cells.append(f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}")
+            kept = group[0]["heads_kept"]
+            lines.append(f"| {ratio:.0%} ({kept} kept) | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -644,17 +706,35 @@ criterion; reverse = both inverted; random: seed 0).
 
 {per_kind_table(result.get('per_kind') or [])}
 
+## Whole-head pruning: which head criterion? (SNP_SPEC §6)
+
+Only whole heads are removed (the same fraction in every block; no neuron pruning), ranked by
+`proj_l1` (L1 norm of the head's output-projection columns), `qk_sum` (sum of the head's SNP Q/K
+pair scores on the calibration images) or `random`. Removed heads have no attention map, so
+fidelity is the KL divergence between the original and the pruned model's class distributions
+on the test set; accuracy before and after the same fine-tune as above.
+
+{heads_table(result.get('heads') or [])}
+
 ## Conclusions
 
 CONCLUSIONS_PLACEHOLDER
 """
 
 
+DISCUSSION = "\n## Discussion"
+
+
 def write_outputs(result: dict, out: Path, command: str) -> list[Path]:
+    """Write results.json, the figure and README.md. A hand-written ``## Discussion`` section at
+    the end of an existing README.md is kept (the rest of the README is generated)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     paths = figure(result, out)
     text = readme(result, command).replace("CONCLUSIONS_PLACEHOLDER", conclusions(result))
+    old = (out / "README.md").read_text() if (out / "README.md").is_file() else ""
+    if DISCUSSION in old:
+        text = text.rstrip("\n") + "\n" + old[old.index(DISCUSSION):]
     (out / "README.md").write_text(text)
     return [out / "README.md", out / "results.json", *paths]
 
@@ -678,7 +758,23 @@ def conclusions(result: dict) -> str:
             vals = ", ".join(f"{c} {at[c][key] * scale:.3g}" for c in others)
             verdict = "best of the four" if not beaten else f"beaten by {', '.join(beaten)}"
             lines.append(f"* {ratio:.0%} removed, {what}: snp {at['snp'][key] * scale:.3g} ({vals}): snp is {verdict}.")
+    lines += head_conclusions(result.get("heads") or [])
     return "\n".join(lines)
+
+
+def head_conclusions(rows: list[dict]) -> list[str]:
+    """Which head criterion kept the predictions closest (lowest output KL; random: its seed mean)."""
+    lines = []
+    for ratio in dict.fromkeys(r["ratio"] for r in rows):
+        kl = {}
+        for r in rows:
+            if r["ratio"] == ratio:
+                kl.setdefault(r["head_criterion"], []).append(r["output_kl"])
+        mean = {name: statistics.mean(v) for name, v in kl.items()}
+        order = sorted(mean, key=mean.get)
+        lines.append(f"* {ratio:.0%} of heads removed, output KL (lower is better): "
+                     + ", ".join(f"{n} {mean[n]:.4f}" for n in order) + f": {order[0]} is best.")
+    return lines
 
 
 # --------------------------------------------------------------------------- #
@@ -688,7 +784,7 @@ def conclusions(result: dict) -> str:
 
 def quick_settings(cache: Path) -> Settings:
     return Settings(train=TrainConfig(epochs=15, depth=4), ratios=(0.5,), finetune_steps=20, random_seeds=(0,),
-                    variant_gammas=(0.9, 4), cache=cache)
+                    variant_gammas=(0.9, 4), head_ratios=(0.5,), cache=cache)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -697,7 +793,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Evidence that the SNP criterion works: train a small timm ViT on scikit-learn's digits "
                     "(cached), prune it at several ratios with snp, l2, random and reverse, and report test "
                     "accuracy before and after a fixed fine-tune and the fidelity of the attention maps "
-                    "(the paper's attention-map ablation, SNP_SPEC §9.2). Writes README.md (table), "
+                    "(the paper's attention-map ablation, SNP_SPEC §9.2); also compare whole-head criteria "
+                    "(proj_l1, qk_sum, random). Writes README.md (tables; a hand-written '## Discussion' "
+                    "at its end is kept), "
                     "results.json and accuracy_vs_ratio.png/.pdf.",
         formatter_class=HelpFormatter,
     )

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     params = ", ".join(f"{k}={v}" for k, v in crit.get("params", {}).items())
     calib = plan.calibration or {}
     print(f"model      {plan.model} ({plan.family})")
-    print(f"criterion  {crit.get('name')}{f' ({params})' if params else ''}")
+    heads = f"; whole heads ranked by {crit['heads']}" if "heads" in crit else ""
+    print(f"criterion  {crit.get('name')}{f' ({params})' if params else ''}{heads}")
     print(f"calibration {calib.get('num_images', 0)} images from {calib.get('source', 'none')}")
     if plan.round_to:
         print(f"round-to   {plan.round_to}")
@@ -35,12 +36,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"GMACs      {plan.macs['original'] / 1e9:.3f} -> {plan.macs['pruned'] / 1e9:.3f}")
     if plan.params.get("pruned"):
         print(f"params     {plan.params['original'] / 1e6:.2f}M -> {plan.params['pruned'] / 1e6:.2f}M")
-    print(f"embed      {plan.widths.get('embed')}")
-    blocks = sorted({int(name.split(".")[1]) for name in plan.widths if name.startswith("blocks.")})
-    print("block   qk/head  v/head    ffn")
-    for b in blocks:
-        w = {kind: plan.widths.get(f"blocks.{b}.{kind}", "-") for kind in ("qk", "v", "ffn")}
-        print(f"{b:5d}  {w['qk']:>7}  {w['v']:>6}  {w['ffn']:>5}")
+    embeds = {name: w for name, w in plan.widths.items() if name.rsplit(".", 1)[-1] == "embed"}
+    print("residual   " + ", ".join(f"{name} {w}" for name, w in embeds.items()))
+    # one line per layer (the group name without its kind), e.g. blocks.3 or stages.2.blocks.1
+    layers = dict.fromkeys(name.rsplit(".", 1)[0] for name in plan.widths if "." in name and name not in embeds)
+    width = max((len(layer) for layer in layers), default=5)
+    print(f"{'layer':<{width}}  heads  qk/head  v/head    ffn")
+    for layer in layers:
+        w = {kind: plan.widths.get(f"{layer}.{kind}", "-") for kind in ("heads", "qk", "v", "ffn")}
+        print(f"{layer:<{width}}  {w['heads']:>5}  {w['qk']:>7}  {w['v']:>6}  {w['ffn']:>5}")
     if not args.no_load:
         model = snp_core.load(args.path)
         print(f"rebuilt    ok, {snp_core.count_params(model) / 1e6:.2f}M params, "

@@ -70,7 +70,7 @@ def test_tiny_experiment_pieces(data, trained, tmp_path):
     config, model, info = trained
     assert 0.0 <= info["test_accuracy"] <= 1.0 and info["steps"] == 1257 // 64
     settings = ablation.Settings(train=config, ratios=(0.5,), finetune_steps=2, random_seeds=(0,), num_calib=16,
-                                 variant_gammas=(), cache=tmp_path)
+                                 variant_gammas=(), head_ratios=(0.5,), cache=tmp_path)
     calib = ablation.calibration_images(data, 16)
     data = ablation.Digits(data.x_train, data.y_train, data.x_test[:64], data.y_test[:64])  # fast evaluation
     rows = []
@@ -89,14 +89,21 @@ def test_tiny_experiment_pieces(data, trained, tmp_path):
     kinds = ablation.per_kind(model, data, calib, settings)
     assert {(r["kind"], r["criterion"]) for r in kinds} == {(k, c) for k in ("qk", "v", "ffn")
                                                             for c in ablation.CRITERIA}
+    heads = ablation.compare_heads(model, data, calib, settings)
+    assert {r["head_criterion"] for r in heads} == {"proj_l1", "qk_sum", "random"}
+    assert all(r["heads_kept"] == 2 and r["output_kl"] > 0 and "acc_finetuned" in r for r in heads)
     result = {"settings": ablation._jsonable(ablation.asdict(settings)), "train": info,
               "unpruned": {"acc": info["test_accuracy"], "cosine": 1.0, "kl": 0.0}, "rows": rows,
-              "variants": [], "best_variant": None, "per_kind": kinds, "seconds": 1.0}
-    paths = ablation.write_outputs(result, tmp_path / "out", "python -m bench ablation --test")
+              "variants": [], "best_variant": None, "per_kind": kinds, "heads": heads, "seconds": 1.0}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("old generated text\n\n## Discussion\n\nhand-written words\n")
+    paths = ablation.write_outputs(result, out, "python -m bench ablation --test")
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
-    text = (tmp_path / "out" / "README.md").read_text()
+    text = (out / "README.md").read_text()
     assert "python -m bench ablation --test" in text and "| 50% | snp |" in text and "PLACEHOLDER" not in text
-    assert "| ffn |" in text
+    assert "| ffn |" in text and "| 50% (2 kept) | proj_l1 |" in text and "of heads removed, output KL" in text
+    assert text.endswith("## Discussion\n\nhand-written words\n") and "old generated text" not in text
 
 
 def test_training_is_cached(data, tmp_path):

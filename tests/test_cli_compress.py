@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def test_compress_deit_tiny_with_paper_ratios(tmp_path):
 
     r = bench("inspect", str(out))
     assert r.returncode == 0 and "rebuilt    ok, 3.01M params, 0.638 GMACs" in r.stdout
+    assert re.search(r"^blocks\.11\s+3\s+20\s+19\s+383$", r.stdout, re.M)  # heads, qk/head, v/head, ffn
 
 
 def test_compress_target_gmacs_and_round_to(tmp_path):
