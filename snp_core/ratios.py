@@ -41,13 +41,18 @@ def load_config(name: str) -> dict:
 
 
 def paper_config_for(model_name: str) -> str:
-    """The shipped config made for `model_name` (the first, for DeiT-S: the 2.0 G one)."""
-    for name in config_names():
-        if load_config(name)["model"] == model_name:
-            return name
+    """The shipped config made for `model_name`: the one marked ``"primary": true``, else the first by name.
+
+    A model with several configs stands for the paper's first row of it: DeiT-S →
+    ``deit_small`` (2.0 G, first by name); EfficientFormer-L1 →
+    ``efficientformer_l1_0.6g`` (marked primary, since ``0.5g`` sorts first).
+    """
+    names = [name for name in config_names() if load_config(name)["model"] == model_name]
+    if names:
+        return next((name for name in names if load_config(name).get("primary")), names[0])
     models = sorted({load_config(n)["model"] for n in config_names()})
     raise RatioError(
-        f"no paper ratios for model {model_name!r}; the paper published ratios for {', '.join(models)}. "
+        f"no paper ratios for model {model_name!r}; configs are shipped for {', '.join(models)}. "
         "Use uniform ratios (--qk/--v/--ffn/--embed) or --target-gmacs"
     )
 

@@ -37,6 +37,28 @@ def slice_conv_out(conv: nn.Conv2d, out_idx: torch.Tensor) -> None:
     conv.out_channels = len(out_idx)
 
 
+def slice_conv_in(conv: nn.Conv2d, in_idx: torch.Tensor) -> None:
+    """Keep input channels `in_idx` of a (non-grouped) convolution."""
+    conv.weight = _param(conv.weight[:, in_idx])
+    conv.in_channels = len(in_idx)
+
+
+def slice_batchnorm(norm: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+    """Keep channels `idx` of a BatchNorm: affine parameters and running statistics.
+
+    Unlike LayerNorm, an eval-mode BatchNorm is a per-channel affine map, so slicing
+    it is exact: the kept channels compute what they computed before.
+    """
+    norm.num_features = len(idx)
+    if norm.weight is not None:
+        norm.weight = _param(norm.weight[idx])
+    if norm.bias is not None:
+        norm.bias = _param(norm.bias[idx])
+    if norm.running_mean is not None:
+        norm.running_mean = norm.running_mean[idx].clone()
+        norm.running_var = norm.running_var[idx].clone()
+
+
 def slice_norm(norm: nn.Module, idx: torch.Tensor) -> None:
     """Keep channels `idx` of a LayerNorm (affine or not); an Identity is left alone.
 

@@ -6,9 +6,10 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .base import Adapter, Keep
+from .efficientformer import EfficientFormerAdapter
 from .vit import PrunedAttention, VitAdapter
 
-ADAPTERS: list[type[Adapter]] = [VitAdapter]
+ADAPTERS: list[type[Adapter]] = [VitAdapter, EfficientFormerAdapter]
 
 
 def adapter_for(model: nn.Module, model_name: str = "") -> Adapter:
@@ -22,4 +23,4 @@ def adapter_for(model: nn.Module, model_name: str = "") -> Adapter:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "Keep", "PrunedAttention", "VitAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Adapter", "EfficientFormerAdapter", "Keep", "PrunedAttention", "VitAdapter", "adapter_for"]
