@@ -1,8 +1,10 @@
 """``bench.toml``: models, devices, sweep defaults and measurement settings.
 
-The file is optional: without one, the embedded default below is used (DeiT-T
-original and SNP-pruned with the paper's ratios, on the local machine, as
-.onnx through onnxruntime and .pt through PyTorch). A user's ``[models]`` and
+The file is optional: without one, the embedded default below is used: every
+model row of the paper's table (DeiT-T/S/B, EfficientFormer-L1 and their SNP
+configs) as named entries, of which the default sweep times DeiT-T original and
+SNP-pruned with the paper's ratios, on the local machine, as .onnx through
+onnxruntime and .pt through PyTorch. A user's ``[models]`` and
 ``[devices]`` replace the embedded ones; other tables are merged key by key.
 
 Model entries are named; a pruned entry names the entry it is pruned from
@@ -34,14 +36,61 @@ DEFAULT_CONFIG = """
 store = "runs/bench.sqlite"
 artifacts = "runs/artifacts"
 
+# The paper's benchmark rows (DESIGN.md §3); the default sweep below times only DeiT-T.
 [models.deit_tiny]
 timm = "deit_tiny_patch16_224"
 weights = "random"
+label = "DeiT-T"
 
 [models.deit_tiny_snp]
 base = "deit_tiny"
 ratios = "paper"
 criterion = "snp"
+
+[models.deit_small]
+timm = "deit_small_patch16_224"
+weights = "random"
+label = "DeiT-S"
+
+[models.deit_small_snp]
+base = "deit_small"
+ratios = "deit_small"
+label = "SNP 2.0 G"
+
+[models.deit_small_snp_1_3g]
+base = "deit_small"
+ratios = "deit_small_1.3g"
+label = "SNP 1.3 G"
+
+[models.deit_base]
+timm = "deit_base_patch16_224"
+weights = "random"
+label = "DeiT-B"
+
+[models.deit_base_snp]
+base = "deit_base"
+ratios = "deit_base"
+label = "SNP 6.4 G"
+
+[models.deit_base_snp_head]
+base = "deit_base"
+ratios = "deit_base_head_3.5g"
+label = "SNP + head 3.5 G"
+
+[models.efficientformer_l1]
+timm = "efficientformer_l1"
+weights = "random"
+label = "EfficientFormer-L1"
+
+[models.efficientformer_l1_snp_0_6g]
+base = "efficientformer_l1"
+ratios = "efficientformer_l1_0.6g"
+label = "SNP 0.6 G"
+
+[models.efficientformer_l1_snp_0_5g]
+base = "efficientformer_l1"
+ratios = "efficientformer_l1_0.5g"
+label = "SNP 0.5 G"
 
 [sweep]
 models = ["deit_tiny", "deit_tiny_snp"]
@@ -64,6 +113,11 @@ timeout_s = 600
 kind = "local"
 label = "this machine"
 runtimes = { onnxruntime = {}, torch = {} }
+
+[sweeps.paper]      # every row of the paper's table: python -m bench nightly --sweep paper, or list them with --models
+models = ["deit_tiny", "deit_tiny_snp", "deit_small", "deit_small_snp", "deit_small_snp_1_3g", "deit_base",
+          "deit_base_snp", "deit_base_snp_head", "efficientformer_l1", "efficientformer_l1_snp_0_6g",
+          "efficientformer_l1_snp_0_5g"]
 """
 
 FORMATS = ("onnx", "torchscript", "pt2", "trt")

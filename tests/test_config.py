@@ -46,7 +46,9 @@ def test_bad_config_is_one_clear_error(tmp_path, toml, message):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--devices", "local,pi", "unknown device 'pi'; known devices: local"),
-    ("--models", "deit_huge", "unknown model 'deit_huge'; known models: deit_tiny, deit_tiny_snp"),
+    ("--models", "deit_huge", "unknown model 'deit_huge'; known models: deit_tiny, deit_tiny_snp, deit_small, "
+                              "deit_small_snp, deit_small_snp_1_3g, deit_base, deit_base_snp, deit_base_snp_head, "
+                              "efficientformer_l1, efficientformer_l1_snp_0_6g, efficientformer_l1_snp_0_5g"),
     ("--formats", "tflite", "unknown format 'tflite'; known formats: onnx, torchscript, pt2, trt"),
 ])
 def test_unknown_names_on_the_command_line(tmp_path, flag, value, message):
@@ -62,3 +64,17 @@ def test_top1_comes_from_the_fine_tuned_plan_folder(tmp_path):
     assert bench_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path)).known_top1 == 71.25
     assert bench_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path), top1=70.0).known_top1 == 70.0
     assert bench_config.ModelSpec("m", "deit_tiny_patch16_224").known_top1 is None
+
+
+def test_embedded_catalog_covers_every_paper_row_with_a_matching_config():
+    from snp_core import ratios as ratio_sources
+
+    cfg = bench_config.load(Path(os.devnull))
+    pruned = {name: spec for name, spec in cfg.models.items() if spec.base}
+    assert {spec.ratios for spec in pruned.values()} >= {
+        "paper", "deit_small", "deit_small_1.3g", "deit_base", "deit_base_head_3.5g",
+        "efficientformer_l1_0.6g", "efficientformer_l1_0.5g"}
+    for spec in pruned.values():
+        name = ratio_sources.paper_config_for(spec.timm) if spec.ratios == "paper" else spec.ratios
+        assert ratio_sources.load_config(name)["model"] == spec.timm
+    assert cfg.sweeps["paper"]["models"] == list(cfg.models)
