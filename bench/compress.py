@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import snp_core
 from snp_core import ratios as ratio_sources
 from snp_core.errors import RatioError
 
+from . import target_latency
 from .options import HelpFormatter
 
 log = logging.getLogger(__name__)
@@ -28,12 +30,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Prune a timm Vision Transformer with SNP (or a baseline criterion) and save the pruning plan "
                     "and weights. Ratios are fractions of neurons REMOVED. Choose them with --ratios (the paper's "
                     "published files, a shipped config or a JSON file), or per kind with --qk/--v/--ffn/--embed, "
-                    "or let --target-gmacs scale a pattern to a MACs budget.",
+                    "or let --target-gmacs scale a pattern to a MACs budget, or --target-latency to a latency "
+                    "measured on a device.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="deit_tiny_patch16_224", help="timm model name")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (timm download), 'random' (offline smoke tests) or a checkpoint path")
+    p.add_argument("--model-kwargs", type=_json_object, default={}, metavar="JSON",
+                   help="keyword arguments for timm.create_model, e.g. '{\"img_size\": 160}' (kept in the plan)")
     src = p.add_argument_group("ratios (fractions removed, each in [0, 1))")
     src.add_argument("--ratios", metavar="SPEC",
                      help=f"'paper' (the paper's file for --model), a config name ({', '.join(ratio_sources.config_names())}) "
@@ -43,13 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         src.add_argument(f"--{kind}", type=float, metavar="R", help=f"uniform ratio for {what}")
     src.add_argument("--heads", type=float, metavar="R",
                      help="fraction of whole heads removed in every block (conventional head pruning, done before "
-                          "SNP; combines with --ratios or the uniform ratios and is held fixed by --target-gmacs)")
+                          "SNP; combines with --ratios or the uniform ratios and is held fixed by "
+                          "--target-gmacs/-latency)")
     src.add_argument("--target-gmacs", type=float, metavar="X",
                      help="scale the ratio pattern (above, or the paper's, or "
                           f"{DEFAULT_PATTERN}) until the pruned model has X GMACs (within 2%%)")
     src.add_argument("--hold", metavar="KINDS", type=_kinds, default=(),
-                     help="comma-separated group kinds (qk, v, ffn, embed) whose ratios --target-gmacs keeps as given "
-                          "while it scales the others, e.g. --hold qk,v")
+                     help="comma-separated group kinds (qk, v, ffn, embed) whose ratios --target-gmacs/-latency "
+                          "keep as given while they scale the others, e.g. --hold qk,v")
     src.add_argument("--round-to", type=int, metavar="N", help="round every kept width to a multiple of N (GEMM-friendly)")
     crit = p.add_argument_group("criterion")
     crit.add_argument("--criterion", default="snp", choices=sorted(snp_core.CRITERIA), help="importance criterion")
@@ -67,8 +73,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "default: scikit-image sample photos (logged warning)")
     cal.add_argument("--num-calib", type=int, default=64, help="number of calibration images (paper: 64)")
     cal.add_argument("--batch-size", type=int, default=16, help="calibration batch size")
+    target_latency.add_arguments(p)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", type=Path, help="output folder (default: runs/compress/<model>-<criterion>)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/compress/<model>-<criterion>, "
+                                                  "+ -<T>ms-<device> with --target-latency)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -81,6 +89,16 @@ def _gamma(text: str) -> int | float:
             return float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"gamma {text!r} is neither an int nor a float") from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object, e.g. '{{\"img_size\": 160}}'")
+    return value
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -100,19 +118,19 @@ def _criterion(args: argparse.Namespace) -> snp_core.Importance:
     return snp_core.get_criterion(args.criterion)
 
 
-def _ratios(args: argparse.Namespace, groups: list[snp_core.groups.Group], adapter) -> tuple[dict, str]:
-    """The ratios to prune with and a short description of where they came from."""
+def _pattern(args: argparse.Namespace, groups: list[snp_core.groups.Group]) -> tuple[dict, str, list[str]]:
+    """The ratios before any budget scales them, where they came from, and the groups a budget leaves alone."""
     uniform = {k: getattr(args, k) for k in ("qk", "v", "ffn", "embed") if getattr(args, k) is not None}
     if uniform and args.ratios:
         raise RatioError(f"--ratios {args.ratios!r} and uniform ratios ({', '.join('--' + k for k in uniform)}) "
                          "are exclusive; give one or the other")
     if uniform:
         ratios, origin = ratio_sources.uniform(groups, **uniform), "uniform " + " ".join(f"{k}={v}" for k, v in uniform.items())
-    elif args.ratios or args.target_gmacs is None:
+    elif args.ratios or (args.target_gmacs is None and args.target_latency is None):
         ratios, origin = ratio_sources.resolve(args.ratios or "paper", args.model), f"ratios {args.ratios or 'paper'}"
     else:
-        try:
-            ratios, origin = ratio_sources.resolve("paper", args.model), "paper pattern"
+        try:  # the paper's ratios, when they fit this model (not e.g. a shallower one made with --model-kwargs)
+            ratios, origin = ratio_sources.validate(ratio_sources.resolve("paper", args.model), groups), "paper pattern"
         except RatioError:
             ratios, origin = ratio_sources.uniform(groups, **DEFAULT_PATTERN), "default pattern"
     fixed = [g.name for g in groups if g.kind in args.hold]
@@ -123,6 +141,12 @@ def _ratios(args: argparse.Namespace, groups: list[snp_core.groups.Group], adapt
             raise RatioError(f"--heads {args.heads}: model {args.model!r} has no prunable head groups")
         ratios = {**ratios, **ratio_sources.uniform([g for g in groups if g.kind == "heads"], heads=args.heads)}
         origin += f" + heads={args.heads}"
+    return ratios, origin, fixed
+
+
+def _ratios(args: argparse.Namespace, groups: list[snp_core.groups.Group], adapter) -> tuple[dict, str]:
+    """The ratios to prune with and a short description of where they came from."""
+    ratios, origin, fixed = _pattern(args, groups)
     if args.target_gmacs is not None:
         ratios = ratio_sources.scale_to_target(ratios, groups, adapter.macs, args.target_gmacs * 1e9, args.round_to,
                                                fixed=fixed)
@@ -130,25 +154,37 @@ def _ratios(args: argparse.Namespace, groups: list[snp_core.groups.Group], adapt
     return ratios, origin
 
 
+def _calibration(args: argparse.Namespace, model: torch.nn.Module,
+                 criterion: snp_core.Importance) -> tuple[torch.Tensor | None, dict | None]:
+    """Calibration images and their description, for criteria that use activations; (None, None) otherwise."""
+    if not criterion.uses_activations:
+        return None, None
+    calib = snp_core.calibration.load(args.calib, model, args.num_calib, args.seed)
+    return calib.images, calib.info()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.round_to is not None and args.round_to < 1:
         raise RatioError(f"--round-to {args.round_to} must be a positive integer")
-    model = snp_core.create(args.model, args.weights)
+    latency = target_latency.request(args)  # a bad target or device fails before the model is built
+    model = snp_core.create(args.model, args.weights, **args.model_kwargs)
     adapter = snp_core.adapter_for(model, args.model)
     criterion = _criterion(args)
+    if latency is not None:
+        base, origin, fixed = _pattern(args, adapter.groups())
+        snp_core.kept_widths(adapter.groups(), base, args.round_to)
+        return target_latency.run(latency, args, model, adapter, criterion, *_calibration(args, model, criterion),
+                                  base, origin, fixed)
     ratios, origin = _ratios(args, adapter.groups(), adapter)
     snp_core.kept_widths(adapter.groups(), ratios, args.round_to)  # bad ratios fail before calibration starts
 
     started = time.perf_counter()
-    images, calib_info = None, None
-    if criterion.uses_activations:
-        calib = snp_core.calibration.load(args.calib, model, args.num_calib, args.seed)
-        images, calib_info = calib.images, calib.info()
+    images, calib_info = _calibration(args, model, criterion)
     plan = snp_core.make_plan(model, args.model, ratios, criterion, images, calib_info, round_to=args.round_to,
                               batch_size=args.batch_size, progress=not args.quiet,
-                              model_kwargs={}, head_criterion=args.head_criterion)
+                              model_kwargs=args.model_kwargs, head_criterion=args.head_criterion)
     pruned = snp_core.prune(model, plan)
     elapsed = time.perf_counter() - started
 

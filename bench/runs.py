@@ -2,7 +2,9 @@
 
 One place for the rules, so every command answers the same way: ``--store`` or
 the config's ``[paths] store``; a run by id, or the aliases ``latest`` (also the
-default) and ``baseline``; and one-line errors that name the recent runs.
+default: the latest *sweep*, so the profile and verification runs of ``bench
+compress --target-latency`` in the same store never shadow it) and ``baseline``;
+and one-line errors that name the recent runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def open_store(args: argparse.Namespace, cfg: bench_config.Config | None = None,
     return Store(path)
 
 
+def is_sweep(run: dict[str, Any]) -> bool:
+    """True for runs of `bench sweep` / `bench nightly`; runs that other commands time (the
+    latency profiles of `bench compress --target-latency`) name that ``command`` in their config."""
+    return "command" not in run["config"]
+
+
 def pick_run(store: Store, text: str | None, role: str = "") -> dict[str, Any]:
     """A run by id, or ``latest`` (the default when `text` is None) or ``baseline``."""
     if text == "baseline":
@@ -34,10 +42,10 @@ def pick_run(store: Store, text: str | None, role: str = "") -> dict[str, Any]:
                                            f"`python -m bench nightly --promote` or give a run id")
         return run
     if text in (None, "latest"):
-        run = store.latest_run()
-        if run is None:
-            raise bench_config.ConfigError(f"no runs in {store.path}: run `python -m bench sweep` first")
-        return run
+        sweeps = [r for r in store.runs() if is_sweep(r)]
+        if not sweeps:
+            raise bench_config.ConfigError(f"no sweep runs in {store.path}: run `python -m bench sweep` first")
+        return sweeps[-1]
     run = store.get_run(text)
     if run is None:
         recent = ", ".join(r["run_id"] for r in store.runs()[-5:]) or "none"

@@ -21,6 +21,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
@@ -33,14 +34,30 @@ from results.store import Store
 from . import config as bench_config
 from .options import HelpFormatter
 from .prepare import AGENT_FORMAT, export_all
-from .runs import pick_run
+from .runs import is_sweep, pick_run
 
 log = logging.getLogger(__name__)
 
 
+class JobModel(Protocol):
+    """What a job needs of its model: a bench.toml entry (`ModelSpec`), or a model a command built
+    without one (``bench compress --target-latency`` times profile variants and its pruned result)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def timm(self) -> str: ...
+    @property
+    def variant(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def known_top1(self) -> float | None: ...
+
+
 @dataclass
 class Job:
-    model: bench_config.ModelSpec
+    model: JobModel
     device: DeviceSpec
     runtime: str
     fmt: str
@@ -206,6 +223,9 @@ def execute(cfg: bench_config.Config, store: Store, selection: dict, resume: str
     """Plan, prepare and run a sweep (or the rest of run `resume`); records are stored as they arrive."""
     if resume:
         run_info = pick_run(store, resume)
+        if not is_sweep(run_info):  # e.g. a latency profile of `bench compress --target-latency`
+            raise bench_config.ConfigError(f"run {resume} is not a sweep ({run_info['note'] or 'no note'}); "
+                                           "only sweeps resume")
         selection = run_info["config"]["selection"]
         store.set_run_status(resume, "running")
     devices = cfg.pick_devices(selection.get("devices"))

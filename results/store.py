@@ -43,6 +43,16 @@ is_baseline, baseline_seq (order of marking, so "the last baseline" is exact).
 everything tables and plots filter on; JSON text for runtime_options,
 input_shape, samples_ns, providers, env, warnings, extra), plus ``id`` and
 ``inserted``; UNIQUE(run_id, job_key).
+
+``latency_profiles`` (version 2): measured latency against MACs of one model
+along one ratio pattern on one device, runtime, format and runtime options
+(``bench compress --target-latency`` builds its latency model from them). The
+identity (`PROFILE_KEY_FIELDS`: device, runtime, format, runtime_options, model,
+model_kwargs, input_shape, pattern = {ratios, fixed, round_to}) is also kept as
+one canonical JSON text, ``profile_key``, so a later call finds a profile by
+exact match; ``points`` is a JSON list of {macs, median_ms, record_id, ...} (the
+records that measured them stay in ``records``), plus name, run_id (the
+profiling run), measure settings, created, updated and git_rev.
 """
 
 from __future__ import annotations
@@ -70,6 +80,11 @@ _BOOL_FIELDS = frozenset({"provider_fallback"})
 # JSON columns that are never NULL: a missing value is stored as this empty container.
 _JSON_DEFAULTS: dict[str, Any] = {"runtime_options": {}, "samples_ns": [], "warnings": [], "extra": {}}
 _READ_ONLY_FIELDS = frozenset({"id", "inserted"})  # present in records() output, ignored by add_record
+
+#: What identifies a latency profile: a later call with equal values reuses it.
+PROFILE_KEY_FIELDS = ("device", "runtime", "format", "runtime_options", "model", "model_kwargs", "input_shape",
+                      "pattern")
+_PROFILE_JSON_FIELDS = ("runtime_options", "model_kwargs", "input_shape", "pattern", "points", "measure")
 
 # Each migration is a list of statements; migration i (1-based) brings the schema to version i.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -133,6 +148,28 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX records_model ON records (model, variant)",
         "CREATE INDEX records_device ON records (device, runtime)",
         "CREATE INDEX records_status ON records (run_id, status)",
+    ),
+    (
+        """CREATE TABLE latency_profiles (
+            id               INTEGER PRIMARY KEY,
+            profile_key      TEXT NOT NULL,
+            device           TEXT NOT NULL,
+            runtime          TEXT NOT NULL,
+            format           TEXT NOT NULL,
+            runtime_options  TEXT NOT NULL DEFAULT '{}',
+            model            TEXT NOT NULL,
+            model_kwargs     TEXT NOT NULL DEFAULT '{}',
+            input_shape      TEXT NOT NULL,
+            pattern          TEXT NOT NULL,
+            name             TEXT NOT NULL DEFAULT '',
+            points           TEXT NOT NULL DEFAULT '[]',
+            run_id           TEXT REFERENCES runs(run_id),
+            measure          TEXT NOT NULL DEFAULT '{}',
+            created          TEXT NOT NULL,
+            updated          TEXT,
+            git_rev          TEXT
+        )""",
+        "CREATE INDEX latency_profiles_key ON latency_profiles (profile_key, id)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -438,3 +475,71 @@ class Store:
         if run_id is None:
             return int(self._query("SELECT COUNT(*) FROM records")[0][0])
         return int(self._query("SELECT COUNT(*) FROM records WHERE run_id = ?", (run_id,))[0][0])
+
+    # ----- latency profiles -----------------------------------------------------
+
+    def add_latency_profile(self, profile: Mapping[str, Any]) -> int:
+        """Store a latency profile (every `PROFILE_KEY_FIELDS` field, name, points, run_id, measure, git_rev).
+
+        Profiles are never overwritten: a re-measured one is a new row, and
+        :meth:`latency_profile` returns the newest, so older ones stay as history.
+        """
+        missing = [f for f in PROFILE_KEY_FIELDS if profile.get(f) is None]
+        if missing:
+            raise ValueError(f"latency profile lacks identity fields: {', '.join(missing)}")
+        points = list(profile.get("points") or [])
+        _check_points(points)
+        row = {f: profile[f] for f in PROFILE_KEY_FIELDS}
+        row.update(name=profile.get("name") or "", points=points, run_id=profile.get("run_id"),
+                   measure=dict(profile.get("measure") or {}), git_rev=profile.get("git_rev"))
+        row.update({f: _dumps(row[f]) for f in _PROFILE_JSON_FIELDS})
+        row.update(profile_key=profile_key(profile), created=utc_now())
+        columns = list(row)
+        with self._write() as conn:
+            return int(conn.execute(f"INSERT INTO latency_profiles ({', '.join(columns)}) "
+                                    f"VALUES ({', '.join(':' + c for c in columns)})", row).lastrowid)
+
+    def latency_profile(self, identity: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The newest profile whose `PROFILE_KEY_FIELDS` equal those of `identity`, or None."""
+        rows = self._query("SELECT * FROM latency_profiles WHERE profile_key = ? ORDER BY id DESC LIMIT 1",
+                           (profile_key(identity),))
+        return _decode_profile(rows[0]) if rows else None
+
+    def latency_profiles(self, device: str | None = None) -> list[dict[str, Any]]:
+        """Every stored profile (of one device when given), oldest first."""
+        if device is None:
+            return [_decode_profile(r) for r in self._query("SELECT * FROM latency_profiles ORDER BY id")]
+        return [_decode_profile(r) for r in
+                self._query("SELECT * FROM latency_profiles WHERE device = ? ORDER BY id", (device,))]
+
+    def add_latency_point(self, profile_id: int, point: Mapping[str, Any]) -> None:
+        """Append one measured point (e.g. a verified pruned model) to a stored profile."""
+        _check_points([point])
+        with self._write() as conn:
+            row = conn.execute("SELECT points FROM latency_profiles WHERE id = ?", (profile_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no latency profile {profile_id} in {self.path}")
+            conn.execute("UPDATE latency_profiles SET points = ?, updated = ? WHERE id = ?",
+                         (_dumps([*json.loads(row["points"]), dict(point)]), utc_now(), profile_id))
+
+
+def profile_key(identity: Mapping[str, Any]) -> str:
+    """The canonical text of a profile's identity: equal identities, equal keys, whatever the key order."""
+    return _dumps({f: identity.get(f) for f in PROFILE_KEY_FIELDS})
+
+
+def _check_points(points: object) -> None:
+    """Every point needs a MACs count and a positive median: what the latency model is fitted on."""
+    if not isinstance(points, list):
+        raise ValueError(f"latency profile points must be a list, got {type(points).__name__}")
+    for point in points:
+        if not isinstance(point, Mapping) or not isinstance(point.get("macs"), (int, float)) \
+                or not isinstance(point.get("median_ms"), (int, float)) or not point["median_ms"] > 0:
+            raise ValueError(f"latency profile point needs numeric macs and a positive median_ms, got {point!r}")
+
+
+def _decode_profile(row: sqlite3.Row) -> dict[str, Any]:
+    profile = dict(row)
+    for f in _PROFILE_JSON_FIELDS:
+        profile[f] = json.loads(profile[f])
+    return profile

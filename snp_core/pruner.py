@@ -125,17 +125,21 @@ def select(groups: list[Group], scores: Mapping[str, torch.Tensor], widths: Mapp
 def make_plan(model: nn.Module, model_name: str, ratios: Mapping[str, float], criterion: Importance,
               images: torch.Tensor | None = None, calibration_info: dict | None = None,
               round_to: int | None = None, batch_size: int = 16, progress: bool = True,
-              model_kwargs: dict | None = None, head_criterion: str = "proj_l1") -> Plan:
+              model_kwargs: dict | None = None, head_criterion: str = "proj_l1",
+              scores: Mapping[str, torch.Tensor] | None = None) -> Plan:
     """Score `model` with `criterion` and keep, per group, the neurons `ratios` leave.
 
     `head_criterion` ranks whole heads (`head_importance`); it only matters, and is
-    only recorded in the plan, when a ``heads`` ratio is non-zero.
+    only recorded in the plan, when a ``heads`` ratio is non-zero. `scores`: this
+    model's `score_groups` output for `criterion` and `head_criterion`, computed
+    earlier (a search that scored once and tried many ratios); `images` is then unused.
     """
     adapter = adapter_for(model, model_name)
     groups = adapter.groups()
     ratios = ratio_sources.validate(ratios, groups)
     widths = kept_widths(groups, ratios, round_to)
-    scores = score_groups(model, adapter, criterion, images, head_criterion, batch_size, progress)
+    if scores is None:
+        scores = score_groups(model, adapter, criterion, images, head_criterion, batch_size, progress)
     criterion_doc = {"name": criterion.name, "params": criterion.params()}
     if any(ratios[g.name] for g in groups if g.kind == "heads"):
         criterion_doc["heads"] = head_criterion

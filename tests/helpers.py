@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
@@ -66,3 +70,28 @@ min_seconds = {min_seconds}
 timeout_s = {timeout}
 grace_s = {grace}
 """ + devices
+
+
+def ssh_device(name: str, server, workdir: Path, python: str = sys.executable, known_hosts: Path | None = None,
+               runtimes: str = "{ onnxruntime = { threads = 1 }, torch = { threads = 1 } }") -> str:
+    return f"""
+[devices.{name}]
+kind = "ssh"
+host = "{server.alias}"
+ssh_config = "{server.ssh_config}"
+known_hosts = "{known_hosts or server.known_hosts}"
+identity_file = "{server.client_key}"
+python = "{python}"
+workdir = {json.dumps(str(workdir))}
+runtimes = {runtimes}
+"""
+
+
+def local_device(name: str, workdir: Path, python: str = sys.executable) -> str:
+    return f"""
+[devices.{name}]
+kind = "local"
+python = "{python}"
+workdir = {json.dumps(str(workdir))}
+runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
+"""

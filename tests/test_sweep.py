@@ -6,7 +6,6 @@ paths are the ones a full DeiT sweep takes.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -19,38 +18,12 @@ from pathlib import Path
 import pytest
 
 from bench import config as bench_config
-from helpers import tiny_sweep_toml
+from helpers import local_device, ssh_device, tiny_sweep_toml
 from bench.sweep import execute
 from results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-
-def ssh_device(name: str, server, workdir: Path, python: str = PY, known_hosts: Path | None = None,
-               runtimes: str = "{ onnxruntime = { threads = 1 }, torch = { threads = 1 } }") -> str:
-    return f"""
-[devices.{name}]
-kind = "ssh"
-host = "{server.alias}"
-ssh_config = "{server.ssh_config}"
-known_hosts = "{known_hosts or server.known_hosts}"
-identity_file = "{server.client_key}"
-python = "{python}"
-workdir = {json.dumps(str(workdir))}
-runtimes = {runtimes}
-"""
-
-
-def local_device(name: str, workdir: Path, python: str = PY) -> str:
-    return f"""
-[devices.{name}]
-kind = "local"
-python = "{python}"
-workdir = {json.dumps(str(workdir))}
-runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
-"""
 
 
 @pytest.fixture(scope="module")
