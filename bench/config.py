@@ -114,7 +114,7 @@ kind = "local"
 label = "this machine"
 runtimes = { onnxruntime = {}, torch = {} }
 
-[sweeps.paper]      # every row of the paper's table: python -m bench nightly --sweep paper, or list them with --models
+[sweeps.paper]      # every row of the paper's table: python -m bench sweep --sweep paper
 models = ["deit_tiny", "deit_tiny_snp", "deit_small", "deit_small_snp", "deit_small_snp_1_3g", "deit_base",
           "deit_base_snp", "deit_base_snp_head", "efficientformer_l1", "efficientformer_l1_snp_0_6g",
           "efficientformer_l1_snp_0_5g"]

@@ -81,6 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "the SQLite store as it arrives; --resume finishes an interrupted run.",
                        formatter_class=HelpFormatter)
     add_common(p)
+    p.add_argument("--sweep", metavar="NAME", help="start from the selection of [sweeps.NAME] in bench.toml (e.g. "
+                                                   "'paper': every row of the paper's table); flags below override it")
     p.add_argument("--devices", type=_csv, help="comma-separated device names (default: the sweep's, or all)")
     p.add_argument("--models", type=_csv, help="comma-separated model entries; originals of pruned ones come along")
     p.add_argument("--formats", type=_csv, help=f"comma-separated formats: {', '.join(bench_config.FORMATS)}")
@@ -282,6 +284,11 @@ def run(args: argparse.Namespace) -> int:
     store = Store(args.store or cfg.store)
     selection = {"devices": args.devices, "models": args.models, "formats": args.formats, "batch": args.batch,
                  "quick": args.quick}
+    if args.sweep:
+        from .nightly_cmd import sweep_selection  # [sweeps.NAME] is parsed where nightly, which runs on sweep, lives
+
+        named, _, _ = sweep_selection(cfg, args.sweep)
+        selection = {**named, **{k: v for k, v in selection.items() if v}}
     outcome = execute(cfg, store, selection, resume=args.resume, trust_new_hosts=args.trust_new_hosts)
     print(speedup.speedup_markdown(outcome.records))
     for r in outcome.errors:

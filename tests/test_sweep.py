@@ -62,6 +62,18 @@ def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
     assert r.returncode == 0 and "wrote 4 records" in r.stdout
 
 
+def test_named_sweep_selection_and_flags_over_it(tmp_path, artifacts):
+    cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev")
+                       + '\n[sweeps.small]\nmodels = ["tiny"]\nformats = ["onnx", "torchscript"]\n')
+    r = bench("sweep", "--config", str(cfg), "--sweep", "small", "--formats", "onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = Store(tmp_path / "bench.sqlite").records()
+    assert [(row["model"], row["variant"], row["format"]) for row in rows] == [
+        ("deit_tiny_patch16_224", "original", "onnx")]
+    r = bench("sweep", "--config", str(cfg), "--sweep", "nope", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: bench.toml has no [sweeps.nope]; known sweeps: paper, small"
+
+
 def test_ssh_sweep_same_fields_as_local_and_second_sweep_uploads_nothing(tmp_path, artifacts, sshd_server):
     devices = local_device("here", tmp_path / "here") + ssh_device("remote", sshd_server, tmp_path / "remote")
     cfg = bench_config.load(write_config(tmp_path, artifacts, devices))
