@@ -24,15 +24,14 @@ from results.store import Store
 
 from . import config as bench_config
 from .options import HelpFormatter
-from .runs import open_store, pick_run
-from .sweep import add_common
+from .runs import add_store_options, open_store, pick_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="regression report: a run against a baseline run, job by job",
                        description=__doc__.split("\n\n")[1],
                        formatter_class=HelpFormatter)
-    add_common(p)
+    add_store_options(p)
     p.add_argument("baseline", metavar="BASELINE", help="baseline run id, or 'baseline' (the store's baseline run)")
     p.add_argument("candidate", metavar="CANDIDATE", help="candidate run id, or 'latest' (the newest run)")
     add_report_options(p)

@@ -28,6 +28,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devices.config import DeviceConfigError, DeviceSpec, parse_devices
 
@@ -121,6 +122,8 @@ models = ["deit_tiny", "deit_tiny_snp", "deit_small", "deit_small_snp", "deit_sm
 """
 
 FORMATS = ("onnx", "torchscript", "pt2", "trt")
+#: Keys of a ``[sweeps.NAME]`` table: ``bench sweep``'s selection, plus nightly's regression threshold.
+SWEEP_KEYS = ("devices", "models", "formats", "batch", "quick", "threshold")
 _MODEL_KEYS = {"timm", "weights", "kwargs", "base", "ratios", "criterion", "round_to", "calib", "num_calib", "plan",
                "top1", "label"}
 
@@ -187,6 +190,42 @@ class Config:
     store: Path
     artifacts: Path
     sweeps: dict[str, dict] = field(default_factory=dict)
+
+    def named_sweep(self, name: str) -> dict[str, Any]:
+        """The selection of ``[sweeps.NAME]`` (``bench sweep``'s keys, plus a raw ``threshold`` when given).
+
+        Used by ``bench sweep --sweep NAME`` and ``bench nightly``; every value is
+        checked here so both commands fail the same way on a bad table.
+        """
+        table = self.sweeps.get(name)
+        if table is None:
+            raise ConfigError(f"bench.toml has no [sweeps.{name}]; known sweeps: {', '.join(self.sweeps) or 'none'}")
+        where = f"bench.toml [sweeps.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = sorted(set(table) - set(SWEEP_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")
+        selection: dict[str, Any] = {}
+        for key in ("devices", "models", "formats"):
+            if key in table:
+                value = table[key]
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise ConfigError(f"{where}: {key} must be a list of names, got {value!r}")
+                selection[key] = value
+        if "batch" in table:
+            value = table["batch"]
+            if (not isinstance(value, list) or not value
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+                raise ConfigError(f"{where}: batch must be a list of positive integers, got {value!r}")
+            selection["batch"] = value
+        if "quick" in table:
+            if not isinstance(table["quick"], bool):
+                raise ConfigError(f"{where}: quick must be true or false, got {table['quick']!r}")
+            selection["quick"] = table["quick"]
+        if "threshold" in table:
+            selection["threshold"] = table["threshold"]
+        return selection
 
     def pick_devices(self, names: list[str] | None) -> list[DeviceSpec]:
         return [self.devices[n] for n in _pick(names or self.sweep.get("devices") or list(self.devices),

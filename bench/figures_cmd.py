@@ -9,7 +9,7 @@ from results.figures import FIGURES, make_figures
 
 from . import config as bench_config
 from .options import HelpFormatter
-from .runs import open_store, pick_run
+from .runs import add_run_option, add_store_options, open_store, pick_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "PDF: latency vs params, top-1 vs latency (when bench.toml gives top1), speedup "
                                    "bars with the MACs ratio, and the latency distribution of every measurement.",
                        formatter_class=HelpFormatter)
-    p.add_argument("--config", type=Path, help="bench.toml to use (for the store path)")
-    p.add_argument("--store", type=Path, help="SQLite store (default: [paths] store)")
-    p.add_argument("--run", help="run id (default: the latest run)")
+    add_store_options(p)
+    add_run_option(p)
     p.add_argument("--out", type=Path, help="output folder (default: runs/<run_id>/figures)")
     p.add_argument("--only", action="append", choices=list(FIGURES), metavar="KIND",
                    help=f"draw only this kind (repeatable): {', '.join(FIGURES)}")

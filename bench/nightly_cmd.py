@@ -36,19 +36,17 @@ from results import regression, report
 from . import config as bench_config
 from .compare_cmd import _check_stats_options, add_report_options, compare_and_report, report_dir, threshold_arg
 from .options import HelpFormatter
-from .runs import open_store, pick_run
-from .sweep import add_common, execute
+from .runs import add_store_options, open_store, pick_run
+from .sweep import execute
 
 DEFAULT_SWEEP = "nightly"
-_LIST_KEYS = ("devices", "models", "formats")
-SWEEP_KEYS = (*_LIST_KEYS, "batch", "quick", "threshold")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("nightly", help="run the nightly sweep, compare with the baseline run, report regressions",
                        description=__doc__.split("\n\n")[0].split(": ", 1)[1]
                        + " Exit status 1 when anything regressed.", formatter_class=HelpFormatter)
-    add_common(p)
+    add_store_options(p)
     p.add_argument("--sweep", metavar="NAME", help=f"run [sweeps.NAME] of bench.toml (default: {DEFAULT_SWEEP}; "
                                                    "falls back to [sweep] when bench.toml has no [sweeps.nightly])")
     p.add_argument("--baseline", metavar="RUN_ID", help="compare with this run instead of the store's baseline")
@@ -65,41 +63,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def sweep_selection(cfg: bench_config.Config, name: str | None) -> tuple[dict[str, Any], float | None, str]:
     """``(selection, threshold or None, description)`` of ``[sweeps.NAME]``; ``[sweep]`` for an absent nightly."""
     wanted = name or DEFAULT_SWEEP
-    table = cfg.sweeps.get(wanted)
-    if table is None:
-        if name is not None and name != DEFAULT_SWEEP:
-            known = ", ".join(cfg.sweeps) or "none"
-            raise bench_config.ConfigError(f"bench.toml has no [sweeps.{name}]; known sweeps: {known}")
+    if wanted not in cfg.sweeps and wanted == DEFAULT_SWEEP:
         return {}, None, f"bench.toml has no [sweeps.{wanted}]: running the [sweep] defaults"
-    where = f"bench.toml [sweeps.{wanted}]"
-    if not isinstance(table, dict):
-        raise bench_config.ConfigError(f"{where}: must be a table")
-    unknown = sorted(set(table) - set(SWEEP_KEYS))
-    if unknown:
-        raise bench_config.ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")
-    selection: dict[str, Any] = {}
-    for key in _LIST_KEYS:
-        if key in table:
-            value = table[key]
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise bench_config.ConfigError(f"{where}: {key} must be a list of names, got {value!r}")
-            selection[key] = value
-    if "batch" in table:
-        value = table["batch"]
-        if (not isinstance(value, list) or not value
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-            raise bench_config.ConfigError(f"{where}: batch must be a list of positive integers, got {value!r}")
-        selection["batch"] = value
-    if "quick" in table:
-        if not isinstance(table["quick"], bool):
-            raise bench_config.ConfigError(f"{where}: quick must be true or false, got {table['quick']!r}")
-        selection["quick"] = table["quick"]
-    threshold = None
-    if "threshold" in table:
+    selection = cfg.named_sweep(wanted)
+    threshold = selection.pop("threshold", None)
+    if threshold is not None:
         try:
-            threshold = threshold_arg(str(table["threshold"]))
+            threshold = threshold_arg(str(threshold))
         except argparse.ArgumentTypeError as exc:
-            raise bench_config.ConfigError(f"{where}: {exc}") from None
+            raise bench_config.ConfigError(f"bench.toml [sweeps.{wanted}]: {exc}") from None
     return selection, threshold, f"sweep [sweeps.{wanted}]"
 
 

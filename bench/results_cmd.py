@@ -8,15 +8,14 @@ from pathlib import Path
 from results.export import FORMATS, export
 
 from .options import HelpFormatter
-from .runs import open_store, pick_run
+from .runs import add_store_options, open_store, pick_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="list runs or export records from the store",
                        description="Read the SQLite record store written by `bench sweep`.",
                        formatter_class=HelpFormatter)
-    p.add_argument("--config", type=Path, help="bench.toml to use (for the store path)")
-    p.add_argument("--store", type=Path, help="SQLite store (default: [paths] store)")
+    add_store_options(p)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("runs", help="list runs, newest last")
     e = actions.add_parser("export", help="write records as csv, parquet or jsonl", formatter_class=HelpFormatter)

@@ -18,6 +18,17 @@ from results.store import Store
 from . import config as bench_config
 
 
+def add_store_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--config`` and ``--store``: which bench.toml, and which results store, a command uses."""
+    p.add_argument("--config", type=Path, help="bench.toml to use (default: ./bench.toml if present, else built-in)")
+    p.add_argument("--store", type=Path, help="SQLite results store (default: [paths] store, runs/bench.sqlite)")
+
+
+def add_run_option(p: argparse.ArgumentParser) -> None:
+    """``--run``: which run a reading command shows (`pick_run` resolves it)."""
+    p.add_argument("--run", help="run id, 'latest' (the latest sweep, default) or 'baseline'")
+
+
 def open_store(args: argparse.Namespace, cfg: bench_config.Config | None = None, must_exist: bool = True) -> Store:
     """The store of ``--store``, else of the config; a missing file is an error when `must_exist`."""
     path = Path(args.store or (cfg or bench_config.load(args.config)).store)

@@ -34,7 +34,7 @@ from results.store import Store
 from . import config as bench_config
 from .options import HelpFormatter
 from .prepare import AGENT_FORMAT, export_all
-from .runs import is_sweep, pick_run
+from .runs import add_store_options, is_sweep, pick_run
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "(devices in parallel, each device's jobs one at a time). Every record goes to "
                                    "the SQLite store as it arrives; --resume finishes an interrupted run.",
                        formatter_class=HelpFormatter)
-    add_common(p)
+    add_store_options(p)
     p.add_argument("--sweep", metavar="NAME", help="start from the selection of [sweeps.NAME] in bench.toml (e.g. "
                                                    "'paper': every row of the paper's table); flags below override it")
     p.add_argument("--devices", type=_csv, help="comma-separated device names (default: the sweep's, or all)")
@@ -92,11 +92,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-new-hosts", action="store_true",
                    help="add first-seen SSH host keys to known_hosts (changed keys are always refused)")
     p.set_defaults(func=run)
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="bench.toml to use (default: ./bench.toml if present, else built-in)")
-    p.add_argument("--store", type=Path, help="SQLite store (default: [paths] store, runs/bench.sqlite)")
 
 
 def _csv(text: str) -> list[str]:
@@ -285,9 +280,8 @@ def run(args: argparse.Namespace) -> int:
     selection = {"devices": args.devices, "models": args.models, "formats": args.formats, "batch": args.batch,
                  "quick": args.quick}
     if args.sweep:
-        from .nightly_cmd import sweep_selection  # [sweeps.NAME] is parsed where nightly, which runs on sweep, lives
-
-        named, _, _ = sweep_selection(cfg, args.sweep)
+        named = cfg.named_sweep(args.sweep)
+        named.pop("threshold", None)  # a nightly setting; a plain sweep compares nothing
         selection = {**named, **{k: v for k, v in selection.items() if v}}
     outcome = execute(cfg, store, selection, resume=args.resume, trust_new_hosts=args.trust_new_hosts)
     print(speedup.speedup_markdown(outcome.records))

@@ -10,7 +10,7 @@ from results.table import DEFAULT_CV_THRESHOLD, RENDERERS, TableError, build_tab
 
 from . import config as bench_config
 from .options import HelpFormatter
-from .runs import open_store, pick_run
+from .runs import add_run_option, add_store_options, open_store, pick_run
 
 
 def _batches(text: str) -> list[int]:
@@ -32,9 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Cells whose record warns (throttling, high CV, fewer samples, provider fallback) or failed "
                     "are marked and footnoted.",
         formatter_class=HelpFormatter)
-    p.add_argument("--config", type=Path, help="bench.toml to use (store path, model labels)")
-    p.add_argument("--store", type=Path, help="SQLite store (default: [paths] store)")
-    p.add_argument("--run", help="run id (default: the latest run)")
+    add_store_options(p)
+    add_run_option(p)
     p.add_argument("--format", choices=RENDERERS, default="md", help="output format")
     p.add_argument("--efficiency", action="store_true",
                    help="add the MACs ratio and one speedup-efficiency column (speedup / MACs ratio) per latency column")

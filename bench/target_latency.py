@@ -52,6 +52,7 @@ from . import config as bench_config
 from . import sweep
 from .latency_model import Candidate, Curve, TargetLatencyError, choose, information_loss, parse_latency
 from .prepare import EXPORT_FORMAT
+from .runs import add_store_options
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="latency budget per image (batch 1): 30ms, '30 ms', 0.03s, 30000us, or a bare number in ms")
     g.add_argument("--device", metavar="NAME", help="device of the config to measure on, e.g. local or pi")
     g.add_argument("--runtime", help="runtime on that device (default: the first the device lists)")
-    g.add_argument("--config", type=Path, help="bench.toml to use (default: ./bench.toml if present, else built-in)")
-    g.add_argument("--store", type=Path, help="SQLite results store (default: [paths] store, runs/bench.sqlite)")
+    add_store_options(g)
     g.add_argument("--reprofile", action="store_true", help="measure the latency profile again, even if stored")
     g.add_argument("--trust-new-hosts", action="store_true",
                    help="add a first-seen SSH host key to known_hosts (changed keys are always refused)")
