@@ -18,7 +18,7 @@ from .errors import (CalibrationError, PlanError, RatioError, SNPError, UnknownM
                      UnsupportedModelError)
 from .flops import count_macs, count_params
 from .head_importance import HEAD_CRITERIA, HeadImportance, get_head_criterion
-from .importance import CRITERIA, Importance, get_criterion
+from .importance import CRITERIA, Importance, criterion_from_options, get_criterion
 from .models import create
 from .plan import Plan
 from .pruner import kept_widths, load, make_plan, prune, save, score_groups, select, summary
@@ -28,6 +28,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTERS", "CRITERIA", "HEAD_CRITERIA", "CalibrationError", "HeadImportance", "Importance", "Plan", "PlanError",
     "PrunedAttention", "RatioError", "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for",
-    "calibration", "count_macs", "count_params", "create", "get_criterion", "get_head_criterion", "kept_widths", "load",
+    "calibration", "count_macs", "count_params", "create", "criterion_from_options", "get_criterion", "get_head_criterion", "kept_widths", "load",
     "make_plan", "models", "prune", "ratios", "save", "score_groups", "select", "summary",
 ]

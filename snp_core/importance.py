@@ -33,6 +33,8 @@ class Importance(ABC):
     #: True when `query_key` needs calibration activations (the pruner then runs
     #: the calibration images through the model and calls `qk_per_image`).
     uses_activations: ClassVar[bool] = False
+    #: The constructor's options that a user may set by name (`criterion_from_options` passes these on).
+    options: ClassVar[tuple[str, ...]] = ()
 
     def qk_per_image(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Per-image Q/K pair scores ``[B, H, d]`` from one calibration batch."""
@@ -168,6 +170,7 @@ class SNPImportance(Importance):
 
     name = "snp"
     uses_activations = True
+    options = ("gamma", "weighting", "aggregate", "channel_score")
 
     def __init__(self, gamma: float | int = 0.9, weighting: str = "none", aggregate: str = "mean",
                  channel_score: str = "redundancy") -> None:
@@ -226,6 +229,7 @@ class RandomImportance(Importance):
     """Baseline: uniform random scores from a seeded generator (reproducible)."""
 
     name = "random"
+    options = ("seed",)
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -274,7 +278,21 @@ CRITERIA: dict[str, type[Importance]] = {
 
 
 def get_criterion(name: str, **params) -> Importance:
-    """A criterion by name, e.g. ``get_criterion("snp", gamma=8)``."""
+    """A criterion by name, e.g. ``get_criterion("snp", gamma=8)``; every param must be one it takes."""
     if name not in CRITERIA:
         raise SNPError(f"unknown criterion {name!r}; known: {', '.join(CRITERIA)}")
     return CRITERIA[name](**params)
+
+
+def criterion_from_options(name: str, **options: object) -> Importance:
+    """A criterion by name from a pool of user options (command-line flags, a config table).
+
+    Each criterion takes the options it declares (`Importance.options`: e.g. ``gamma``
+    for ``snp``, ``seed`` for ``random``) and ignores the rest, so a caller passes every
+    option it has and never needs to know which criterion takes which. Options whose
+    value is None are left at the criterion's default.
+    """
+    if name not in CRITERIA:
+        raise SNPError(f"unknown criterion {name!r}; known: {', '.join(CRITERIA)}")
+    cls = CRITERIA[name]
+    return cls(**{k: v for k, v in options.items() if k in cls.options and v is not None})

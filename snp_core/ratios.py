@@ -25,6 +25,11 @@ from .groups import KINDS, Group, check_ratio
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 Ratios = dict[str, float]
+#: A ratio spec as users write it: "paper", a config name or a JSON path; or ratios per kind.
+RatioSpec = str | Mapping[str, float]
+#: Pattern scaled to a budget when the model has no paper ratios and none is given:
+#: attention pruned hardest, the residual stream least, as in the paper's files.
+DEFAULT_PATTERN: Mapping[str, float] = {"qk": 0.5, "v": 0.5, "ffn": 0.5, "embed": 0.2}
 
 
 def config_names() -> list[str]:
@@ -71,6 +76,31 @@ def resolve(spec: str, model_name: str) -> Ratios:
             raise RatioError(f"ratio file {spec!r} is not valid JSON ({exc})") from None
         return from_document(doc, str(path))
     return from_document(load_config(spec), spec)
+
+
+def from_spec(spec: RatioSpec | None, model_name: str, groups: list[Group]) -> Ratios:
+    """Validated ratios for every group of the model from any spec the project accepts.
+
+    The one reading of a ratio spec, shared by ``bench compress``, ``bench.toml``
+    model entries and the experiments: None or ``"paper"`` (the paper's file for
+    `model_name`), a shipped config name, a JSON file, or a mapping of group kind to
+    ratio (``{"qk": 0.5, "ffn": 0.3}``: `uniform`).
+    """
+    if isinstance(spec, Mapping):
+        return uniform(groups, **spec)
+    return validate(resolve(spec or "paper", model_name), groups)
+
+
+def budget_pattern(model_name: str, groups: list[Group]) -> tuple[Ratios, str]:
+    """The pattern a MACs or latency budget scales when no ratios are given, and its name.
+
+    The paper's ratios when they fit this model (not, say, a shallower one made
+    with other ``model_kwargs``), else `DEFAULT_PATTERN`.
+    """
+    try:
+        return from_spec("paper", model_name, groups), "paper pattern"
+    except RatioError:
+        return uniform(groups, **DEFAULT_PATTERN), "default pattern"
 
 
 def from_document(doc: object, where: str) -> Ratios:

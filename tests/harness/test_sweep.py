@@ -22,7 +22,7 @@ from helpers import local_device, ssh_device, tiny_sweep_toml
 from bench.sweep import execute
 from results.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 

@@ -9,7 +9,7 @@ import torch
 import snp_core
 from snp_core import ratios as ratio_sources
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "paper_ratios"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "paper_ratios"
 
 # Kept widths per block, SNP_SPEC §7.3 (the expected architecture, stated by the spec).
 EXPECTED = {

@@ -28,7 +28,7 @@ from devices.ssh import (
 )
 from sshd import NetnsLab, SSHServer, free_port, make_keypair, ssh_config_block
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 AGENT = REPO / "devices" / "agent.py"
 
 

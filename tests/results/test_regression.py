@@ -22,7 +22,7 @@ from results import regression, report
 from results.records import job_key_of, make_record
 from results.store import Store, UnknownRunError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GIT_REV = "feedfacecafe"
 SHA_A, SHA_B = "a" * 64, "b" * 64
 

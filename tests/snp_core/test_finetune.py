@@ -67,11 +67,11 @@ def ddp_run(setup: dict) -> Path:
     """2 epochs under torchrun with 2 processes (gloo on CPU)."""
     out = setup["base"] / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "bench",
                            *_args(setup, out, "--epochs", "2")],
                           capture_output=True, text=True, env=env, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("best top-1") == 1  # only rank 0 prints
     return out

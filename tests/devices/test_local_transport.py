@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the repository may not be pip-installed
     sys.path.insert(0, str(ROOT))
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import snp_core
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

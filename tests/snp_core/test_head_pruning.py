@@ -13,7 +13,7 @@ from helpers import randomize_norms, tiny_vit
 from snp_core import ratios as ratio_sources
 from snp_core.errors import PlanError, RatioError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def plan_for(model, criterion: str = "l2", head_criterion: str = "proj_l1", **ratios) -> snp_core.Plan:

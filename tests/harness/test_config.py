@@ -10,7 +10,7 @@ import pytest
 
 from bench import config as bench_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_bench_toml_defines_local_and_paper_examples(tmp_path):

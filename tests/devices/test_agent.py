@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 AGENT = ROOT / "devices" / "agent.py"
 
 
