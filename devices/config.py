@@ -38,13 +38,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import formats
+
 from .transport import LocalTransport, Transport
 
-RUNTIME_FORMATS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("onnx",),
-    "torch": ("torchscript", "pt2"),
-    "tensorrt": ("trt",),
-}
 KINDS = ("local", "ssh")
 _KEYS = {"kind", "host", "user", "port", "identity_file", "python", "workdir", "label", "labels", "pre", "post",
          "runtimes", "connect_timeout", "known_hosts", "ssh_config"}
@@ -79,7 +76,8 @@ class DeviceSpec:
         return self.label or self.name
 
     def formats_for(self, runtime: str) -> tuple[str, ...]:
-        return RUNTIME_FORMATS[runtime]
+        """The sweep formats one of this device's runtimes takes (`formats.RUNTIMES`), preferred first."""
+        return formats.RUNTIMES[runtime].formats
 
 
 def parse_device(name: str, table: object) -> DeviceSpec:
@@ -106,8 +104,8 @@ def parse_device(name: str, table: object) -> DeviceSpec:
     if not isinstance(runtimes, dict) or not runtimes:
         raise bad("runtimes must name at least one runtime, e.g. runtimes = { onnxruntime = { threads = 4 } }")
     for runtime, options in runtimes.items():
-        if runtime not in RUNTIME_FORMATS:
-            raise bad(f"runtime {runtime!r} is not one of: {', '.join(RUNTIME_FORMATS)}")
+        if runtime not in formats.RUNTIMES:
+            raise bad(f"runtime {runtime!r} is not one of: {', '.join(formats.RUNTIMES)}")
         if not isinstance(options, dict):
             raise bad(f"options of runtime {runtime!r} must be a table")
     for key in ("pre", "post"):

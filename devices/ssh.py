@@ -1,7 +1,7 @@
 """SSH transport: ship artifacts and the agent to a device and run jobs there.
 
 This is the paramiko implementation of :class:`devices.transport.Transport`
-(DESIGN.md §4).  A newcomer should know five things about it:
+(docs/design.md §4).  A newcomer should know five things about it:
 
 1. **Host keys are always verified** against a known_hosts file.  An unknown
    key is refused with a :class:`HostKeyError` that says how to trust it; with
@@ -64,6 +64,7 @@ from devices.transport import (
     AGENT_SOURCE,
     PROBE_TIMEOUT_S,
     Transport,
+    TransportError,
     check_sha256,
     error_result,
     parse_agent_output,
@@ -89,7 +90,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")  # what a device-side hasher must pri
 # --------------------------------------------------------------------------
 
 
-class SSHTransportError(RuntimeError):
+class SSHTransportError(TransportError):
     """Something prevented talking to the device (base class of this module's errors)."""
 
 
@@ -120,7 +121,7 @@ class AgentRunError(SSHTransportError):
 
 # --------------------------------------------------------------------------
 # Small programs run by the *device* python.  They must work on Python >= 3.6
-# with the standard library only (DESIGN.md §4), and they receive every path
+# with the standard library only (docs/design.md §4), and they receive every path
 # as an argument - nothing is ever interpolated into their source.
 # --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ Every transport (this module's ``LocalTransport``, and the SSH one in
 * ``run_agent`` never raises for an agent that crashes, hangs, is killed or
   prints garbage: it returns an error result shaped like the agent's own
   (``status: "error"``, ``error.stage`` "transport" or "timeout", stderr tail),
-  so the record store keeps one row per job, never silence (DESIGN.md, section 4).
+  so the record store keeps one row per job, never silence (docs/design.md §4).
 
 The result of a ``run_agent`` also carries a ``transport`` object (name, exit
 code, wall seconds, stderr tail) added on the host side.
@@ -68,11 +68,13 @@ def tail(text: str | bytes | None, limit: int = STDERR_TAIL_CHARS) -> str:
     return text[-limit:]
 
 
-def error_result(job: dict, stage: str, message: str, stderr: str | bytes | None = "") -> dict:
+def error_result(job: dict, stage: str, message: str, stderr: str | bytes | None = "",
+                 error_type: str = "TransportError") -> dict:
     """An error result with the agent's shape, for failures the agent could not report itself.
 
     Used by every transport: ``stage`` is "transport" (crash, kill, garbled
-    output, upload failure) or "timeout" (killed after ``timeout_s``).
+    output, upload failure) or "timeout" (killed after ``timeout_s``); the
+    harness uses it for "connect" and "export" failures (`error_type`: what failed).
     """
     now = datetime.now(timezone.utc).isoformat()
     return {
@@ -89,7 +91,7 @@ def error_result(job: dict, stage: str, message: str, stderr: str | bytes | None
         "started_utc": None,
         "finished_utc": now,
         "warnings": [],
-        "error": {"stage": stage, "type": "TransportError", "message": message, "traceback": "",
+        "error": {"stage": stage, "type": error_type, "message": message, "traceback": "",
                   "stderr_tail": tail(stderr)},
     }
 
@@ -125,6 +127,14 @@ def parse_agent_output(job: dict, stdout: str | bytes, stderr: str | bytes, retu
     else:
         message = f"agent printed something that is not a result document: {text[:200]!r}"
     return error_result(job, "transport", message, stderr)
+
+
+class TransportError(RuntimeError):
+    """A transport could not do what it was asked (a shell command failed, a connection dropped, ...).
+
+    Every transport raises this or a subclass (`devices.ssh.SSHTransportError`), so the
+    harness can tell a device's failure from a bug.
+    """
 
 
 class Transport(abc.ABC):
@@ -164,12 +174,13 @@ class Transport(abc.ABC):
         """The device's work folder as a path on the device (agent jobs name it as ``workdir``)."""
 
     @abc.abstractmethod
-    def run_shell(self, command: str, timeout_s: float) -> tuple[int, str]:
+    def run_shell(self, command: str, timeout_s: float) -> str:
         """Run a user's ``pre``/``post`` command from bench.toml through the device's shell.
 
-        Returns (exit code, output tail). Only for commands the user wrote in their
-        own config; everything the project sends itself is passed as quoted argv.
-        A non-zero exit or a timeout raises RuntimeError naming the command.
+        Returns the command's standard output. Only for commands the user wrote in
+        their own config; everything the project sends itself is passed as quoted
+        argv. A non-zero exit or a timeout raises `TransportError` naming the
+        command, with the tail of its standard error.
         """
 
     @abc.abstractmethod
@@ -289,12 +300,12 @@ class LocalTransport(Transport):
     def device_workdir(self) -> str:
         return str(self.workdir)
 
-    def run_shell(self, command: str, timeout_s: float) -> tuple[int, str]:
+    def run_shell(self, command: str, timeout_s: float) -> str:
         code, out, err, timed_out = self._run(["/bin/sh", "-c", command], b"", timeout_s)
-        output = tail((out or b"") + (err or b""), 2000)
         if timed_out or code != 0:
-            raise RuntimeError(f"command {command!r} {'timed out' if timed_out else f'exited with {code}'}: {output}")
-        return code, output
+            raise TransportError(f"local: `{command}` {'timed out' if timed_out else f'exited with code {code}'}: "
+                                 f"{tail(err, 1000).strip()}")
+        return (out or b"").decode("utf-8", "replace")
 
     def close(self) -> None:
         """Nothing to release for a local device."""

@@ -12,7 +12,7 @@ Public API::
                            plan=plan)                      # snp_core.Plan (or plan.json path) of a pruned model
     art.path, art.format, art.sha256, art.manifest, art.manifest_path, art.cached
 
-    exporters.FORMATS == ("torchscript", "pt2", "onnx", "trt")
+    exporters.FORMATS == ("onnx", "torchscript", "pt2", "trt")   # the shared registry, `formats.FORMATS`
     exporters.ExportError      # every failure; the message is one line
 
 Formats:
@@ -48,7 +48,7 @@ exporter. Nothing here knows about devices, results or the bench CLI.
 from .errors import ExportError
 from .onnx_export import ONNX_EXPORTERS
 from .parity import TOLERANCE
-from .pipeline import ARTIFACT_FORMATS, EXTENSIONS, FORMATS, Artifact, export
+from .pipeline import FORMATS, Artifact, export
 
-__all__ = ["ARTIFACT_FORMATS", "EXTENSIONS", "FORMATS", "ONNX_EXPORTERS", "TOLERANCE", "Artifact", "ExportError",
+__all__ = ["FORMATS", "ONNX_EXPORTERS", "TOLERANCE", "Artifact", "ExportError",
            "export"]

@@ -203,7 +203,7 @@ def _output_ranks(proto: onnx.ModelProto) -> dict[str, int]:
 
 
 def inspect_graph(proto: onnx.ModelProto, params: int) -> dict:
-    """Op histogram plus the "no extra work in the pruned graph" check (DESIGN §3).
+    """Op histogram plus the "no extra work in the pruned graph" check (docs/design.md §3).
 
     * ``weight_gathers``: Gather-style nodes whose *data* input is a weight
       (initializer or Constant) -- an index_select of kept neurons at run time.

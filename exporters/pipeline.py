@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 from torch import nn
 
-from . import cache, manifest as manifests, onnx_export, parity, pt2, torchscript
+import formats
+
+from . import cache, onnx_export, parity, pt2, torchscript
+from . import manifest as manifests
 from .errors import ExportError, first_line
 
 if TYPE_CHECKING:
@@ -32,11 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "pt2", "onnx", "trt")
-#: File extension of each format's artifact (trt ships the .onnx; the engine is built on the device).
-EXTENSIONS = {"torchscript": "pt", "pt2": "pt2", "onnx": "onnx", "trt": "onnx"}
-#: The format of the file itself.
-ARTIFACT_FORMATS = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnx", "trt": "onnx"}
+#: The formats `export` makes, from the shared registry (`formats.FORMATS`: file extension, agent format).
+FORMATS = tuple(formats.FORMATS)
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _check_request(model: nn.Module, fmt: str, input_shape: Sequence[int], opset
         shape = ()
     if not shape or any(d < 1 for d in shape) or shape != tuple(input_shape):
         raise ExportError(f"input_shape must be positive integers (batch first), got {input_shape!r}")
-    if fmt in ("onnx", "trt"):
+    if formats.FORMATS[fmt].agent_format == "onnx":
         if not isinstance(opset, int) or opset < 7:
             raise ExportError(f"opset must be an integer >= 7, got {opset!r}")
         if onnx_exporter not in onnx_export.ONNX_EXPORTERS:
@@ -131,7 +131,7 @@ def export(model: nn.Module, fmt: str, cache_dir: Path, *, input_shape: Sequence
     """
     shape = _check_request(model, fmt, input_shape, opset, onnx_exporter)
     cache_dir = Path(cache_dir)
-    is_onnx = fmt in ("onnx", "trt")
+    is_onnx = formats.FORMATS[fmt].agent_format == "onnx"
     label = source or type(model).__name__
     options = {"input_shape": list(shape), "input_dtype": "float32", "dynamic_batch": bool(dynamic_batch),
                "opset": opset if is_onnx else None, "onnx_exporter": onnx_exporter if is_onnx else None}
@@ -149,7 +149,7 @@ def export(model: nn.Module, fmt: str, cache_dir: Path, *, input_shape: Sequence
 
     with _eval(model), cache.staging(cache_dir, key) as tmp:
         started = time.perf_counter()
-        path = tmp / f"model.{EXTENSIONS[fmt]}"
+        path = tmp / f"model.{formats.FORMATS[fmt].extension}"
         # Traced on one input, checked on others: a branch or value baked in at trace time shows up.
         # Dynamic batch is traced at batch >= 2 (a size-1 dim gets specialised) and checked at a second size.
         trace_shape = (max(2, shape[0]), *shape[1:]) if dynamic_batch else shape
@@ -188,7 +188,7 @@ def export(model: nn.Module, fmt: str, cache_dir: Path, *, input_shape: Sequence
         doc = {
             "schema": manifests.SCHEMA,
             "format": fmt,
-            "artifact_format": ARTIFACT_FORMATS[fmt],
+            "artifact_format": formats.FORMATS[fmt].agent_format,
             "file": path.name,
             "sha256": manifests.sha256_file(path),
             "size_bytes": path.stat().st_size,
@@ -213,7 +213,7 @@ def export(model: nn.Module, fmt: str, cache_dir: Path, *, input_shape: Sequence
             "plan_id": pid,
             "options": options,
             "cache_key": key,
-            "engine_built_on_device": fmt == "trt",
+            "engine_built_on_device": formats.FORMATS[fmt].built_on_device,
             **graph,
             "export_seconds": round(export_seconds, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -62,6 +62,15 @@ def stub_agent(tmp_path: pathlib.Path, name: str, body: str) -> pathlib.Path:
     return path
 
 
+def stub_result(sshd_server: SSHServer, tmp_path: pathlib.Path, name: str, body: str, job: dict) -> dict:
+    """What the transport makes of a stand-in agent's run of `job`."""
+    t = transport(sshd_server, tmp_path / "dev", agent_source=stub_agent(tmp_path, name, body))
+    try:
+        return t.run_agent(job, timeout_s=30)
+    finally:
+        t.close()
+
+
 def blob(tmp_path: pathlib.Path, size: int = 4096, name: str = "model.onnx") -> tuple[pathlib.Path, str]:
     path = tmp_path / name
     path.write_bytes(os.urandom(size))
@@ -502,12 +511,8 @@ def test_timeout_kills_the_remote_agent_and_its_children(sshd_server: SSHServer,
 
 
 def test_garbled_agent_output_is_an_error_result(sshd_server: SSHServer, tmp_path: pathlib.Path) -> None:
-    garbage = stub_agent(tmp_path, "garbage", "print('this is not json'); sys.stderr.write('boom'); sys.exit(3)\n")
-    t = transport(sshd_server, tmp_path / "dev", agent_source=garbage)
-    try:
-        result = t.run_agent({"job_id": 1}, timeout_s=30)
-    finally:
-        t.close()
+    result = stub_result(sshd_server, tmp_path, "garbage",
+                         "print('this is not json'); sys.stderr.write('boom'); sys.exit(3)\n", {"job_id": 1})
     assert result["status"] == "error"
     assert result["error"]["stage"] == "transport"
     assert "code 3" in result["error"]["message"]
@@ -531,12 +536,8 @@ def test_run_shell_runs_the_users_own_command(sshd_server: SSHServer, tmp_path: 
 
 
 def test_agent_killed_by_a_signal_is_an_error_result(sshd_server: SSHServer, tmp_path: pathlib.Path) -> None:
-    doomed = stub_agent(tmp_path, "doomed", "import signal; os.kill(os.getpid(), signal.SIGKILL)\n")
-    t = transport(sshd_server, tmp_path / "dev", agent_source=doomed)
-    try:
-        result = t.run_agent({"job_id": 7}, timeout_s=30)
-    finally:
-        t.close()
+    result = stub_result(sshd_server, tmp_path, "doomed", "import signal; os.kill(os.getpid(), signal.SIGKILL)\n",
+                         {"job_id": 7})
     assert result["status"] == "error" and result["error"]["stage"] == "transport"
     # "killed by a signal" from sshd's exit-signal, or "code 137 (128 + SIGKILL ...)" when the
     # login shell (dash) forked instead of exec'ing the command

@@ -56,8 +56,7 @@ def deit() -> dict:
     # Random LayerNorm/bias values: with timm's init (all ones / zeros) the ONNX optimiser stores identical
     # tensors once, which would blur the "graph carries exactly the module's weights" count below.
     randomize_norms(original)
-    plan = snp_core.make_plan(original, NAME, snp_core.ratios.resolve("paper", NAME), snp_core.get_criterion("l2"),
-                              progress=False)
+    plan = snp_core.make_plan(original, NAME, snp_core.ratios.resolve("paper", NAME), snp_core.get_criterion("l2"))
     pruned = snp_core.prune(original, plan)
     return {"original": original, "pruned": pruned, "plan": plan}
 
@@ -365,7 +364,7 @@ def test_unknown_format_is_a_one_line_error_listing_the_formats(tiny: nn.Module,
         exporters.export(tiny, "tflite", tmp_path)
     message = str(err.value)
     assert "\n" not in message and "'tflite'" in message
-    assert all(fmt in message for fmt in exporters.FORMATS) and exporters.FORMATS == ("torchscript", "pt2", "onnx",
+    assert all(fmt in message for fmt in exporters.FORMATS) and exporters.FORMATS == ("onnx", "torchscript", "pt2",
                                                                                        "trt")
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     with pytest.raises(ExportError, match="^bad plan: PlanError: plan file .* does not exist$"):
