@@ -26,8 +26,9 @@ from .pruner import kept_widths, load, make_plan, prune, save, score_groups, sel
 __version__ = "0.1.0"
 
 __all__ = [
-    "ADAPTERS", "CRITERIA", "HEAD_CRITERIA", "CalibrationError", "HeadImportance", "Importance", "Plan", "PlanError",
+    "ADAPTERS", "CRITERIA", "CalibrationError", "HEAD_CRITERIA", "HeadImportance", "Importance", "Plan", "PlanError",
     "PrunedAttention", "RatioError", "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for",
-    "calibration", "count_macs", "count_params", "create", "criterion_from_options", "get_criterion", "get_head_criterion", "kept_widths", "load",
-    "make_plan", "models", "prune", "ratios", "save", "score_groups", "select", "summary",
+    "calibration", "count_macs", "count_params", "create", "criterion_from_options", "get_criterion",
+    "get_head_criterion", "kept_widths", "load", "make_plan", "models", "prune", "ratios", "save", "score_groups",
+    "select", "summary",
 ]

@@ -1,6 +1,6 @@
 """Calibration images for the activation-based Q/K criterion.
 
-The paper scores Q/K pairs on 64 training images (SNP_SPEC §2.3). Sources, in
+The paper scores Q/K pairs on 64 training images (docs/method.md §2.3). Sources, in
 order of preference:
 
 * a folder of images (ImageFolder layout ``root/<class>/<img>``, or flat): a

@@ -1,4 +1,4 @@
-"""Fine-tuning after pruning, with the paper's recipe (SNP_SPEC §8) built from timm's own factories.
+"""Fine-tuning after pruning, with the paper's recipe (docs/method.md §8) built from timm's own factories.
 
 SNP's ``train.py`` is DeiT's training script with the distillation removed; the defaults in
 `Recipe` are that script's settings as the SNP README runs it:
@@ -83,7 +83,7 @@ class DataError(SNPError):
 
 @dataclass
 class Recipe:
-    """SNP_SPEC §8 defaults (see the module docstring for where each comes from)."""
+    """docs/method.md §8 defaults (see the module docstring for where each comes from)."""
 
     epochs: int = 300
     batch_size: int = 256            # per process; the paper: 256 x 8 GPUs = 2048
@@ -152,7 +152,7 @@ def load_model(spec: str | Path, weights: str = "pretrained", num_classes: int |
         name, kwargs = str(spec), ({"num_classes": num_classes} if num_classes is not None else {})
         model = models.create(name, weights, **{**kwargs, **train_kwargs})
         try:
-            plan = make_plan(model, name, {}, get_criterion("l2"), progress=False, model_kwargs=kwargs)
+            plan = make_plan(model, name, {}, get_criterion("l2"), model_kwargs=kwargs)
         except UnsupportedModelError:
             plan = None
     return model, plan, {"model": name, "model_kwargs": kwargs}
@@ -460,6 +460,28 @@ def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
     return 0
 
 
+def train_step(task: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, target: torch.Tensor,
+               grad_clip: float | None = None, autocast=None, epoch: int | None = None) -> torch.Tensor:
+    """One update of `task` (a timm training task from `build_task`): loss, backward, clip, step.
+
+    The one training step of this module, public so that small experiments (e.g. the
+    digits ablation) train with exactly the recipe's step instead of a copy. `autocast`
+    (a context manager) wraps the forward pass only; a non-finite loss stops training
+    before it reaches the weights (`epoch` only names where). Returns the detached loss.
+    """
+    with autocast if autocast is not None else nullcontext():
+        loss = task(images, target)["loss"]
+    if not math.isfinite(loss.item()):
+        where = f" at epoch {epoch}" if epoch is not None else ""
+        raise RuntimeError(f"loss is {loss.item()}{where}; stopping")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(task.trainable_module.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def finetune(model_spec: str | Path, data_root: Path, out: Path, recipe: Recipe | None = None,
              weights: str = "pretrained", teacher: str | Path | None = None, teacher_weights: str = "pretrained",
              resume: Path | None = None, device: str | None = None) -> dict:
@@ -575,16 +597,7 @@ def _finetune(d: Dist, model_spec, data_root: Path, out: Path, recipe: Recipe, w
             images, target = images.to(d.device, non_blocking=True), target.to(d.device, non_blocking=True)
             if mixup is not None:
                 images, target = mixup(images, target)
-            with _autocast(d, recipe.amp):
-                result = task(images, target)
-            loss = result["loss"]
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"loss is {loss.item()} at epoch {epoch}; stopping")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
+            loss = train_step(task, optimizer, images, target, recipe.grad_clip, _autocast(d, recipe.amp), epoch)
             if ema is not None:
                 ema.update(student)
             loss_sum += loss.item() * images.shape[0]

@@ -1,7 +1,7 @@
 """Counting MACs and parameters the way the paper does.
 
 The paper's GFLOPs are multiply-accumulates of the matrix products only
-(SNP_SPEC §7.1): patch embedding, qkv, q·kᵀ, attn·v, proj, fc1, fc2 and head.
+(docs/method.md §7.1): patch embedding, qkv, q·kᵀ, attn·v, proj, fc1, fc2 and head.
 Norms, softmax, GELU, adds and biases are not counted. `count_macs` runs one
 forward pass with hooks on the modules that do those products: every
 ``nn.Linear`` and ``nn.Conv2d``, plus the attention modules that adapters register

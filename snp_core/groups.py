@@ -5,9 +5,9 @@ that are removed together by one ratio: the query/key pairs of every head of one
 attention layer (``kind="qk"``), its value neurons (``"v"``), the hidden neurons
 of one MLP (``"ffn"``), the residual-stream channels shared by the whole
 network (``"embed"``), or the whole heads of one attention layer (``"heads"``,
-conventional head pruning, SNP_SPEC §6). For per-head kinds, `width` is the width
+conventional head pruning, docs/method.md §6). For per-head kinds, `width` is the width
 of ONE head and every head keeps the same count, so the ``(B, N, H, head_dim)``
-reshape stays valid (SNP_SPEC §2.3, "Per-head count"). A per-head group whose
+reshape stays valid (docs/method.md §2.3, "Per-head count"). A per-head group whose
 layer also has a ``"heads"`` group names it in `head_group`: its kept lists then
 cover only the surviving heads.
 """
@@ -34,7 +34,7 @@ class Group:
     def kept_width(self, ratio: float, round_to: int | None = None) -> int:
         """Neurons kept (per head for per-head kinds) when `ratio` of them are removed.
 
-        Removed count = ``round(ratio * width)`` as in the paper's ratio files (SNP_SPEC
+        Removed count = ``round(ratio * width)`` as in the paper's ratio files (docs/method.md
         §7.3). With `round_to`, the kept width is then rounded to the nearest multiple
         of it (at least one multiple, at most the full width), because GEMM kernels
         run fastest on widths that fill their tiles. Head counts are never rounded:

@@ -1,4 +1,4 @@
-"""Whole-head importance: which heads of an attention layer to keep (SNP_SPEC §6).
+"""Whole-head importance: which heads of an attention layer to keep (docs/method.md §6).
 
 The paper combines SNP with conventional head pruning for its DeiT-B 3.5 GMACs
 model but publishes no head criterion. Two are offered here, as small
@@ -9,7 +9,7 @@ ablation`` compares them (and a random ranking):
   i.e. how strongly the head can write into the residual stream. Data-free, and
   comparable across heads because every head feeds the same projection.
 * `QKScoreSum`: the sum of the head's Q/K pair scores from the neuron criterion
-  (for SNP: Σ_i ω^h_{as,i}, SNP_SPEC §6). For SNP this sums cosines to the head's
+  (for SNP: Σ_i ω^h_{as,i}, docs/method.md §6). For SNP this sums cosines to the head's
   top singular components, so it grows with how many components hold the head's
   energy: a measure of how spread the head's attention structure is, not of its
   magnitude.

@@ -4,7 +4,7 @@ Each criterion is a small class with one method per group kind, in the style of
 Torch-Pruning's ``importance.py``; the pruner asks it for scores and keeps the
 highest. Higher score = more important = kept.
 
-* `SNPImportance` is the paper's criterion (SNP_SPEC §2–§5).
+* `SNPImportance` is the paper's criterion (docs/method.md §2–§5).
 * `L2Importance`, `RandomImportance` and `ReverseImportance` are the baselines of
   the paper's ablation (ℓ2-norm, random, SNP's ranking inverted).
 
@@ -69,7 +69,7 @@ class Importance(ABC):
 def attention_score_pairs(
     q: torch.Tensor, k: torch.Tensor, gamma: float | int = 0.9, weighting: str = "none"
 ) -> torch.Tensor:
-    """SNP's Q/K pair importance ω_as (SNP_SPEC §2.1), per image and head: ``[B, H, d]``.
+    """SNP's Q/K pair importance ω_as (docs/method.md §2.1), per image and head: ``[B, H, d]``.
 
     ω_i = Σ_{j≤γ} |cos(ũ_j, Q_i)| · |cos(ṽ_j, K_i)|, the cheap exact form (§2.2) of
     the cosine between the rank-one term ``Q_i K_iᵀ`` and the top singular
@@ -81,7 +81,7 @@ def attention_score_pairs(
     ``ũ_jᵀ Q_i = (Umᵀ Rq)_{j,i}`` and ``‖Q_i‖ = ‖Rq[:, i]‖``: everything happens in
     d dimensions (DeiT-B: a 64×64 SVD instead of 197×197). Computed in float64.
 
-    `gamma` [INF, SNP_SPEC §2.3]: an int is a fixed number of singular components;
+    `gamma` [INF, docs/method.md §2.3]: an int is a fixed number of singular components;
     a float in (0, 1] keeps, per image and head, the fewest components that hold
     that fraction of Σσ² (default 0.9: the dominant structure, whatever its rank).
     `weighting` [INF, §2.2 caveat]: ``"none"`` is the paper's formula (magnitudes
@@ -124,7 +124,7 @@ def _component_weights(sigma: torch.Tensor, gamma: float | int, weighting: str) 
 
 
 def redundancy(rows: torch.Tensor) -> torch.Tensor:
-    """Inter-neuron redundancy score (SNP_SPEC §3): ω_i = Σ_l (1 − |cos(w_i, w_l)|).
+    """Inter-neuron redundancy score (docs/method.md §3): ω_i = Σ_l (1 − |cos(w_i, w_l)|).
 
     Low ω = nearly collinear with many others = redundant = pruned first. The sum runs
     over every row given (for values: all neurons of all heads, hence "inter-head");
@@ -136,7 +136,7 @@ def redundancy(rows: torch.Tensor) -> torch.Tensor:
 
 
 def tss(scores: torch.Tensor) -> torch.Tensor:
-    """Total-sum scaling (SNP_SPEC §5): scores / their sum, so layers become comparable."""
+    """Total-sum scaling (docs/method.md §5): scores / their sum, so layers become comparable."""
     return scores / scores.sum().clamp_min(_EPS)
 
 
@@ -164,7 +164,7 @@ class SNPImportance(Importance):
     * Values and MLP hidden neurons: inter-head redundancy of their weight rows
       (`redundancy`, data-free).
     * Residual channels: `channel_score` of each producer's output-channel rows
-      (``"redundancy"``, the default [INF, §5: the spec's suggestion], or ``"l2"``),
+      (``"redundancy"``, the default [INF, docs/method.md §5: the suggested reading], or ``"l2"``),
       TSS-normalised per producer and averaged over producers (policy AVERAGE).
     """
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import models, ratios as ratio_sources
+from . import models
+from . import ratios as ratio_sources
 from .adapters import Adapter, adapter_for
 from .errors import PlanError
 from .flops import count_macs, count_params
@@ -28,6 +28,9 @@ from .plan import PLAN_FILE, WEIGHTS_FILE, Plan
 
 log = logging.getLogger(__name__)
 
+#: Told ``(batches done, batches in all)`` as calibration runs; the command line draws a bar from it.
+Progress = Callable[[int, int], None]
+
 
 def kept_widths(groups: list[Group], ratios: Mapping[str, float], round_to: int | None = None) -> dict[str, int]:
     """Kept width of every group (per head for per-head kinds)."""
@@ -36,7 +39,7 @@ def kept_widths(groups: list[Group], ratios: Mapping[str, float], round_to: int 
 
 @torch.inference_mode()
 def collect_qk_scores(model: nn.Module, adapter: Adapter, criterion: Importance, images: torch.Tensor,
-                      batch_size: int = 16, progress: bool = True) -> dict[str, torch.Tensor]:
+                      batch_size: int = 16, progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """Per-image Q/K pair scores ``[num_images, H, d]`` for every qk group.
 
     Hooks capture q and k where the adapter says they are; the criterion scores
@@ -54,8 +57,11 @@ def collect_qk_scores(model: nn.Module, adapter: Adapter, criterion: Importance,
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc="calibrating", unit="batch", disable=not progress):
+        starts = range(0, len(images), batch_size)
+        for done, start in enumerate(starts, 1):
             model(images[start:start + batch_size])
+            if progress:
+                progress(done, len(starts))
     finally:
         model.train(was_training)
         for h in handles:
@@ -72,7 +78,7 @@ def _top(scores: torch.Tensor, kept: int) -> list:
 
 def score_groups(model: nn.Module, adapter: Adapter, criterion: Importance, images: torch.Tensor | None = None,
                  head_criterion: HeadImportance | str = "proj_l1", batch_size: int = 16,
-                 progress: bool = True) -> dict[str, torch.Tensor]:
+                 progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """The importance of every neuron of every group (higher = keep).
 
     ``[H, d]`` for per-head kinds, ``[width]`` otherwise (heads: one score per head).
@@ -110,7 +116,7 @@ def select(groups: list[Group], scores: Mapping[str, torch.Tensor], widths: Mapp
     """Kept indices per group: the `widths` highest scores.
 
     Heads go first; the neurons of a per-head group are then chosen within the
-    surviving heads only (SNP on the heads that head pruning kept, SNP_SPEC §6).
+    surviving heads only (SNP on the heads that head pruning kept, docs/method.md §6).
     """
     keep = {g.name: _top(scores[g.name], widths[g.name]) for g in groups if g.kind == "heads"}
     for g in groups:
@@ -124,7 +130,7 @@ def select(groups: list[Group], scores: Mapping[str, torch.Tensor], widths: Mapp
 
 def make_plan(model: nn.Module, model_name: str, ratios: Mapping[str, float], criterion: Importance,
               images: torch.Tensor | None = None, calibration_info: dict | None = None,
-              round_to: int | None = None, batch_size: int = 16, progress: bool = True,
+              round_to: int | None = None, batch_size: int = 16, progress: Progress | None = None,
               model_kwargs: dict | None = None, head_criterion: str = "proj_l1",
               scores: Mapping[str, torch.Tensor] | None = None) -> Plan:
     """Score `model` with `criterion` and keep, per group, the neurons `ratios` leave.

@@ -122,7 +122,7 @@ def _number(value: object, key: object, where: str) -> float:
 
 
 def _from_paper_keys(doc: dict, where: str) -> Ratios:
-    """Map the paper's fx node names to group names (SNP_SPEC §7.2)."""
+    """Map the paper's fx node names to group names (docs/method.md §7.2)."""
     ratios: Ratios = {}
     adds = []
     for key, value in doc.items():

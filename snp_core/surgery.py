@@ -63,7 +63,7 @@ def slice_norm(norm: nn.Module, idx: torch.Tensor) -> None:
     """Keep channels `idx` of a LayerNorm (affine or not); an Identity is left alone.
 
     LayerNorm then normalises over fewer channels, so its statistics change; SNP
-    leaves that to fine-tuning (SNP_SPEC §5, "nn.LayerNorm handling").
+    leaves that to fine-tuning (docs/method.md §5, "nn.LayerNorm handling").
     """
     if isinstance(norm, nn.Identity):
         return

@@ -8,31 +8,60 @@ from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 import snp_core
+from snp_core.adapters import VitAdapter
 
 
 def tiny_vit(**overrides) -> VisionTransformer:
-    """A 2-block timm VisionTransformer on 32x32 images: real code path, fast."""
-    cfg = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_ratio=4.0, num_classes=10)
+    """A 2-block timm VisionTransformer on 32x32 images (`VitAdapter.tiny`, with `overrides`): real code path, fast."""
+    cfg = dict(VitAdapter.tiny[1], mlp_ratio=4.0)
     cfg.update(overrides)
     torch.manual_seed(0)
     return VisionTransformer(**cfg).eval()
 
 
-def randomize_norms(model: torch.nn.Module) -> None:
-    """Non-trivial LayerNorm/LayerScale/bias values so slicing errors cannot hide behind 1s and 0s."""
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial values wherever timm starts at 1s and 0s, so slicing errors cannot hide behind them.
+
+    Every parameter but the Linear/conv weight matrices (norms, biases, LayerScale
+    gammas, tokens, position embeddings, attention biases) and BatchNorm running
+    statistics. Caches built from parameters (timm's attention-bias cache) are reset.
+    """
     g = torch.Generator().manual_seed(1)
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1 or name.endswith("gamma") or "token" in name or "pos_embed" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+            if id(p) not in matrices:
+                one = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5 + one)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.2 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return model.train(model.training)
+
+
+def flop_counter_macs(model: nn.Module, input_size: tuple[int, ...] | None = None) -> int:
+    """MACs of one image by torch's FlopCounterMode (FLOPs / 2), independently of `snp_core.count_macs`.
+
+    Attention runs through SDPA's math backend, whose matmuls the counter sees (it has no
+    formula for the fused CPU kernel).
+    """
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH), torch.inference_mode():
+        model(torch.zeros(1, *(input_size or snp_core.models.input_size(model))))
+    return counter.get_total_flops() // 2
 
 
 def uniform_plan(model, name: str, criterion: str = "l2", **ratios) -> snp_core.Plan:
     adapter = snp_core.adapter_for(model, name)
     return snp_core.make_plan(model, name, snp_core.ratios.uniform(adapter.groups(), **ratios),
-                              snp_core.get_criterion(criterion), progress=False)
+                              snp_core.get_criterion(criterion))
 
 
 def tiny_sweep_toml(store_dir, artifacts, devices: str, *, iterations: int = 5, min_seconds: float = 0.0,
@@ -87,11 +116,12 @@ runtimes = {runtimes}
 """
 
 
-def local_device(name: str, workdir: Path, python: str = sys.executable) -> str:
+def local_device(name: str, workdir: Path, python: str = sys.executable, label: str = "") -> str:
+    label_line = f"label = {json.dumps(label)}\n" if label else ""
     return f"""
 [devices.{name}]
 kind = "local"
-python = "{python}"
+{label_line}python = "{python}"
 workdir = {json.dumps(str(workdir))}
 runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
 """

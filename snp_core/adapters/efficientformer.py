@@ -1,6 +1,6 @@
 """timm EfficientFormer (efficientformer_l1, _l3, _l7): Meta4D conv blocks, then Meta3D attention blocks.
 
-Groups (SNP_SPEC §11: the §2–§5 criteria applied to EfficientFormer):
+Groups (docs/method.md §11: the §2–§5 criteria applied to EfficientFormer):
 
 * ``stages.<s>.embed`` (s = 0..3): the residual channel width of stage s, one
   group per stage (the downsampling conv between stages changes the width, so
@@ -49,7 +49,7 @@ from ..errors import UnsupportedModelError
 from ..flops import register_attention
 from ..groups import Group
 from ..models import input_size
-from .base import Adapter, Keep
+from .base import Adapter, Keep, zero_outputs
 
 
 class PrunedMeta3DAttention(Attention):
@@ -63,7 +63,7 @@ class PrunedMeta3DAttention(Attention):
       whenever the module enters eval mode or loads weights, instead of timm's
       per-device dict cache that timm bypasses while tracing. Exported graphs then
       hold the table as a constant instead of gathering ``attention_biases`` at run
-      time (DESIGN §3: no index ops in the pruned graph). Training indexes the
+      time (docs/design.md §3: no index ops in the pruned graph). Training indexes the
       learned biases live, as timm does. Like timm's cache, the table does not see
       in-place edits of ``attention_biases`` made while in eval mode until the next
       ``eval()`` or ``load_state_dict``.
@@ -130,6 +130,9 @@ def _conv_macs(conv: nn.Conv2d, pixels: int, in_channels: int, out_channels: int
 class EfficientFormerAdapter(Adapter):
     family = "efficientformer"
     covers = "efficientformer (timm EfficientFormer: efficientformer_l1, efficientformer_l3, efficientformer_l7)"
+    # L1 with one block per stage and 16..48 channels; the last stage is Meta4D, Flat, Meta3D (timm's 8 heads of
+    # key_dim 32, val_dim 128). 224x224 input: the attention biases are fixed at 7x7 tokens.
+    tiny = ("efficientformer_l1", dict(depths=(1, 1, 1, 2), embed_dims=(16, 24, 32, 48), num_classes=10))
 
     @classmethod
     def claims(cls, model: nn.Module) -> bool:
@@ -286,6 +289,29 @@ class EfficientFormerAdapter(Adapter):
             if isinstance(head, nn.Linear):
                 total += tokens * previous * head.out_features
         return total
+
+    def zero_neuron(self, group, neuron):
+        parts = group.split(".")
+        kind, s = parts[-1], int(parts[1])
+        if kind == "embed":
+            if s == len(self.model.stages) - 1:
+                raise NotImplementedError("the last stage's channels are normalised by LayerNorms (Meta3D blocks, the "
+                                          "final norm): a cut channel changes the statistics over the others")
+            # BatchNorm is per channel: with the stage's BN zeroed the channel leaves the stage conv as 0, the
+            # Pooling mixer keeps it 0, zeroed LayerScales add 0 to it, so every reader of it multiplies 0.
+            zero_outputs(self.model.stem.norm2 if s == 0 else self.model.stages[s].downsample.norm, neuron)
+            with torch.no_grad():
+                for _, blk in self._blocks(s):
+                    blk.ls1.gamma[neuron] = blk.ls2.gamma[neuron] = 0
+            return
+        blk = self._block(group)
+        if kind == "ffn":  # the activation's input is 0 (Meta4D: the BN after fc1 outputs 0), GELU(0) = 0
+            zero_outputs(blk.mlp.norm1 if isinstance(blk, MetaBlock2d) else blk.mlp.fc1, neuron)
+            return
+        attn, (h, i) = blk.token_mixer, neuron
+        base = h * (2 * attn.key_dim + attn.val_dim)
+        # qk: the pair's q and k rows (q_i·k_i = 0); v: the value's row (its proj input is 0)
+        zero_outputs(attn.qkv, [base + i, base + attn.key_dim + i] if kind == "qk" else [base + 2 * attn.key_dim + i])
 
     # -- surgery -------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """timm VisionTransformer (DeiT, DeiT-III, ViT) with the standard `Attention`.
 
-Groups (SNP_SPEC §1):
+Groups (docs/method.md §1):
 
 * ``embed``: the residual stream, one group for the whole network, cut with the
   same indices everywhere: patch-embed conv outputs, cls/dist/reg tokens,
@@ -11,7 +11,7 @@ Groups (SNP_SPEC §1):
 * ``blocks.<b>.v``: value neurons of block b, per head, plus proj input columns.
 * ``blocks.<b>.ffn``: hidden neurons of block b's MLP (fc1 rows, fc2 columns).
 * ``blocks.<b>.heads``: whole heads of block b (conventional head pruning,
-  SNP_SPEC §6): a removed head loses its q, k and v rows and its proj columns.
+  docs/method.md §6): a removed head loses its q, k and v rows and its proj columns.
   The qk and v groups then keep neurons of the surviving heads only. Plans
   without this group keep every head.
 
@@ -34,7 +34,7 @@ from .. import surgery
 from ..errors import UnsupportedModelError
 from ..flops import register_attention
 from ..groups import Group
-from .base import Adapter, Keep
+from .base import Adapter, Keep, zero_outputs
 
 
 class PrunedAttention(nn.Module):
@@ -98,6 +98,9 @@ _HEADS = ("head", "head_dist")
 class VitAdapter(Adapter):
     family = "vit"
     covers = "vit (timm VisionTransformer with standard Attention: deit_*, deit3_*, vit_*_patch16_224)"
+    # DeiT-T cut to 2 blocks of width 48 (3 heads of 16) on 32x32 images in 8x8 patches: 17 tokens
+    tiny = ("deit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                          num_classes=10))
 
     @classmethod
     def claims(cls, model: nn.Module) -> bool:
@@ -203,6 +206,24 @@ class VitAdapter(Adapter):
             if isinstance(head, nn.Linear):
                 total += E * head.out_features
         return total
+
+    def zero_neuron(self, group, neuron):
+        kind = group.rsplit(".", 1)[-1]
+        if kind == "embed":
+            raise NotImplementedError("every LayerNorm normalises over the whole residual stream: a cut channel "
+                                      "changes the mean and variance over the others, which no zeroed weight "
+                                      "reproduces")
+        blk = self._block(group)
+        if kind == "ffn":  # GELU(0) = 0: fc2 never sees the neuron
+            zero_outputs(blk.mlp.fc1, neuron)
+            return
+        inner, d = blk.attn.num_heads * blk.attn.head_dim, blk.attn.head_dim
+        if kind == "heads":  # q = k = 0 and v = 0: the head outputs 0
+            rows = [part * inner + neuron * d + i for part in range(3) for i in range(d)]
+        else:  # qk: the pair's q and k rows (q_i·k_i = 0); v: the value's row (its proj input is 0)
+            h, i = neuron
+            rows = [h * d + i, inner + h * d + i] if kind == "qk" else [2 * inner + h * d + i]
+        zero_outputs(blk.attn.qkv, rows)
 
     # -- surgery -------------------------------------------------------------
 

@@ -46,9 +46,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     adapter = snp_core.adapter_for(model, NAME)
     criterion = snp_core.get_criterion("l2")
     ratios = snp_core.ratios.uniform(adapter.groups(), qk=0.5, v=0.25, ffn=0.5, embed=0.25)
-    plan = snp_core.make_plan(model, NAME, ratios, criterion, progress=False, model_kwargs=KWARGS)
+    plan = snp_core.make_plan(model, NAME, ratios, criterion, model_kwargs=KWARGS)
     snp_core.save(base / "pruned", snp_core.prune(model, plan), plan)
-    teacher_plan = snp_core.make_plan(model, NAME, {}, criterion, progress=False, model_kwargs=KWARGS)
+    teacher_plan = snp_core.make_plan(model, NAME, {}, criterion, model_kwargs=KWARGS)
     snp_core.save(base / "teacher", snp_core.prune(model, teacher_plan), teacher_plan)
     return {"base": base, "data": data, "pruned": base / "pruned", "teacher": base / "teacher"}
 

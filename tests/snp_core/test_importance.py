@@ -1,4 +1,4 @@
-"""The SNP formulas against their literal definitions (SNP_SPEC §2–§5)."""
+"""The SNP formulas against their literal definitions (docs/method.md §2–§5)."""
 
 import pytest
 import torch
@@ -69,7 +69,7 @@ def test_redundancy_matches_its_definition_and_ranks_duplicates_lowest():
 
 
 def test_group_average_is_tss_then_mean():
-    # the SDK's worked example (SNP_SPEC §5)
+    # the SDK's worked example (docs/method.md §5)
     a = torch.tensor([11.0, 19, 38, 25, 46])
     b = torch.tensor([0.19, 0.11, 0.17, 0.15, 0.37])
     avg = group_average([a, b])

@@ -1,4 +1,4 @@
-"""Acceptance 1: the paper's ratio files give the paper's architectures (SNP_SPEC §7)."""
+"""Acceptance 1: the paper's ratio files give the paper's architectures (docs/method.md §7)."""
 
 import json
 from pathlib import Path
@@ -9,9 +9,9 @@ import torch
 import snp_core
 from snp_core import ratios as ratio_sources
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "paper_ratios"
+PAPER_FILES_DIR = Path(__file__).resolve().parents[2] / "docs" / "paper_ratios"  # the paper repository's files
 
-# Kept widths per block, SNP_SPEC §7.3 (the expected architecture, stated by the spec).
+# Kept widths per block, docs/method.md §7.3 (the expected architecture, stated by the spec).
 EXPECTED = {
     "deit_tiny": dict(
         model="deit_tiny_patch16_224", gmacs=0.64, embed=153,
@@ -43,7 +43,7 @@ def test_paper_ratios_build_the_paper_architecture(config):
     exp = EXPECTED[config]
     model = snp_core.create(exp["model"])
     plan = snp_core.make_plan(model, exp["model"], ratio_sources.resolve(config, exp["model"]),
-                              snp_core.get_criterion("l2"), progress=False)
+                              snp_core.get_criterion("l2"))
     pruned = snp_core.prune(model, plan, inplace=True)
 
     # widths read off the real pruned modules, not off the plan
@@ -61,13 +61,12 @@ def test_paper_ratios_build_the_paper_architecture(config):
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared/paper_ratios not beside the checkout")
 @pytest.mark.parametrize("config", list(PAPER_FILES))
 def test_shipped_configs_equal_the_paper_files(config):
     model = EXPECTED[config]["model"]
-    original = ratio_sources.resolve(str(SHARED / PAPER_FILES[config]), model)
+    original = ratio_sources.resolve(str(PAPER_FILES_DIR / PAPER_FILES[config]), model)
     assert original == ratio_sources.resolve(config, model)
-    assert len(original) == 37 and json.loads((SHARED / PAPER_FILES[config]).read_text())
+    assert len(original) == 37 and json.loads((PAPER_FILES_DIR / PAPER_FILES[config]).read_text())
 
 
 def test_paper_resolves_to_the_models_first_config():
