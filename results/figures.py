@@ -15,7 +15,7 @@ itself, so a caller (or a test) can read the plotted artists back.
                            Writes nothing (``paths == []``) when none has
 :func:`speedup_bars`       speedup over the original per device/runtime group, one bar per
                            pruned variant, a 1.0× line and the MACs ratio as a marker
-                           (speedup efficiency = bar ÷ marker, DESIGN.md §3)
+                           (speedup efficiency = bar ÷ marker, docs/design.md §3)
 :func:`latency_distribution`  every measured iteration (``samples_ns``) as a violin, median,
                            IQR and p1–p99 marked: a row per device/runtime, a small panel
                            with its own ms axis per model and variant
@@ -23,13 +23,15 @@ itself, so a caller (or a test) can read the plotted artists back.
 
 Design choices
 --------------
-* No pyplot: every figure is a ``matplotlib.figure.Figure`` with an explicit Agg
-  canvas, styled inside ``matplotlib.rc_context`` so nothing leaks into the
-  caller's matplotlib state (nor from one figure into the next).
-* A panel is one (device, runtime, format, runtime options, batch size): the
-  exact set of measurements a speedup compares (``results.speedup.PAIR_KEYS``).
-  Titles show the device's label and the runtime with the artifact's file type as
-  in the paper (``.onnx``, ``.pt``, ``.trt``), plus the batch size and options only
+* The style is :mod:`results.style` (rcParams, DPI, widths, colours, markers,
+  saving): no pyplot, every figure is a ``matplotlib.figure.Figure`` with an
+  explicit Agg canvas, styled inside ``matplotlib.rc_context(STYLE)`` so nothing
+  leaks into the caller's matplotlib state (nor from one figure into the next).
+* A panel is one (device, runtime, format, runtime options, batch size).
+  Speedups (bars, arrows, labels) compare the records ``results.speedup.pair_records``
+  pairs, the same pairs as the tables. Titles show the device's label and the
+  runtime with the artifact's file type as in the paper (``.onnx``, ``.pt``,
+  ``.trt``, from the ``formats`` registry), plus the batch size and options only
   where they tell panels apart.
 * Colour = model (a fixed palette keyed by the timm name, so DeiT-T is the same
   blue in every figure and every run); the original and its pruned variants share
@@ -45,11 +47,8 @@ Design choices
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -58,53 +57,29 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.path import Path as MplPath
 from matplotlib.transforms import Bbox
 
+from formats import display_format, display_runtime
 from results.records import options_key
-from results.speedup import PAIR_KEYS, speedup_frame
+from results.speedup import options_text, pair_indices, speedup_frame
+from results.style import (
+    DOUBLE_COLUMN_IN,
+    SINGLE_COLUMN_IN,
+    STYLE,
+    VARIANT_HATCHES,
+    VARIANT_MARKERS,
+    model_colors,
+    new_figure,
+    save_figure,
+)
 
-DPI = 200
-SINGLE_COLUMN_IN = 3.3
-DOUBLE_COLUMN_IN = 7.0
+#: What tells panels apart: one panel per (device, runtime, options, format, batch size).
+PANEL_KEYS = ("device", "runtime", "options", "format", "batch_size")
 
-STYLE: dict[str, Any] = {
-    "font.family": "DejaVu Sans",
-    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-    "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 9,
-    "axes.linewidth": 0.6, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
-    "xtick.minor.width": 0.4, "ytick.minor.width": 0.4, "xtick.major.size": 3, "ytick.major.size": 3,
-    "axes.spines.top": False, "axes.spines.right": False,
-    "axes.grid": True, "grid.linewidth": 0.4, "grid.alpha": 0.5, "axes.axisbelow": True,
-    "legend.frameon": False, "legend.handletextpad": 0.4, "legend.columnspacing": 1.0, "legend.borderpad": 0.2,
-    "hatch.linewidth": 0.6, "savefig.dpi": DPI, "figure.dpi": 100,
-    "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in the PDF: editable text, accepted by publishers
-}
-
-# Colour-blind-safe (Okabe-Ito + tab10), fixed per timm model name so a model keeps its colour everywhere.
-MODEL_COLORS: dict[str, str] = {
-    "deit_tiny_patch16_224": "#0072B2",
-    "deit_small_patch16_224": "#D55E00",
-    "deit_base_patch16_224": "#009E73",
-    "deit_tiny_distilled_patch16_224": "#56B4E9",
-    "deit_small_distilled_patch16_224": "#E69F00",
-    "deit_base_distilled_patch16_224": "#7BC8A4",
-    "efficientformer_l1": "#CC79A7",
-    "vit_base_patch16_224": "#6A3D9A",
-}
-_FALLBACK_COLORS = ("#8C564B", "#BCBD22", "#17BECF", "#7F7F7F", "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728",
-                    "#9467BD", "#E377C2", "#F0E442", "#000000")
-#: Marker of the original (index 0) and of the 1st, 2nd, ... pruned variant of a model (largest MACs first).
-VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
-#: Hatching of the 1st, 2nd, ... pruned variant of a model in bar charts.
-VARIANT_HATCHES = ("", "////", "\\\\\\\\", "xxxx", "....", "----", "++++", "oo")
-
-_RUNTIME_SHORT = {"onnxruntime": "onnxruntime", "torch": "PyTorch", "tensorrt": "TensorRT"}
-_FORMAT_EXT = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2", "trt": ".trt"}
 _CRITERIA = {"snp": "SNP", "l2": "ℓ2", "random": "random", "reverse": "reverse", "plan": "plan"}
 _SIZES = {"tiny": "T", "small": "S", "medium": "M", "base": "B", "large": "L", "huge": "H"}
 
@@ -143,25 +118,6 @@ def model_label(timm_name: str) -> str:
     return timm_name
 
 
-def model_colors(models: Iterable[str]) -> dict[str, str]:
-    """Colour of each timm model: the fixed palette, else a stable hash of the name (distinct within ``models``)."""
-    colors: dict[str, str] = {}
-    unknown = []
-    for name in dict.fromkeys(models):
-        if name in MODEL_COLORS:
-            colors[name] = MODEL_COLORS[name]
-        else:
-            unknown.append(name)
-    for name in sorted(unknown):
-        start = zlib.crc32(name.encode()) % len(_FALLBACK_COLORS)
-        for i in range(len(_FALLBACK_COLORS)):
-            color = _FALLBACK_COLORS[(start + i) % len(_FALLBACK_COLORS)]
-            if color not in colors.values():
-                break
-        colors[name] = color
-    return colors
-
-
 def _gmacs_text(gmacs: float) -> str:
     return f"{gmacs:.1f}" if gmacs >= 0.1 else f"{gmacs:.2g}"
 
@@ -176,45 +132,41 @@ def variant_label(variant: str, macs: int | None) -> str:
 
 
 def _runtime_text(runtime: str, fmt: str) -> str:
-    return f"{_RUNTIME_SHORT.get(runtime, runtime)} ({_FORMAT_EXT.get(fmt, '.' + fmt)})"
+    return f"{display_runtime(runtime)} ({display_format(fmt)})"
 
 
 # --------------------------------------------------------------------------
 # Records -> one tidy frame
 # --------------------------------------------------------------------------
 
-def _job(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    extra = record.get("extra") or {}
-    job = extra.get("job") if isinstance(extra, Mapping) else None
-    return job if isinstance(job, Mapping) else {}
-
-
 def plot_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per ok record with a median, with the panel, labels, colour and marker each figure uses.
 
     Rows come in panel order (devices in the order the run measured them), then
     models by size (smallest original first, as the paper's table), then original
-    first and pruned variants by decreasing MACs.
+    first and pruned variants by decreasing MACs. ``record_index`` is the row's
+    position in `records`, ``base_index`` that of the record it is compared with
+    (:func:`results.speedup.pair_indices`; -1 for none).
     """
+    bases = dict(pair_indices(records))
     rows = []
-    for r in records:
+    for i, r in enumerate(records):
         if r.get("status") != "ok" or r.get("median_ms") is None:
             continue
-        job = _job(r)
-        top1 = job.get("top1")
+        top1 = r.get("top1")
         rows.append({
             "model": r["model"], "variant": r["variant"], "device": r["device"],
-            "device_label": str(job.get("device_label") or r["device"]), "runtime": r["runtime"],
-            "format": r["format"], "options": json.dumps(r.get("runtime_options") or {}, sort_keys=True),
+            "device_label": str(r.get("device_label") or r["device"]), "runtime": r["runtime"],
+            "format": r["format"], "options": options_text(r.get("runtime_options")),
             "options_text": options_key(r.get("runtime_options") or {}), "batch_size": int(r["batch_size"]),
             "macs": r.get("macs"), "params": r.get("params"), "median_ms": float(r["median_ms"]),
             "samples_ns": r.get("samples_ns") or [], "top1": None if top1 is None else float(top1),
-            "entry": job.get("entry"),
+            "entry": r.get("entry"), "record_index": i, "base_index": bases.get(i, -1),
         })
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
-    df["panel"] = list(zip(*(df[k] for k in PAIR_KEYS[1:])))  # device, runtime, options, format, batch_size
+    df["panel"] = list(zip(*(df[k] for k in PANEL_KEYS)))
     df["panel_label"] = _panel_labels(df)
     size = df.groupby("model")["params"].max().fillna(0)
     df["model_rank"] = df["model"].map({m: i for i, m in enumerate(size.sort_values(kind="stable").index)})
@@ -272,14 +224,8 @@ def _point_labels(df: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------
 
 def _figure(width: float, height: float) -> Figure:
-    """A constrained-layout figure on its own Agg canvas (no pyplot, no global backend switch).
-
-    The height is rounded up to a whole 1/8 in (25 px at 200 dpi, exact in binary) so
-    the PNG is exactly ``figsize × DPI`` pixels.
-    """
-    height = math.ceil(height * 8 - 1e-9) / 8
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
+    """`results.style.new_figure` (height in whole 1/8 in: exact pixels) with this module's tight paddings."""
+    fig = new_figure(width, height)
     fig.get_layout_engine().set(w_pad=0.03, h_pad=0.03, wspace=0.03, hspace=0.05)
     return fig
 
@@ -291,17 +237,7 @@ def _grid_shape(n_panels: int) -> tuple[int, int]:
 
 
 def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=DPI)
-    fonttools = logging.getLogger("fontTools")  # PDF font subsetting logs every table at INFO
-    level = fonttools.level
-    fonttools.setLevel(logging.WARNING)
-    try:
-        fig.savefig(paths[1], metadata={"Creator": "snp-bench results/figures.py"})
-    finally:
-        fonttools.setLevel(level)
-    return paths
+    return save_figure(fig, out_dir, stem, creator="snp-bench results/figures.py")
 
 
 def _plain_log_axis(axis: Any, span: float) -> None:
@@ -408,10 +344,9 @@ def _panels(df: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def _arrow_rows(df: pd.DataFrame) -> list[tuple[int, int]]:
-    """(original row, pruned row) of df for each pruned point whose original is in the same panel."""
-    index = {(p, m, v): i for i, p, m, v in zip(df.index, df["panel"], df["model"], df["variant"])}
-    return [(index[(p, m, "original")], i) for i, p, m, v in zip(df.index, df["panel"], df["model"], df["variant"])
-            if v != "original" and (p, m, "original") in index]
+    """(base row, pruned row) of df for each pruned point whose base (`results.speedup` pairing) is plotted too."""
+    row_of = dict(zip(df["record_index"], df.index))
+    return [(row_of[b], i) for i, b in zip(df.index, df["base_index"]) if b in row_of]
 
 
 def _bubble_figure(df: pd.DataFrame, x: str, y: str, size: str, xlabel: str, ylabel: str, size_text: str,
@@ -584,14 +519,14 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], out_dir: Path | st
 # --------------------------------------------------------------------------
 
 def _pairs(records: Sequence[Mapping[str, Any]], df: pd.DataFrame) -> pd.DataFrame:
-    """speedup_frame's original/pruned pairs (the tables' pairing), with the plot frame's labels and colours."""
+    """speedup_frame's pairs (the tables' pairing), with the plot frame's labels and colours."""
     pairs = speedup_frame(list(records))
     if pairs.empty:
         return pairs
-    pairs["panel"] = list(zip(*(pairs[k] for k in PAIR_KEYS[1:])))
-    info = df[["panel", "model", "variant", "panel_label", "panel_rank", "label", "color", "hatch", "model_rank",
+    info = df[["record_index", "panel_label", "panel_rank", "label", "color", "hatch", "model_rank",
                "variant_rank"]]
-    return pairs.merge(info, on=["panel", "model", "variant"]).sort_values(
+    pairs = pairs.drop(columns=[c for c in info.columns if c != "record_index" and c in pairs])  # the record's label
+    return pairs.merge(info, on="record_index").sort_values(
         ["panel_rank", "model_rank", "variant_rank"], kind="stable").reset_index(drop=True)
 
 

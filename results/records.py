@@ -5,7 +5,7 @@ sweep planned and the result document the device agent (``devices/agent.py``)
 or a transport's ``error_result`` sent back.  Every job yields exactly one
 record: a failed job, whether the agent reported the failure itself or the
 transport did (crash, kill, timeout, garbled output), gives an *error record*,
-never nothing (DESIGN.md sections 4 and 5).  The keys of a record are exactly
+never nothing (docs/design.md §4 and §5).  The keys of a record are exactly
 the columns of the ``records`` table in ``results/store.py``; the store only
 encodes the JSON ones.
 
@@ -22,19 +22,29 @@ run_id             str        the sweep (``runs`` table), e.g. ``20261124-121530
 job_key            str        unique within a run, see :func:`job_key`; ``--resume`` skips ok keys
 model              str        timm model name, e.g. ``deit_tiny_patch16_224``
 variant            str        ``original`` or the pruning config, e.g. ``snp:deit_tiny``
-artifact_sha256    str        sha256 of the timed artifact (64 lower-case hex digits)
+entry              str|None   the ``bench.toml`` model entry, e.g. ``deit_tiny_snp`` (None when the job
+                              came from no entry)
+base_entry         str|None   pruned models: the entry they are compared against (the ``base`` of
+                              their ``bench.toml`` entry); None for originals and for records
+                              made before schema 3 (see ``results.speedup.pair_records``)
+label              str|None   the entry's display label (``label`` in ``bench.toml``), None if unset
+artifact_sha256    str        sha256 of the timed artifact (64 lower-case hex digits); empty
+                              when the export failed (error_stage ``export``)
 format             str        artifact format: ``onnx``, ``torchscript``, ``pt2``, ...
 artifact_path      str|None   where the artifact was on the host (informative only)
 device             str        device name from ``bench.toml``
+device_label       str|None   the device's display label (``label`` in ``bench.toml``), None if unset
 runtime            str        ``onnxruntime`` | ``torch`` | ``tensorrt``
 runtime_options    dict       options given to the runtime (threads, provider, precision, ...)
 batch_size         int        batch size (first dimension of the input)
 input_shape        list|None  full input shape, batch first
 macs               int|None   multiply-accumulates of one forward pass (exporter manifest)
 params             int|None   parameter count (exporter manifest)
+top1               float|None the entry's known Top-1 accuracy in %, None if unknown
 status             str        ``ok`` or ``error``
 error_stage        str|None   on error: agent stage (parse, lock, verify, load, build, warmup,
-                              measure), ``transport``, ``timeout``, ``record`` (the result
+                              measure), ``export`` (the artifact could not be made on the
+                              host), ``connect``, ``transport``, ``timeout``, ``record`` (the result
                               was inconsistent, see :func:`make_record`), or ``unknown`` (the
                               result named no stage)
 error_type         str|None   on error: exception class name (``TransportError`` for transports)
@@ -64,6 +74,7 @@ agent_version      str|None   the agent's version (None when the transport faile
 extra              dict       everything else, kept so nothing is lost: job_id, timer, settings,
                               backend, warmup, measure, timings_s, transport (name,
                               returncode, wall_s), the error traceback, unknown fields
+                              (unknown job keys under ``job``)
 =================  =========  ==================================================================
 
 Statistics are the agent's own (it has every sample); they are copied as they
@@ -76,11 +87,12 @@ import json
 import re
 from typing import Any, Mapping
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: entry, base_entry, label, device_label and top1 are columns, no longer extra["job"]
 
 RECORD_FIELDS: tuple[str, ...] = (
-    "run_id", "job_key", "model", "variant", "artifact_sha256", "format", "artifact_path", "device", "runtime",
-    "runtime_options", "batch_size", "input_shape", "macs", "params",
+    "run_id", "job_key", "model", "variant", "entry", "base_entry", "label", "artifact_sha256", "format",
+    "artifact_path", "device", "device_label", "runtime", "runtime_options", "batch_size", "input_shape", "macs",
+    "params", "top1",
     "status", "error_stage", "error_type", "error_message", "stderr_tail",
     "n", "min_ms", "median_ms", "mean_ms", "max_ms", "p90_ms", "p99_ms", "std_ms", "cv",
     "samples_ns", "providers", "provider_fallback", "env", "warnings",
@@ -103,8 +115,8 @@ _CONSUMED_RESULT_KEYS = frozenset({
     "started_utc", "finished_utc", "agent_version", "transport", "runtime", "format", "artifact_sha256",
 })
 _ARTIFACT_KEYS = frozenset({"sha256", "format", "path", "macs", "params"})
-_JOB_KEYS = frozenset({"job_key", "model", "variant", "artifact", "device", "runtime", "runtime_options",
-                       "batch_size", "input_shape"})
+_JOB_KEYS = frozenset({"job_key", "model", "variant", "entry", "base", "label", "artifact", "device",
+                       "device_label", "runtime", "runtime_options", "batch_size", "input_shape", "top1"})
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -195,34 +207,48 @@ def _stats_fields(stats: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _identity(run_id: str, job: Mapping[str, Any], git_rev: str) -> dict[str, Any]:
-    """The fields that come from the planned job, validated: they key the record, so they must be sound."""
+def _optional_text(value: Any) -> str | None:
+    """A descriptive job field (entry, base, labels): its text, None when absent or empty."""
+    return None if value is None or str(value) == "" else str(value)
+
+
+def _identity(run_id: str, job: Mapping[str, Any], git_rev: str, exported: bool = True) -> dict[str, Any]:
+    """The fields that come from the planned job, validated: they key the record, so they must be sound.
+
+    `exported` is False for a job whose artifact could not be made: its sha256 is then empty.
+    """
     artifact = job.get("artifact")
     if not isinstance(artifact, Mapping):
         raise RecordError("job['artifact'] must be an object with sha256 and format")
     sha = str(artifact.get("sha256") or "").lower()
-    if not _SHA256_RE.match(sha):
+    if not (_SHA256_RE.match(sha) or (sha == "" and not exported)):
         raise RecordError(f"job['artifact']['sha256'] is not a sha256 hex digest: {artifact.get('sha256')!r}")
     options = job.get("runtime_options") or {}
     if not isinstance(options, Mapping):
         raise RecordError(f"job['runtime_options'] must be an object, got {options!r}")
     key = job.get("job_key") or job_key_of(job)
     shape = job.get("input_shape")
+    top1 = job.get("top1")
     return {
         "run_id": _key_part("run_id", run_id),
         "job_key": _job_key_text(key),
         "model": _key_part("model", job.get("model", "")),
         "variant": _key_part("variant", job.get("variant", "")),
+        "entry": _optional_text(job.get("entry")),
+        "base_entry": _optional_text(job.get("base")),
+        "label": _optional_text(job.get("label")),
         "artifact_sha256": sha,
         "format": _key_part("format", artifact.get("format", "")),
         "artifact_path": None if artifact.get("path") is None else str(artifact["path"]),
         "device": _key_part("device", job.get("device", "")),
+        "device_label": _optional_text(job.get("device_label")),
         "runtime": _key_part("runtime", job.get("runtime", "")),
         "runtime_options": dict(options),
         "batch_size": _batch_size(job.get("batch_size")),
         "input_shape": None if shape is None else [int(d) for d in shape],
         "macs": None if artifact.get("macs") is None else int(artifact["macs"]),
         "params": None if artifact.get("params") is None else int(artifact["params"]),
+        "top1": None if top1 is None else float(top1),
         "git_rev": str(git_rev),
     }
 
@@ -272,8 +298,11 @@ def make_record(run_id: str, job: Mapping[str, Any], agent_result: Mapping[str, 
     ``job`` holds ``job_key`` (computed with :func:`job_key_of` when absent),
     ``model``, ``variant``, ``artifact`` {sha256, format, path, macs, params},
     ``device``, ``runtime``, ``runtime_options``, ``batch_size`` and
-    ``input_shape``.  A malformed identity field raises :class:`RecordError`
-    (that is a planner bug, found before any job runs).
+    ``input_shape``, and optionally what the reports show: ``entry``,
+    ``base`` (stored as ``base_entry``), ``label``, ``device_label`` and
+    ``top1`` (a missing or empty one is None).  A malformed identity field
+    raises :class:`RecordError` (that is a planner bug, found before any job
+    runs).  Any other job key is kept in ``extra["job"]``.
 
     Whatever the result says, a record comes out: an ``error`` result (from
     the agent or a transport) gives an error record with stage, message and
@@ -283,7 +312,8 @@ def make_record(run_id: str, job: Mapping[str, Any], agent_result: Mapping[str, 
     """
     if not isinstance(agent_result, Mapping):
         raise TypeError(f"agent_result must be a dict, got {type(agent_result).__name__}")
-    record = _identity(run_id, job, git_rev)
+    failed_export = agent_result.get("status") != "ok" and (agent_result.get("error") or {}).get("stage") == "export"
+    record = _identity(run_id, job, git_rev, exported=not failed_export)
     samples = [int(s) for s in (agent_result.get("samples_ns") or [])]
     warnings = [str(w) for w in (agent_result.get("warnings") or [])]
     shape = record["input_shape"]

@@ -104,6 +104,17 @@ import numpy as np
 from results.records import options_key
 
 DEFAULT_THRESHOLD = 0.05
+
+
+def parse_threshold(text: str) -> float:
+    """A relative threshold as users write it, ``0.05`` or ``5%``; ValueError with a one-line message."""
+    try:
+        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"threshold {text!r} must be a fraction like 0.05 or a percentage like 5%") from None
+    if not 0 <= value < 1:
+        raise ValueError(f"threshold {text!r} must be at least 0 and below 1 (100 %)")
+    return value
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
@@ -233,8 +244,8 @@ def classify(ci_low: float | None, ci_high: float | None, threshold: float = DEF
 # --------------------------------------------------------------------------
 
 @dataclass
-class Pair:
-    """One job measured ok in both runs."""
+class JobIdentity:
+    """What names a job in both runs (the fields of its job key) and its short label."""
 
     job_key: str
     model: str
@@ -244,6 +255,16 @@ class Pair:
     runtime: str
     options: str
     batch_size: int
+
+    @property
+    def label(self) -> str:
+        return job_label(self.__dict__)
+
+
+@dataclass
+class Pair(JobIdentity):
+    """One job measured ok in both runs."""
+
     baseline_ms: float
     candidate_ms: float
     change: float
@@ -261,33 +282,17 @@ class Pair:
     matched_by: str               # "job_key" or "identity"
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def label(self) -> str:
-        return job_label(self.__dict__)
-
 
 @dataclass
-class StatusChange:
+class StatusChange(JobIdentity):
     """A job with an error record in at least one of the runs."""
 
-    job_key: str
-    model: str
-    variant: str
-    format: str
-    device: str
-    runtime: str
-    options: str
-    batch_size: int
     baseline_status: str
     candidate_status: str
     kind: str                     # "ok->error" (a regression), "error->ok" (fixed), "error->error"
     message: str
     baseline_ms: float | None = None
     artifact_changed: bool = False
-
-    @property
-    def label(self) -> str:
-        return job_label(self.__dict__)
 
     @property
     def is_regression(self) -> bool:

@@ -15,8 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from results.markdown import markdown_table
 from results.records import options_key
 from results.regression import Comparison, Pair, StatusChange, job_label
+from results.style import STYLE, new_figure, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,10 @@ WORST = 10                 # regressions listed in the summary
 MAX_FIGURE_JOBS = 60       # jobs in the forest plot (the largest |change| when there are more)
 #: results.figures kinds drawn for the candidate run (when that module has them).
 RUN_FIGURE_KINDS = ("speedup", "latency_distribution")
+#: The report's own figures (a forest plot, a latency chart) are wider than a paper column and embedded as PNG;
+#: they share results.style's rcParams.
+FIGURE_WIDTH_IN = 9.0
+FIGURE_DPI = 110
 VERDICT_COLORS = {"regressed": "#c62828", "improved": "#2e7d32", "unchanged": "#616161", "inconclusive": "#ef6c00"}
 
 
@@ -56,16 +62,6 @@ def _run_line(run: Mapping[str, Any], fallback: str) -> str:
     if run.get("status") and run["status"] != "done":
         parts.append(f"status **{run['status']}** (not every job may have run)")
     return ", ".join(parts)
-
-
-def _md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def method_text(cmp: Comparison) -> str:
@@ -112,10 +108,10 @@ def summary_markdown(cmp: Comparison) -> str:
            f"Candidate {_run_line(cmp.candidate_run, cand_id)}; baseline {_run_line(cmp.baseline_run, base_id)}.",
            "", headline(cmp), ""]
     header, row = _counts_rows(cmp)
-    out += [_md_table(header, [row]), ""]
+    out += [markdown_table(header, [row]), ""]
     if cmp.regressions:
         out += [f"## Worst regressions ({min(WORST, len(cmp.regressions))} of {len(cmp.regressions)})", ""]
-        out.append(_md_table(
+        out.append(markdown_table(
             ["job", "baseline ms", "candidate ms", "change", f"{cmp.confidence * 100:g} % CI", "artifact changed",
              "notes"],
             [[p.label, f"{p.baseline_ms:.3f}", f"{p.candidate_ms:.3f}", pct(p.change), ci_text(p),
@@ -123,7 +119,7 @@ def summary_markdown(cmp: Comparison) -> str:
         out.append("")
     if cmp.new_errors:
         out += ["## New errors (ok in the baseline)", ""]
-        out.append(_md_table(["job", "baseline ms", "error"],
+        out.append(markdown_table(["job", "baseline ms", "error"],
                              [[s.label, "n/a" if s.baseline_ms is None else f"{s.baseline_ms:.3f}", s.message]
                               for s in cmp.new_errors]))
         out.append("")
@@ -161,14 +157,14 @@ def markdown_report(cmp: Comparison, figures: Sequence[Path] = ()) -> str:
     out = [summary_markdown(cmp).rstrip(), ""]
     out += ["## All compared jobs", "", "Sorted by change, slowest first.", ""]
     if cmp.pairs:
-        out += [_md_table(*_pair_rows(cmp)), ""]
+        out += [markdown_table(*_pair_rows(cmp)), ""]
     else:
         out += ["(no job was measured ok in both runs)", ""]
     if cmp.status_changes:
-        out += ["## Jobs with an error in either run", "", _md_table(*_status_rows(cmp.status_changes)), ""]
+        out += ["## Jobs with an error in either run", "", markdown_table(*_status_rows(cmp.status_changes)), ""]
     for title, records in (("Only in the baseline", cmp.only_baseline), ("Only in the candidate", cmp.only_candidate)):
         if records:
-            out += [f"## {title}", "", _md_table(*_only_rows(records)), ""]
+            out += [f"## {title}", "", markdown_table(*_only_rows(records)), ""]
     if figures:
         out += ["## Figures", ""] + [f"![{Path(f).stem}]({Path(f).as_posix()})" for f in figures] + [""]
     out += ["## Method", "", method_text(cmp), ""]
@@ -193,13 +189,23 @@ def regression_figure(cmp: Comparison, path: Path) -> Path | None:
     """Forest plot: each job's change with its interval, the ±threshold band shaded; None without pairs."""
     if not cmp.pairs:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    import matplotlib
 
     pairs = sorted(cmp.pairs, key=lambda p: -abs(p.change))[:MAX_FIGURE_JOBS]
     pairs.sort(key=lambda p: p.change)
-    fig = Figure(figsize=(9, 1.9 + 0.42 * len(pairs)), layout="constrained")
-    FigureCanvasAgg(fig)
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(FIGURE_WIDTH_IN, 1.9 + 0.42 * len(pairs), round_height=False)
+        _draw_regression(fig, cmp, pairs)
+        return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """The report's figures: PNG only, at FIGURE_DPI (they are embedded in the HTML)."""
+    path = Path(path)
+    return save_figure(fig, path.parent, path.stem, dpi=FIGURE_DPI, formats=("png",))[0]
+
+
+def _draw_regression(fig: Any, cmp: Comparison, pairs: Sequence[Pair]) -> None:
     ax = fig.add_subplot(1, 1, 1)
     t = cmp.threshold * 100
     ax.axvspan(-t, t, color="#e0e0e0", zorder=0)
@@ -229,11 +235,8 @@ def regression_figure(cmp: Comparison, path: Path) -> Path | None:
     handles = [ax.plot([], [], "o", color=c, label=v)[0] for v, c in VERDICT_COLORS.items()]
     fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=len(handles), frameon=False)
     ax.grid(axis="x", alpha=0.3)
+    ax.grid(axis="y", visible=False)
     ax.tick_params(axis="x", labelsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def latency_figure(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -241,11 +244,15 @@ def latency_figure(records: Sequence[Mapping[str, Any]], path: Path) -> Path | N
     ok = [r for r in records if r["status"] == "ok" and r.get("median_ms") is not None][:MAX_FIGURE_JOBS]
     if not ok:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    import matplotlib
 
-    fig = Figure(figsize=(9, 1.4 + 0.42 * len(ok)), layout="constrained")
-    FigureCanvasAgg(fig)
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(FIGURE_WIDTH_IN, 1.4 + 0.42 * len(ok), round_height=False)
+        _draw_latency(fig, ok)
+        return _save_png(fig, path)
+
+
+def _draw_latency(fig: Any, ok: Sequence[Mapping[str, Any]]) -> None:
     ax = fig.add_subplot(1, 1, 1)
     med = [r["median_ms"] for r in ok]
     lo = [max(0.0, m - (r.get("min_ms") or m)) for m, r in zip(med, ok)]
@@ -255,10 +262,7 @@ def latency_figure(records: Sequence[Mapping[str, Any]], path: Path) -> Path | N
     ax.set_yticklabels([_short_label(r) for r in ok], fontsize=7)
     ax.set_xlabel("median latency, ms (whiskers: min to p90)")
     ax.grid(axis="x", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    ax.grid(axis="y", visible=False)
 
 
 def run_figures(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
@@ -270,9 +274,6 @@ def run_figures(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Pat
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return []
-    fonttools = logging.getLogger("fontTools")  # PDF font subsetting logs every glyph at INFO
-    level = fonttools.level
-    fonttools.setLevel(max(level, logging.WARNING))
     try:
         from results import figures
         kinds = [k for k in RUN_FIGURE_KINDS if k in getattr(figures, "FIGURES", {})]
@@ -280,8 +281,6 @@ def run_figures(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Pat
     except Exception as exc:  # noqa: BLE001 - optional figures, never fatal
         log.warning("results.figures failed, report without the run's figures: %s", exc)
         return []
-    finally:
-        fonttools.setLevel(level)
     return [Path(p) for result in made.values() for p in (getattr(result, "paths", None) or [])
             if Path(p).suffix.lower() == ".png" and Path(p).is_file()]
 
@@ -408,13 +407,13 @@ def no_baseline_markdown(run: Mapping[str, Any], records: Sequence[Mapping[str, 
            f"**No baseline to compare with.** {hint}", "",
            f"{len(ok)} job(s) ok, {len(errors)} error(s).", ""]
     if records:
-        out.append(_md_table(["job", "status", "median ms", "n", "cv"],
+        out.append(markdown_table(["job", "status", "median ms", "n", "cv"],
                              [[job_label({**r, "options": options_key(r.get("runtime_options"))}), r["status"],
                                "n/a" if r.get("median_ms") is None else f"{r['median_ms']:.3f}", r.get("n") or 0,
                                "n/a" if r.get("cv") is None else f"{r['cv']:.3f}"] for r in records]))
         out.append("")
     if errors:
-        out += ["## Errors", "", _md_table(["job", "error"], [[job_label({**r, "options": options_key(
+        out += ["## Errors", "", markdown_table(["job", "error"], [[job_label({**r, "options": options_key(
             r.get("runtime_options"))}), f"[{r.get('error_stage')}] {r.get('error_message')}"] for r in errors]), ""]
     return "\n".join(out)
 

@@ -1,48 +1,132 @@
-"""Speedup of each pruned variant over its original, from stored records.
+"""Speedup of each pruned model over the model it was pruned from: the one pairing rule of every report.
 
-A pruned record is paired with the ``original`` record of the same timm model
-on the same device, runtime, runtime options, format and batch size. The
-speedup efficiency (DESIGN.md §3) is speedup ÷ MACs ratio: 1.0 means every
+:func:`pair_records` is what the sweep's closing table, ``bench table``
+(``results/table.py``) and ``bench figures`` (``results/figures.py``) compare:
+each ok pruned record (``variant`` other than ``original``) with the ok record
+
+* whose ``entry`` is the pruned record's ``base_entry`` (the ``base`` of its
+  ``bench.toml`` entry), or, for records made before that column existed (no
+  ``base_entry``), the ``original`` of the same timm ``model``;
+* measured the same way: the same :data:`MEASURE_KEYS` (device, runtime,
+  runtime options, format, batch size and input shape).
+
+Two entries of one timm model with other kwargs or input sizes are thus
+different bases, each compared with its own pruned entries. When several
+records qualify (records of several runs), the last one given wins.
+
+The speedup efficiency (docs/design.md §3) is speedup ÷ MACs ratio: 1.0 means every
 saved MAC became saved time.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-PAIR_KEYS = ["model", "device", "runtime", "options", "format", "batch_size"]
+from results.markdown import markdown_table
+
+#: Record fields that must be equal for two records to be compared (measured the same way).
+MEASURE_KEYS = ("device", "runtime", "runtime_options", "format", "batch_size", "input_shape")
 
 
-def speedup_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per ok pruned record that has an ok original to compare with."""
-    ok = [r for r in records if r["status"] == "ok"]
-    if not ok:
-        return pd.DataFrame()
-    df = pd.DataFrame(ok)
-    df["options"] = df["runtime_options"].map(lambda o: json.dumps(o, sort_keys=True))
-    base = df[df["variant"] == "original"][PAIR_KEYS + ["median_ms", "macs"]]
-    pruned = df[df["variant"] != "original"]
-    pairs = pruned.merge(base, on=PAIR_KEYS, suffixes=("", "_original"))
-    if pairs.empty:
-        return pairs
-    pairs["speedup"] = pairs["median_ms_original"] / pairs["median_ms"]
-    pairs["macs_ratio"] = pairs["macs_original"] / pairs["macs"]
-    pairs["efficiency"] = pairs["speedup"] / pairs["macs_ratio"]
+def options_text(runtime_options: Mapping[str, Any] | None) -> str:
+    """Runtime options as canonical JSON (sorted keys): equal options, equal text."""
+    return json.dumps(dict(runtime_options or {}), sort_keys=True)
+
+
+def measure_key(record: Mapping[str, Any]) -> tuple:
+    """The :data:`MEASURE_KEYS` of a record as one hashable tuple (options as canonical JSON)."""
+    shape = record.get("input_shape")
+    shape = tuple(int(d) for d in shape) if isinstance(shape, (list, tuple)) else None
+    return (record["device"], record["runtime"], options_text(record.get("runtime_options")), record["format"],
+            int(record["batch_size"]), shape)
+
+
+def _text(value: Any) -> str | None:
+    """A text column of a record that may have been through pandas (None may come back as NaN)."""
+    return value if isinstance(value, str) and value else None
+
+
+def _usable(record: Mapping[str, Any]) -> bool:
+    median = record.get("median_ms")
+    return record.get("status") == "ok" and median is not None and not (isinstance(median, float)
+                                                                         and math.isnan(median))
+
+
+def pair_indices(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """``(pruned index, base index)`` into `records` for every ok pruned record with an ok base (module doc)."""
+    by_entry: dict[tuple, int] = {}
+    originals: dict[tuple, int] = {}
+    pruned: list[tuple[int, tuple]] = []
+    for i, record in enumerate(records):
+        if not _usable(record):
+            continue
+        key = measure_key(record)
+        entry = _text(record.get("entry"))
+        if entry is not None:
+            by_entry[(entry, key)] = i
+        if record["variant"] == "original":
+            originals[(record["model"], key)] = i
+        else:
+            pruned.append((i, key))
+    pairs = []
+    for i, key in pruned:
+        base = _text(records[i].get("base_entry"))
+        j = by_entry.get((base, key)) if base is not None else originals.get((records[i]["model"], key))
+        if j is not None and j != i:
+            pairs.append((i, j))
     return pairs
 
 
-def speedup_markdown(records: list[dict]) -> str:
+def pair_records(records: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """``(pruned record, base record)`` for every ok pruned record with an ok base to compare with."""
+    return [(records[i], records[j]) for i, j in pair_indices(records)]
+
+
+def _ratio(num: Any, den: Any) -> float:
+    try:
+        num, den = float(num), float(den)
+    except (TypeError, ValueError):
+        return math.nan
+    return num / den if den and not math.isnan(den) else math.nan
+
+
+def speedup_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per pair of :func:`pair_records`: the pruned record's fields, its base's, and the ratios.
+
+    Columns added to the pruned record's: ``options`` (canonical JSON),
+    ``record_index`` and ``base_index`` (positions in `records`),
+    ``entry_original``, ``job_key_original``, ``median_ms_original``,
+    ``macs_original``, ``speedup`` (base median ÷ pruned median),
+    ``macs_ratio`` (base MACs ÷ pruned MACs) and ``efficiency`` (speedup ÷ MACs
+    ratio). Empty (no columns) without a pair.
+    """
+    rows = []
+    for i, j in pair_indices(records):
+        pruned, base = records[i], records[j]
+        speedup = float(base["median_ms"]) / float(pruned["median_ms"])
+        macs_ratio = _ratio(base.get("macs"), pruned.get("macs"))
+        rows.append({**pruned, "options": options_text(pruned.get("runtime_options")), "record_index": i,
+                     "base_index": j, "entry_original": base.get("entry"), "job_key_original": base.get("job_key"),
+                     "median_ms_original": float(base["median_ms"]), "macs_original": base.get("macs"),
+                     "speedup": speedup, "macs_ratio": macs_ratio,
+                     "efficiency": speedup / macs_ratio if macs_ratio else math.nan})
+    return pd.DataFrame(rows)
+
+
+def speedup_markdown(records: Sequence[Mapping[str, Any]]) -> str:
     """The sweep's closing table (markdown): original vs pruned per device and runtime."""
     pairs = speedup_frame(records)
     if pairs.empty:
         return "(no original/pruned pair measured successfully: no speedup to show)"
-    table = pd.DataFrame({
-        "model": pairs["model"], "variant": pairs["variant"], "device": pairs["device"],
-        "runtime (format)": pairs["runtime"] + " (." + pairs["format"] + ")", "batch": pairs["batch_size"],
-        "original ms": pairs["median_ms_original"].round(2), "pruned ms": pairs["median_ms"].round(2),
-        "speedup": pairs["speedup"].map("{:.2f}x".format), "MACs ratio": pairs["macs_ratio"].map("{:.2f}x".format),
-        "efficiency": pairs["efficiency"].round(2),
-    })
-    return table.to_markdown(index=False)
+    header = ["model", "variant", "device", "runtime (format)", "batch", "original ms", "pruned ms", "speedup",
+              "MACs ratio", "efficiency"]
+    rows = [[p.model, p.variant, p.device, f"{p.runtime} (.{p.format})",
+             p.batch_size, f"{p.median_ms_original:.2f}", f"{p.median_ms:.2f}", f"{p.speedup:.2f}x",
+             "" if math.isnan(p.macs_ratio) else f"{p.macs_ratio:.2f}x",
+             "" if math.isnan(p.efficiency) else f"{p.efficiency:.2f}"]
+            for p in pairs.itertuples(index=False)]
+    return markdown_table(header, rows, ["left"] * 4 + ["right"] * 6)

@@ -37,12 +37,25 @@ than this code refuses to open (:class:`SchemaTooNewError`).
 
 ``runs``: run_id (``YYYYmmdd-HHMMSS-xxxx``, UTC, sorts by time), created, finished,
 git_rev, config (JSON), status (running / done / interrupted), note,
-is_baseline, baseline_seq (order of marking, so "the last baseline" is exact).
+is_baseline, baseline_seq (order of marking, so "the last baseline" is exact),
+kind (version 3, `RUN_KINDS`: ``sweep`` for ``bench sweep`` / ``bench nightly``,
+``latency-profile`` and ``latency-verify`` for the runs ``bench compress
+--target-latency`` times; reading commands pick sweeps, see
+:mod:`results.runs`).
 
 ``records``: the columns of ``results.records.RECORD_FIELDS`` (flat columns for
 everything tables and plots filter on; JSON text for runtime_options,
 input_shape, samples_ns, providers, env, warnings, extra), plus ``id`` and
 ``inserted``; UNIQUE(run_id, job_key).
+
+Version 3 added the record columns entry, base_entry, label, device_label and
+top1 (until then hidden in ``extra.job``) and ``runs.kind``; it fills them for
+the rows already there: the record columns from ``extra.job`` (the keys are
+then removed from it; ``base_entry`` stays NULL, as old jobs did not say their
+base, and speedups fall back to the original of the same timm model), the run
+kind from ``config.command`` ("... (latency profile)" -> ``latency-profile``,
+"... (verification)" -> ``latency-verify``, any other command -> ``other``,
+none -> ``sweep``).
 
 ``latency_profiles`` (version 2): measured latency against MACs of one model
 along one ratio pattern on one device, runtime, format and runtime options
@@ -73,6 +86,9 @@ from results.records import JSON_FIELDS, RECORD_FIELDS, STATUSES
 DEFAULT_PATH = Path("runs") / "bench.sqlite"
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 RUN_STATUSES = ("running", "done", "interrupted")
+#: What made a run: a sweep, or the profiling / verification steps of ``bench compress --target-latency``;
+#: ``other`` only for old runs of a command version 3 did not recognise.
+RUN_KINDS = ("sweep", "latency-profile", "latency-verify", "other")
 
 _REQUIRED_RECORD_FIELDS = ("run_id", "job_key", "model", "variant", "artifact_sha256", "format", "device",
                            "runtime", "batch_size", "status")
@@ -171,12 +187,40 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX latency_profiles_key ON latency_profiles (profile_key, id)",
     ),
+    (
+        "ALTER TABLE records ADD COLUMN entry TEXT",
+        "ALTER TABLE records ADD COLUMN base_entry TEXT",
+        "ALTER TABLE records ADD COLUMN label TEXT",
+        "ALTER TABLE records ADD COLUMN device_label TEXT",
+        "ALTER TABLE records ADD COLUMN top1 REAL",
+        # the job fields reports read, out of extra.job ('' was "no label": NULL now, as make_record writes)
+        """UPDATE records SET
+            entry = NULLIF(CAST(json_extract(extra, '$.job.entry') AS TEXT), ''),
+            base_entry = NULLIF(CAST(json_extract(extra, '$.job.base') AS TEXT), ''),
+            label = NULLIF(CAST(json_extract(extra, '$.job.label') AS TEXT), ''),
+            device_label = NULLIF(CAST(json_extract(extra, '$.job.device_label') AS TEXT), ''),
+            top1 = CAST(json_extract(extra, '$.job.top1') AS REAL)
+           WHERE json_type(extra, '$.job') = 'object'""",
+        """UPDATE records SET extra = json_remove(extra, '$.job.entry', '$.job.base', '$.job.label',
+                                                 '$.job.device_label', '$.job.top1')
+           WHERE json_type(extra, '$.job') = 'object'""",
+        """UPDATE records SET extra = json_remove(extra, '$.job')
+           WHERE json_type(extra, '$.job') = 'object' AND json(json_extract(extra, '$.job')) = '{}'""",
+        "CREATE INDEX records_entry ON records (entry)",
+        "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'sweep'",
+        """UPDATE runs SET kind = CASE
+               WHEN json_extract(config, '$.command') IS NULL THEN 'sweep'
+               WHEN json_extract(config, '$.command') LIKE '%latency profile%' THEN 'latency-profile'
+               WHEN json_extract(config, '$.command') LIKE '%verification%' THEN 'latency-verify'
+               ELSE 'other' END""",
+        "CREATE INDEX runs_kind ON runs (kind, created)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(Exception):
-    """Base class of the store's own errors."""
+class StoreError(ValueError):
+    """Base class of the store's own errors; the message is one line for the user (the CLI prints it)."""
 
 
 class DuplicateRecordError(StoreError):
@@ -207,12 +251,22 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _where(**filters: Any) -> tuple[str, tuple[Any, ...]]:
+    """`` WHERE a = ? AND b = ?`` and its parameters for the filters that are not None (``""`` when none are).
+
+    The keys are column names written by this module, never user text."""
+    given = {column: value for column, value in filters.items() if value is not None}
+    return (" WHERE " + " AND ".join(f"{c} = ?" for c in given) if given else ""), tuple(given.values())
+
+
 def _encode_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record dict as column values: checks required fields, JSON-encodes the nested ones."""
     unknown = set(record) - set(RECORD_FIELDS) - _READ_ONLY_FIELDS
     if unknown:
         raise ValueError(f"record has fields the store does not know: {', '.join(sorted(unknown))}")
-    missing = [f for f in _REQUIRED_RECORD_FIELDS if record.get(f) in (None, "")]
+    failed_export = record.get("status") == "error" and record.get("error_stage") == "export"
+    missing = [f for f in _REQUIRED_RECORD_FIELDS if record.get(f) in (None, "")
+               and not (f == "artifact_sha256" and failed_export and record.get(f) == "")]
     if missing:
         raise ValueError(f"record lacks required fields: {', '.join(missing)}")
     if record["status"] not in STATUSES:
@@ -365,14 +419,17 @@ class Store:
 
     # ----- runs -----------------------------------------------------------------
 
-    def new_run(self, config: Mapping[str, Any], git_rev: str, note: str = "") -> str:
-        """Register a run (status ``running``) and return its id."""
+    def new_run(self, config: Mapping[str, Any], git_rev: str, note: str = "", kind: str = "sweep") -> str:
+        """Register a run (status ``running``) of `kind` (one of `RUN_KINDS`) and return its id."""
+        if kind not in RUN_KINDS:
+            raise ValueError(f"run kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
         for _ in range(20):
             run_id = new_run_id()
             try:
                 with self._write() as conn:
-                    conn.execute("INSERT INTO runs (run_id, created, git_rev, config, note) VALUES (?, ?, ?, ?, ?)",
-                                 (run_id, utc_now(), git_rev, _dumps(dict(config)), note))
+                    conn.execute("INSERT INTO runs (run_id, created, git_rev, config, note, kind) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 (run_id, utc_now(), git_rev, _dumps(dict(config)), note, kind))
                 return run_id
             except sqlite3.IntegrityError:
                 continue  # same second and same random suffix: draw again
@@ -382,12 +439,15 @@ class Store:
         rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         return _decode_run(rows[0]) if rows else None
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run, oldest first."""
-        return [_decode_run(r) for r in self._query("SELECT * FROM runs ORDER BY created, run_id")]
+    def runs(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every run (of `kind` when given), oldest first."""
+        where, params = _where(kind=kind)
+        return [_decode_run(r) for r in self._query(f"SELECT * FROM runs{where} ORDER BY created, run_id", params)]
 
-    def latest_run(self) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM runs ORDER BY created DESC, run_id DESC LIMIT 1")
+    def latest_run(self, kind: str | None = None) -> dict[str, Any] | None:
+        """The newest run (of `kind` when given), or None."""
+        where, params = _where(kind=kind)
+        rows = self._query(f"SELECT * FROM runs{where} ORDER BY created DESC, run_id DESC LIMIT 1", params)
         return _decode_run(rows[0]) if rows else None
 
     def _update_run(self, run_id: str, sql: str, params: Sequence[Any]) -> None:
@@ -461,15 +521,9 @@ class Store:
         tables that need only the statistics.
         """
         columns = ["id", *(f for f in RECORD_FIELDS if with_samples or f != "samples_ns"), "inserted"]
-        where, params = [], []
-        for column, value in (("run_id", run_id), ("status", status), ("device", device)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"SELECT {', '.join(columns)} FROM records"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return [_decode_record(r) for r in self._query(sql + " ORDER BY id", params)]
+        where, params = _where(run_id=run_id, status=status, device=device)
+        return [_decode_record(r) for r in
+                self._query(f"SELECT {', '.join(columns)} FROM records{where} ORDER BY id", params)]
 
     def count(self, run_id: str | None = None) -> int:
         if run_id is None:
@@ -507,10 +561,8 @@ class Store:
 
     def latency_profiles(self, device: str | None = None) -> list[dict[str, Any]]:
         """Every stored profile (of one device when given), oldest first."""
-        if device is None:
-            return [_decode_profile(r) for r in self._query("SELECT * FROM latency_profiles ORDER BY id")]
-        return [_decode_profile(r) for r in
-                self._query("SELECT * FROM latency_profiles WHERE device = ? ORDER BY id", (device,))]
+        where, params = _where(device=device)
+        return [_decode_profile(r) for r in self._query(f"SELECT * FROM latency_profiles{where} ORDER BY id", params)]
 
     def add_latency_point(self, profile_id: int, point: Mapping[str, Any]) -> None:
         """Append one measured point (e.g. a verified pruned model) to a stored profile."""

@@ -1,4 +1,4 @@
-"""The paper's benchmark table (DESIGN.md §3) from stored records: ``python -m bench table``.
+"""The paper's benchmark table (docs/design.md §3) from stored records: ``python -m bench table``.
 
 Layout
 ======
@@ -8,25 +8,28 @@ Layout
   different batch sizes are not comparable side by side, and a batch column
   would double every model row.  CSV is the exception: it is one flat file
   with a ``batch_size`` column, so it loads as one frame.
-* **Rows**: one group per timm model, the unpruned ``original`` first (labelled
-  with its ``bench.toml`` ``label`` when given, else the timm name), then each
-  pruned variant as an indented ``+ SNP`` row (``+ L2``, ``+ random``, ... for
-  the ablation criteria; ``+ <label>`` when the entry has a label), with the
-  variant itself (e.g. ``snp:paper``) in the ``variant`` column.  Models and
-  variants follow the run's model order (``bench.toml``), devices the run's
-  device order.
+* **Rows**: one row per ``bench.toml`` model entry, grouped by the model a
+  pruned entry is compared with (its ``base_entry``; for older records
+  without one, the original of the same timm model): the unpruned
+  ``original`` first (labelled with its ``bench.toml`` ``label`` when given,
+  else the timm name, plus the entry name when two originals would read the
+  same), then each pruned variant as an indented ``+ SNP`` row (``+ L2``,
+  ``+ random``, ... for the ablation criteria; ``+ <label>`` when the entry
+  has a label), with the variant itself (e.g. ``snp:paper``) in the
+  ``variant`` column.  Models and variants follow the run's model order
+  (``bench.toml``), devices the run's device order.
 * **Columns**: ``Top-1`` (only when some entry gives ``top1``), ``GMACs`` (of
   one image), ``Params (M)``, then one latency column per (device, runtime,
   format, runtime options), labelled ``<device label> (<format>)`` as in the
   paper, e.g. ``Raspberry Pi 4B (.onnx)``; TorchScript shows as ``.pt``.  When
   one device has two runtimes or option sets for one format, the runtime and
   then the options are added to the label.
-* **Cells**: ``median ms (speedup×)`` where the speedup is the unpruned
-  original's median ÷ this record's median on the same device, runtime,
-  options, format and batch size (``results.speedup.speedup_frame``, the one
-  definition the sweep's closing table uses too).  The original's own cell has
-  no speedup; a cell whose original failed or was not measured shows the median
-  alone; a combination never measured shows ``–``.
+* **Cells**: ``median ms (speedup×)`` where the speedup is the base model's
+  median ÷ this record's median on the same device, runtime, options, format,
+  batch size and input shape (``results.speedup.pair_records``, the one
+  pairing the sweep's closing table and the figures use too).  The original's
+  own cell has no speedup; a cell whose original failed or was not measured
+  shows the median alone; a combination never measured shows ``–``.
 * ``--efficiency`` adds a ``MACs ratio`` column and, after the latency
   columns, one ``eff. <column>`` column each: speedup ÷ MACs ratio (1.0 means
   every saved MAC became saved time).
@@ -55,8 +58,8 @@ LaTeX uses ``\\dag``, ``\\ddag``, ``\\S``, ``\\P``, ``$\\|$`` and ``*`` as super
 Renderers
 =========
 
-``md`` (``DataFrame.to_markdown``), ``latex`` (``DataFrame.to_latex``: booktabs
-rules, every text escaped, inside a ``table`` float with caption and the notes
+``md`` (``results.markdown.markdown_table``), ``latex`` (``DataFrame.to_latex``:
+booktabs rules, every text escaped, inside a ``table`` float with caption and the notes
 as a ``\\footnotesize`` block; needs ``\\usepackage{booktabs}``), ``html``
 (``DataFrame.to_html``, escaped, notes in a ``<ul>``), ``csv`` (``to_csv``:
 numbers, not formatted text: per latency column ``… median_ms``, ``… speedup``,
@@ -75,13 +78,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from formats import display_format, format_order
+from results.markdown import markdown_table
 from results.records import options_key
-from results.speedup import speedup_frame
+from results.speedup import options_text, speedup_frame
 
 DEFAULT_CV_THRESHOLD = 0.05
 RENDERERS = ("md", "latex", "csv", "html")
-FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2", "trt": ".trt"}
-_FORMAT_ORDER = {"onnx": 0, "torchscript": 1, "pt2": 2, "trt": 3}
 _CRITERION_NAMES = {"snp": "SNP", "l2": "L2"}
 MISSING = "–"
 
@@ -222,10 +225,6 @@ class SpeedupTable:
                 f"size), batch size {self.batch_size}, run {self.run_id}.")
 
 
-def _job(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    return (record.get("extra") or {}).get("job") or {}
-
-
 def _pruned_name(variant: str) -> str:
     criterion = variant.split(":", 1)[0]
     return _CRITERION_NAMES.get(criterion, criterion)
@@ -233,8 +232,7 @@ def _pruned_name(variant: str) -> str:
 
 def _column_labels(keys: pd.DataFrame) -> dict[tuple, str]:
     """Label each (device, runtime, format, options) column; disambiguate labels that would repeat."""
-    keys = keys.assign(base=keys["device_label"] + " (" + keys["format"].map(
-        lambda f: FORMAT_SUFFIX.get(f, "." + f)))
+    keys = keys.assign(base=keys["device_label"] + " (" + keys["format"].map(display_format))
     labels = {}
     for _, same in keys.groupby("base", sort=False):
         for row in same.itertuples(index=False):
@@ -274,25 +272,22 @@ def build_tables(records: Sequence[Mapping[str, Any]], run_id: str = "", *,
     if not records:
         raise TableError(f"run {run_id or '?'} has no records")
     labels = dict(labels or {})
-    df = pd.DataFrame([dict(r) for r in records])
-    if batches:
-        df = df[df["batch_size"].isin(list(batches))]
-        if df.empty:
-            raise TableError(f"run {run_id or '?'} has no records for batch size(s) "
-                             f"{', '.join(map(str, batches))}")
-    df = df.reset_index(drop=True)
-    jobs = df["extra"].map(lambda e: (e or {}).get("job") or {})
-    df["entry"] = [j.get("entry") or m for j, m in zip(jobs, df["model"])]
-    df["device_label"] = [j.get("device_label") or d for j, d in zip(jobs, df["device"])]
-    df["top1"] = [j.get("top1") for j in jobs]
-    df["label"] = [labels.get(e) or j.get("label") or "" for e, j in zip(df["entry"], jobs)]
-    df["options"] = df["runtime_options"].map(lambda o: json.dumps(o or {}, sort_keys=True))
-
-    # speedups: the same pairing as the sweep's closing table, joined back by job key
-    pairs = speedup_frame(df.drop(columns=["options"]).to_dict("records"))
-    cols = ["job_key", "speedup", "macs_ratio", "efficiency"]
-    pairs = pairs[cols] if not pairs.empty else pd.DataFrame(columns=cols)
-    df = df.merge(pairs, on="job_key", how="left")
+    wanted = set(batches or ())
+    kept = [dict(r) for r in records if not wanted or r["batch_size"] in wanted]
+    if not kept:
+        raise TableError(f"run {run_id or '?'} has no records for batch size(s) {', '.join(map(str, batches))}")
+    df = pd.DataFrame(kept)
+    # speedups: the one pairing rule (results.speedup), joined back by position
+    pairs = speedup_frame(kept)
+    for col in ("speedup", "macs_ratio", "efficiency"):
+        df[col] = pd.Series(dtype=float) if pairs.empty else pd.Series(
+            pairs[col].to_numpy(), index=pairs["record_index"].to_numpy(), dtype=float)
+    df["group"] = _groups(kept)
+    df["entry"] = [r.get("entry") or r["model"] for r in kept]
+    df["device_label"] = [r.get("device_label") or r["device"] for r in kept]
+    df["top1"] = [r.get("top1") for r in kept]
+    df["label"] = [labels.get(e) or r.get("label") or "" for e, r in zip(df["entry"], kept)]
+    df["options"] = [options_text(r.get("runtime_options")) for r in kept]
 
     entry_pos = _order(df["entry"], model_order)
     device_pos = _order(df["device"], device_order)
@@ -303,52 +298,67 @@ def build_tables(records: Sequence[Mapping[str, Any]], run_id: str = "", *,
     return tables
 
 
+def _groups(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The row group of each record: an original's own entry; a pruned record's ``base_entry`` or, for records
+    without one, the entry of an original of the same timm model (its timm name when the run has none)."""
+    original_entry: dict[str, str] = {}
+    for r in records:
+        if r["variant"] == "original":
+            original_entry.setdefault(r["model"], r.get("entry") or r["model"])
+    return [(r.get("entry") or r["model"]) if r["variant"] == "original"
+            else r.get("base_entry") or original_entry.get(r["model"], r["model"]) for r in records]
+
+
 def _one_table(df: pd.DataFrame, run_id: str, batch: int, cv_threshold: float, efficiency: bool,
                all_warnings: bool, entry_pos: dict[str, int], device_pos: dict[str, int]) -> SpeedupTable:
-    # rows: timm model groups (ordered by their first entry), original first, then pruned variants
+    # rows: one per entry, in groups (an original and what is compared with it, ordered by their first
+    # entry), original first, then pruned variants
     df["is_original"] = df["variant"] == "original"
     df["entry_pos"] = df["entry"].map(entry_pos)
-    group_pos = df.groupby("model")["entry_pos"].min()
-    df["group_pos"] = df["model"].map(group_pos)
-    row_keys = (df.groupby(["model", "variant"], sort=False)
-                .agg(group_pos=("group_pos", "first"), is_original=("is_original", "first"),
-                     entry_pos=("entry_pos", "min"), entry=("entry", "first"), label=("label", "first"),
+    df["group_pos"] = df["group"].map(df.groupby("group")["entry_pos"].min())
+    row_keys = (df.groupby(["model", "variant", "entry"], sort=False)
+                .agg(group=("group", "first"), group_pos=("group_pos", "first"), is_original=("is_original", "first"),
+                     entry_pos=("entry_pos", "min"), label=("label", "first"),
                      top1=("top1", "first"), macs=("macs", "first"), params=("params", "first"))
                 .reset_index()
-                .sort_values(["group_pos", "is_original", "entry_pos", "variant"], ascending=[True, False, True, True])
+                .sort_values(["group_pos", "group", "is_original", "entry_pos", "variant"],
+                             ascending=[True, True, False, True, True])
                 .reset_index(drop=True))
     row_keys["row"] = range(len(row_keys))
-    original_macs = row_keys[row_keys["is_original"]].set_index("model")["macs"]
-    original_label = row_keys[row_keys["is_original"]].set_index("model")["label"]
-    has_original = set(original_macs.index)
+    originals = row_keys[row_keys["is_original"]].drop_duplicates("group").set_index("group")
+    original_macs, original_name = originals["macs"], originals["label"].where(originals["label"] != "",
+                                                                               originals["model"])
+    same_name = original_name.duplicated(keep=False)
+    original_name = original_name.where(~same_name, original_name + " (" + originals["entry"] + ")")
 
     def display(r: pd.Series) -> str:
         if r["is_original"]:
-            return r["label"] or r["model"]
+            return original_name.get(r["group"], r["label"] or r["model"])
         name = r["label"] or _pruned_name(r["variant"])
         name = name if name.startswith("+") else "+ " + name
-        return name if r["model"] in has_original else f"{r['model']} {name}"
+        return name if r["group"] in original_name.index else f"{r['model']} {name}"
 
     row_keys["display"] = row_keys.apply(display, axis=1)
     row_keys["gmacs"] = row_keys["macs"].map(lambda m: None if pd.isna(m) else m / 1e9)
     row_keys["params_m"] = row_keys["params"].map(lambda p: None if pd.isna(p) else p / 1e6)
     row_keys["macs_ratio"] = [
-        None if orig or m not in original_macs.index or pd.isna(mac) or not mac or pd.isna(original_macs[m])
-        else original_macs[m] / mac
-        for orig, m, mac in zip(row_keys["is_original"], row_keys["model"], row_keys["macs"])]
+        None if orig or g not in original_macs.index or pd.isna(mac) or not mac or pd.isna(original_macs[g])
+        else original_macs[g] / mac
+        for orig, g, mac in zip(row_keys["is_original"], row_keys["group"], row_keys["macs"])]
     row_keys["top1"] = row_keys["top1"].astype(object).where(row_keys["top1"].notna(), None)
-    row_keys["who"] = [(original_label.get(m) or m) if orig else f"{original_label.get(m) or m} {v}"
-                       for orig, m, v in zip(row_keys["is_original"], row_keys["model"], row_keys["variant"])]
+    row_keys["who"] = [original_name.get(g, m) if orig else f"{original_name.get(g, m)} {v}"
+                       for orig, g, m, v in zip(row_keys["is_original"], row_keys["group"], row_keys["model"],
+                                                row_keys["variant"])]
 
     # columns: (device, runtime, format, options) in device order, then format, runtime, options
     keys = (df[["device", "device_label", "runtime", "format", "options"]].drop_duplicates()
             .assign(dpos=lambda k: k["device"].map(device_pos),
-                    fpos=lambda k: k["format"].map(lambda f: _FORMAT_ORDER.get(f, 99)))
+                    fpos=lambda k: k["format"].map(format_order))
             .sort_values(["dpos", "fpos", "format", "runtime", "options"]).reset_index(drop=True))
     labels = _column_labels(keys)
     columns = [labels[(k.device, k.runtime, k.format, k.options)] for k in keys.itertuples(index=False)]
 
-    df = df.merge(row_keys[["model", "variant", "row", "who"]], on=["model", "variant"])
+    df = df.merge(row_keys[["model", "variant", "entry", "row", "who"]], on=["model", "variant", "entry"])
     df["column"] = [labels[(d, r, f, o)] for d, r, f, o in
                     zip(df["device"], df["runtime"], df["format"], df["options"])]
     df = df.sort_values("id" if "id" in df else "job_key").drop_duplicates(["row", "column"], keep="last")
@@ -481,7 +491,7 @@ def render_markdown(tables: Sequence[SpeedupTable]) -> str:
         align = ["left", "left"] + ["right"] * (frame.shape[1] - 2)
         parts.append(f"**Batch size {t.batch_size}** (run {t.run_id}): median latency in ms "
                      f"(speedup over the unpruned original on the same device, runtime and batch size)")
-        parts.append(frame.to_markdown(index=False, colalign=align, disable_numparse=True))
+        parts.append(markdown_table(list(frame.columns), frame.itertuples(index=False), align))
         notes = [f"- {_md_escape(r.symbol)} {title}: {body}" for r, title, body in t.note_lines()]
         if notes:
             parts.append("\n".join(notes))

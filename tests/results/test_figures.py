@@ -21,24 +21,16 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.patches import Rectangle
 
-from bench import config as bench_config
+from harness import config as harness_config
 from bench.cli import main
-from bench.sweep import execute
-from helpers import tiny_sweep_toml
-from results import figures
+from harness.runner import SweepRequest, run_sweep
+from helpers import local_device, tiny_sweep_toml
+from results import figures, style
 from results.records import make_record
 from results.store import Store
 
-DEVICE = """
-[devices.local]
-kind = "local"
-label = "this machine"
-python = "{python}"
-workdir = "{tmp}/dev"
-runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
-"""
 
-# timm, variant, entry, GMACs, M params, top-1, median ms on (pi, jetson): DESIGN.md §3
+# timm, variant, entry, GMACs, M params, top-1, median ms on (pi, jetson): docs/design.md §3
 PAPER = [
     ("deit_tiny_patch16_224", "original", "deit_tiny", 1.254, 5.72, 72.2, (139.1, 41.0)),
     ("deit_tiny_patch16_224", "snp:deit_tiny", "deit_tiny_snp", 0.638, 3.01, 70.29, (81.6, 26.7)),
@@ -75,11 +67,11 @@ def paper_records(run_id: str, n: int = 300) -> list[dict]:
 def run(tmp_path_factory) -> tuple[Store, str]:
     tmp = tmp_path_factory.mktemp("figures")
     path = tmp / "bench.toml"
-    path.write_text(tiny_sweep_toml(tmp, tmp / "artifacts", DEVICE.format(tmp=tmp, python=sys.executable),
+    path.write_text(tiny_sweep_toml(tmp, tmp / "artifacts", local_device("local", tmp / "dev", label="this machine"),
                                     iterations=30))
-    cfg = bench_config.load(path)
+    cfg = harness_config.load(path)
     store = Store(cfg.store)
-    outcome = execute(cfg, store, {}, progress=False)
+    outcome = run_sweep(cfg, store, SweepRequest())
     assert not outcome.errors, outcome.errors
     for record in paper_records(outcome.run_id):
         store.add_record(record)
@@ -129,7 +121,7 @@ def key(r: dict) -> str:
 def test_sweep_store_has_real_and_synthetic_records(ok):
     devices = Counter(r["device"] for r in ok)
     assert devices == {"local": 4, "pi": 7, "jetson": 7}
-    assert all(r["extra"]["job"]["top1"] is None for r in ok if r["device"] == "local")
+    assert all(r["top1"] is None for r in ok if r["device"] == "local")
     assert all(len(r["samples_ns"]) == r["n"] > 0 for r in ok)
 
 
@@ -144,9 +136,9 @@ def test_all_four_kinds_written_as_png_and_pdf(drawn):
         assert pdf.read_bytes().startswith(b"%PDF")
         width, height = result.figure.get_size_inches()
         pixels = matplotlib.image.imread(png)
-        assert pixels.shape[:2] == (round(height * figures.DPI), round(width * figures.DPI)), kind
+        assert pixels.shape[:2] == (round(height * style.DPI), round(width * style.DPI)), kind
         assert pixels[..., :3].std() > 0.05, kind  # not a blank image
-        assert width in (figures.SINGLE_COLUMN_IN, figures.DOUBLE_COLUMN_IN)
+        assert width in (style.SINGLE_COLUMN_IN, style.DOUBLE_COLUMN_IN)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}.{ext}" for stem in ("latency_vs_params", "accuracy_vs_latency", "speedup", "latency_distribution")
         for ext in ("png", "pdf"))
@@ -201,17 +193,17 @@ def test_same_colour_for_a_model_and_its_variants(drawn):
                 colours.setdefault(model, set()).add(tuple(np.round(coll.get_facecolor()[0][:3], 4)))
     assert all(len(c) == 1 for c in colours.values())
     assert len({next(iter(c)) for c in colours.values()}) == len(colours)
-    blue = tuple(np.round(matplotlib.colors.to_rgb(figures.MODEL_COLORS["deit_tiny_patch16_224"]), 4))
+    blue = tuple(np.round(matplotlib.colors.to_rgb(style.MODEL_COLORS["deit_tiny_patch16_224"]), 4))
     assert colours["deit_tiny_patch16_224"] == {blue}
 
 
 def test_accuracy_vs_latency_only_records_with_top1(drawn, ok):
     result = drawn[0]["accuracy_vs_latency"]
-    with_top1 = [r for r in ok if r["extra"]["job"]["top1"] is not None]
+    with_top1 = [r for r in ok if r["top1"] is not None]
     assert len(with_top1) == 14
-    expected = Counter((key(r), round(r["median_ms"], 9), round(r["extra"]["job"]["top1"], 9)) for r in with_top1)
+    expected = Counter((key(r), round(r["median_ms"], 9), round(r["top1"], 9)) for r in with_top1)
     assert gid_points(result.figure) == expected
-    assert sorted(result.data["top1"]) == sorted(r["extra"]["job"]["top1"] for r in with_top1)
+    assert sorted(result.data["top1"]) == sorted(r["top1"] for r in with_top1)
     assert {ax.get_ylabel() for ax in result.figure.get_axes()} == {"top-1 accuracy (%)"}
 
 
@@ -275,9 +267,9 @@ def test_labels():
     assert figures.model_label("vit_base_patch16_224") == "ViT-B/16"
     assert figures.model_label("efficientformer_l1") == "EfficientFormer-L1"
     assert figures.variant_label("snp:paper", 638_000_000) == "SNP 0.6G"
-    colours = figures.model_colors(["deit_tiny_patch16_224", "a_model", "another_model"])
+    colours = style.model_colors(["deit_tiny_patch16_224", "a_model", "another_model"])
     assert len(set(colours.values())) == 3
-    assert figures.model_colors(["a_model"])["a_model"] == figures.model_colors(["b", "a_model"])["a_model"]
+    assert style.model_colors(["a_model"])["a_model"] == style.model_colors(["b", "a_model"])["a_model"]
 
 
 def test_cli_default_out_and_unknown_run(run, tmp_path, monkeypatch, capsys):

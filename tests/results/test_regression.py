@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from bench import cli
-from bench import config as bench_config
+from harness import config as harness_config
 from results import regression, report
 from results.records import job_key_of, make_record
 from results.store import Store, UnknownRunError
@@ -287,10 +287,8 @@ def test_nightly_workflow_parses_and_runs_only_existing_commands():
 
 
 def test_shipped_bench_toml_has_a_nightly_sweep_of_local():
-    from bench.nightly_cmd import sweep_selection
-
-    cfg = bench_config.load(ROOT / "bench.toml")
-    selection, threshold, _ = sweep_selection(cfg, None)
+    cfg = harness_config.load(ROOT / "bench.toml")
+    selection, threshold, _ = cfg.nightly_sweep(None)
     assert selection["devices"] == ["local"] and threshold == 0.05
     cfg.pick_devices(selection["devices"]), cfg.pick_models(selection["models"])
 

@@ -33,6 +33,7 @@ from devices.transport import LocalTransport, error_result, sha256_file  # noqa:
 from results import store as store_module  # noqa: E402
 from results.export import export  # noqa: E402
 from results.records import RECORD_FIELDS, RecordError, job_key, job_key_of, make_record  # noqa: E402
+from results.runs import is_sweep, pick_run  # noqa: E402
 from results.store import DuplicateRecordError, SchemaTooNewError, Store, UnknownRunError  # noqa: E402
 
 GIT_REV = "0123456789abcdef0123456789abcdef01234567"
@@ -302,6 +303,135 @@ def test_baseline_is_the_last_marked_run(store):
         store.set_baseline("nope")
 
 
+# ----- report fields, run kinds, run selection, the schema 2 -> 3 migration ---------------------------
+
+REPORT_FIELDS = ("entry", "base_entry", "label", "device_label", "top1")
+
+
+def test_report_fields_are_columns_not_extra():
+    job = {**make_job(), "entry": "deit_tiny_snp", "base": "deit_tiny", "label": "DeiT-T + SNP",
+           "device_label": "Raspberry Pi 4B", "top1": 70, "planner_note": "kept"}
+    record = make_record("r", job, ok_result(samples_for(0)), GIT_REV)
+    assert {f: record[f] for f in REPORT_FIELDS} == {"entry": "deit_tiny_snp", "base_entry": "deit_tiny",
+                                                     "label": "DeiT-T + SNP", "device_label": "Raspberry Pi 4B",
+                                                     "top1": 70.0}
+    assert isinstance(record["top1"], float)
+    assert record["extra"]["job"] == {"planner_note": "kept"}  # unknown job keys are still kept
+    bare = make_record("r", {**make_job(), "label": ""}, ok_result(samples_for(0)), GIT_REV)
+    assert all(bare[f] is None for f in REPORT_FIELDS) and "job" not in bare["extra"]  # a missing `base` is None
+
+
+def test_report_fields_survive_the_store(store):
+    run_id = store.new_run({}, GIT_REV)
+    job = {**make_job(), "entry": "e", "base": "b", "label": "L", "device_label": "D", "top1": 71.5}
+    store.add_record(make_record(run_id, job, ok_result(samples_for(0)), GIT_REV))
+    (got,) = store.records(run_id)
+    assert {f: got[f] for f in REPORT_FIELDS} == {"entry": "e", "base_entry": "b", "label": "L",
+                                                  "device_label": "D", "top1": 71.5}
+
+
+def test_runs_carry_their_kind(store):
+    sweep = store.new_run({}, GIT_REV)
+    profile = store.new_run({"command": "x"}, GIT_REV, note="p", kind="latency-profile")
+    verify = store.new_run({}, GIT_REV, kind="latency-verify")
+    assert [store.get_run(r)["kind"] for r in (sweep, profile, verify)] == ["sweep", "latency-profile",
+                                                                              "latency-verify"]
+    assert [r["run_id"] for r in store.runs(kind="sweep")] == [sweep]
+    assert [r["run_id"] for r in store.runs(kind="latency-profile")] == [profile]
+    assert len(store.runs()) == 3 and store.latest_run()["run_id"] == verify
+    assert store.latest_run(kind="sweep")["run_id"] == sweep and store.latest_run(kind="other") is None
+    with pytest.raises(ValueError, match="run kind"):
+        store.new_run({}, GIT_REV, kind="nightly")
+
+
+def test_pick_run_latest_sweep_baseline_or_id(store):
+    with pytest.raises(store_module.StoreError, match="no sweep runs") as info:
+        pick_run(store, None)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    first = store.new_run({}, GIT_REV)
+    second = store.new_run({}, GIT_REV)
+    profile = store.new_run({}, GIT_REV, kind="latency-profile")  # never shadows the latest sweep
+    assert pick_run(store, None)["run_id"] == pick_run(store, "latest")["run_id"] == second
+    assert pick_run(store, profile)["run_id"] == profile and not is_sweep(pick_run(store, profile))
+    assert is_sweep(store.get_run(first))
+    with pytest.raises(store_module.StoreError, match="no baseline run"):
+        pick_run(store, "baseline")
+    store.set_baseline(first)
+    assert pick_run(store, "baseline")["run_id"] == first
+    with pytest.raises(store_module.StoreError) as info:
+        pick_run(store, "nope", "candidate")
+    message = str(info.value)
+    assert message.startswith("unknown candidate run 'nope'") and "\n" not in message
+    assert all(r in message for r in (first, second, profile))
+
+
+def _schema2_store(path: pathlib.Path, runs: list[tuple[str, dict]], records: list[dict]) -> None:
+    """A store as the code of schema version 2 wrote it: report fields inside extra.job, no run kind."""
+    conn = sqlite3.connect(path)
+    for statement in (*store_module.MIGRATIONS[0], *store_module.MIGRATIONS[1]):
+        conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+    conn.executemany("INSERT INTO schema_version VALUES (?, ?)", [(1, "2026"), (2, "2026")])
+    for run_id, config in runs:
+        conn.execute("INSERT INTO runs (run_id, created, git_rev, config) VALUES (?, ?, ?, ?)",
+                     (run_id, run_id, GIT_REV, json.dumps(config)))
+    old_fields = [f for f in RECORD_FIELDS if f not in REPORT_FIELDS]
+    for record in records:
+        values = [json.dumps(record[f]) if f in store_module.JSON_FIELDS else record[f] for f in old_fields]
+        conn.execute(f"INSERT INTO records ({', '.join(old_fields)}, inserted) "
+                     f"VALUES ({', '.join('?' for _ in old_fields)}, '2026')", values)
+    conn.commit()
+    conn.close()
+
+
+def _as_schema2(record: dict, job_fields: dict) -> dict:
+    """A record as schema 2 kept it: no report columns, the job's fields in extra.job."""
+    old = {k: v for k, v in record.items() if k not in REPORT_FIELDS}
+    old["extra"] = {**record["extra"], "job": job_fields} if job_fields else dict(record["extra"])
+    return old
+
+
+def test_migration_from_schema_2_backfills_columns_and_kinds(tmp_path):
+    path = tmp_path / "old.sqlite"
+    sweep, profile, verify, other = "20260101-000000-aaaa", "20260102-000000-bbbb", "20260103-000000-cccc", \
+        "20260104-000000-dddd"
+    runs = [(sweep, {"selection": {}}),
+            (profile, {"command": "compress --target-latency (latency profile)", "model": "m"}),
+            (verify, {"command": "compress --target-latency (verification)"}),
+            (other, {"command": "something else"})]
+    full = make_record(sweep, make_job(variant="original"), ok_result(samples_for(0)), GIT_REV)
+    labelled = make_record(sweep, make_job(batch_size=2), ok_result(samples_for(1)), GIT_REV)
+    bare = make_record(profile, make_job(batch_size=3), ok_result(samples_for(2)), GIT_REV)
+    records = [_as_schema2(full, {"entry": "deit_tiny", "label": "DeiT-T", "device_label": "Raspberry Pi 4B",
+                                  "top1": 72.2, "planner_note": "kept"}),
+               _as_schema2(labelled, {"entry": "deit_tiny_snp", "label": "", "device_label": "Pi", "top1": 70}),
+               _as_schema2(bare, {})]
+    _schema2_store(path, runs, records)
+
+    with Store(path) as s:
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 3
+        got = {r["job_key"]: r for r in s.records()}
+        a, b, c = got[full["job_key"]], got[labelled["job_key"]], got[bare["job_key"]]
+        assert {f: a[f] for f in REPORT_FIELDS} == {"entry": "deit_tiny", "base_entry": None, "label": "DeiT-T",
+                                                    "device_label": "Raspberry Pi 4B", "top1": 72.2}
+        assert a["extra"]["job"] == {"planner_note": "kept"}  # moved out of extra; the rest stays
+        assert {f: b[f] for f in REPORT_FIELDS} == {"entry": "deit_tiny_snp", "base_entry": None, "label": None,
+                                                    "device_label": "Pi", "top1": 70.0}
+        assert b["extra"] == labelled["extra"]  # extra.job held only report fields: it is gone
+        assert all(c[f] is None for f in REPORT_FIELDS) and "job" not in c["extra"]
+        assert a["samples_ns"] == full["samples_ns"] and a["median_ms"] == full["median_ms"]  # nothing else moved
+        assert {r["run_id"]: r["kind"] for r in s.runs()} == {sweep: "sweep", profile: "latency-profile",
+                                                              verify: "latency-verify", other: "other"}
+        assert pick_run(s, "latest")["run_id"] == sweep  # the old profile runs do not shadow the sweep
+        # the migrated store takes new records and runs as a new one does
+        run_id = s.new_run({}, GIT_REV, kind="latency-profile")
+        s.add_record(make_record(run_id, {**make_job(), "entry": "e", "base": "b"}, ok_result(samples_for(3)),
+                                 GIT_REV))
+        assert s.records(run_id)[0]["base_entry"] == "b"
+    with Store(path) as s:  # reopening migrates nothing twice
+        assert s.schema_version() == 3 and len(s.records()) == 4
+
+
 def test_records_survive_reopening(tmp_path):
     path = tmp_path / "bench.sqlite"
     with Store(path) as s:
@@ -438,7 +568,8 @@ def test_sigkilled_writer_loses_nothing_committed(tmp_path):
     path = tmp_path / "bench.sqlite"
     with Store(path) as s:
         run_id = s.new_run({}, GIT_REV)
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(ROOT), str(ROOT / "tests"), str(path), run_id],
+    here = str(pathlib.Path(__file__).resolve().parent)  # where test_results_store is importable from
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(ROOT), here, str(path), run_id],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     printed = []
     try:

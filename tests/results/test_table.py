@@ -17,23 +17,15 @@ import subprocess
 import pandas as pd
 import pytest
 
-from bench import config as bench_config
-from bench import runs
+from harness import config as harness_config
 from bench.cli import main
-from bench.sweep import execute
-from helpers import tiny_sweep_toml
+from harness.runner import SweepRequest, run_sweep
+from helpers import local_device, tiny_sweep_toml
 from results.records import make_record
-from results.store import Store
+from results.runs import pick_run
+from results.store import Store, StoreError
 from results.table import build_tables, fmt_ms, record_reasons, render
 
-DEVICE = """
-[devices.box]
-kind = "local"
-label = "Test Box #1"
-python = "{python}"
-workdir = "{tmp}/dev"
-runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
-"""
 
 CELL = re.compile(r"^(?P<ms>[\d.]+)(?: \((?P<speedup>[\d.]+)×\))?(?P<marks>[†‡§¶‖*]*)$")
 
@@ -48,11 +40,11 @@ def swept(tmp_path_factory):
     import sys
     tmp = tmp_path_factory.mktemp("table_sweep")
     cfg_path = tmp / "bench.toml"
-    cfg_path.write_text(tiny_sweep_toml(tmp, tmp / "artifacts", DEVICE.format(tmp=tmp, python=sys.executable),
+    cfg_path.write_text(tiny_sweep_toml(tmp, tmp / "artifacts", local_device("box", tmp / "dev", label="Test Box #1"),
                                         iterations=20, tiny_extra='label = "DeiT-T_2blk"\ntop1 = 72.2'))
-    cfg = bench_config.load(cfg_path)
+    cfg = harness_config.load(cfg_path)
     store = Store(cfg.store)
-    outcome = execute(cfg, store, {}, progress=False)
+    outcome = run_sweep(cfg, store, SweepRequest())
     assert not outcome.errors, outcome.errors
     return cfg_path, store, outcome.run_id
 
@@ -151,6 +143,9 @@ def test_markdown_speedups_recomputed_from_store(swept, capsys):
     assert rows[1][1] == "l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5" and rows[0][2] == "72.2" and rows[1][2] == ""
 
     records = store.records(run_id)
+    # the harness passes the entry, its base, labels and Top-1 as record columns
+    assert {(r["entry"], r["base_entry"], r["label"], r["device_label"], r["top1"]) for r in records} == {
+        ("tiny", None, "DeiT-T_2blk", "Test Box #1", 72.2), ("tiny_snp", "tiny", None, "Test Box #1", None)}
     by = {(r["variant"] == "original", r["format"]): r for r in records}
     assert rows[0][3] == f"{by[True, 'onnx']['macs'] / 1e9:.3g}"
     for col, fmt in ((5, "onnx"), (6, "torchscript")):
@@ -273,8 +268,8 @@ def test_unknown_run_is_one_line_error(synthetic, capsys):
     assert err.count("\n") == 1 and "unknown run 'nope'" in err and run_id in err and old in err
     rc, _, err = cli(capsys, "--store", path, "--batch", "8")
     assert rc == 2 and "no records for batch size(s) 8" in err
-    with pytest.raises(bench_config.ConfigError, match="recent runs"):
-        runs.pick_run(Store(path), "nope")
+    with pytest.raises(StoreError, match="recent runs"):
+        pick_run(Store(path), "nope")
 
 
 def test_one_table_per_batch_size():
