@@ -12,15 +12,28 @@ import argparse
 import logging
 import sys
 
+from harness.config import ConfigError
+from harness.latency_model import TargetLatencyError
+from results.store import StoreError
 from snp_core.errors import SNPError
 
-from . import ablation, compare_cmd, compress, devices_cmd, figures_cmd, finetune_cmd, inspect_plan, nightly_cmd, results_cmd, sweep, table_cmd
-from .config import ConfigError
-from .latency_model import TargetLatencyError
+from . import (
+    ablation,
+    compare_cmd,
+    compress,
+    devices_cmd,
+    figures_cmd,
+    finetune_cmd,
+    inspect_plan,
+    nightly_cmd,
+    results_cmd,
+    sweep,
+    table_cmd,
+)
 
 COMMANDS = (compress, inspect_plan, sweep, devices_cmd, results_cmd, table_cmd, figures_cmd, compare_cmd, nightly_cmd, ablation, finetune_cmd)
 #: Errors caused by the user's input: printed as one line, exit status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (SNPError, ConfigError, TargetLatencyError)
+USER_ERRORS: tuple[type[Exception], ...] = (SNPError, ConfigError, TargetLatencyError, StoreError)
 
 
 def build_parser() -> argparse.ArgumentParser:

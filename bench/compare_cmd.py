@@ -11,7 +11,7 @@ the summary, and exits with status 1 when anything regressed (a slower job,
 or a job that was ok and now fails), 0 otherwise.
 
 Run ids: as ``bench results runs`` lists them; ``baseline`` names the store's
-baseline run (``bench nightly --promote`` sets it), ``latest`` the newest run.
+baseline run (``bench nightly --promote`` sets it), ``latest`` the latest sweep.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness import config as harness_config
 from results import regression, report
+from results.runs import pick_run
 from results.store import Store
 
-from . import config as bench_config
 from .options import HelpFormatter
-from .runs import add_store_options, open_store, pick_run
+from .runs import add_store_options, open_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,21 +34,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=HelpFormatter)
     add_store_options(p)
     p.add_argument("baseline", metavar="BASELINE", help="baseline run id, or 'baseline' (the store's baseline run)")
-    p.add_argument("candidate", metavar="CANDIDATE", help="candidate run id, or 'latest' (the newest run)")
+    p.add_argument("candidate", metavar="CANDIDATE", help="candidate run id, or 'latest' (the latest sweep)")
     add_report_options(p)
     p.set_defaults(func=run)
 
 
 def threshold_arg(text: str) -> float:
-    """A relative threshold: ``0.05`` or ``5%``."""
+    """``--threshold``: `results.regression.parse_threshold`, its error as argparse's."""
     try:
-        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"threshold {text!r} must be a fraction like 0.05 or a percentage like 5%") \
-            from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"threshold {text!r} must be at least 0 and below 1 (100 %)")
-    return value
+        return regression.parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_report_options(p: argparse.ArgumentParser) -> None:
@@ -86,9 +83,9 @@ def compare_and_report(store: Store, baseline: dict, candidate: dict, args: argp
 
 def _check_stats_options(args: argparse.Namespace) -> None:
     if not 0 < args.confidence < 1:
-        raise bench_config.ConfigError(f"--confidence must be between 0 and 1, got {args.confidence}")
+        raise harness_config.ConfigError(f"--confidence must be between 0 and 1, got {args.confidence}")
     if args.resamples < 100:
-        raise bench_config.ConfigError(f"--resamples must be at least 100, got {args.resamples}")
+        raise harness_config.ConfigError(f"--resamples must be at least 100, got {args.resamples}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,27 +1,33 @@
-"""``python -m bench compress``: prune one timm model with SNP and save plan + weights."""
+"""``python -m bench compress``: prune one timm model with SNP and save plan + weights.
+
+The command fills a `harness.compress.CompressRequest` and calls
+`harness.compress.compress`; it prints the one-line summary (or, for a latency
+budget, the search's candidates and target / predicted / measured).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import time
 from pathlib import Path
 
 import torch
 
 import snp_core
+from harness import target_latency
+from harness.compress import (
+    CompressProgress,
+    CompressRequest,
+    CompressResult,
+    LatencyTarget,
+    compress,
+)
+from harness.latency_model import TargetLatencyError
 from snp_core import ratios as ratio_sources
-from snp_core.errors import RatioError
 
-from . import target_latency
 from .options import HelpFormatter
-
-log = logging.getLogger(__name__)
-
-#: Pattern scaled by --target-gmacs when the model has no paper ratios and none is given:
-#: attention pruned hardest, the residual stream least, as in the paper's files.
-DEFAULT_PATTERN = {"qk": 0.5, "v": 0.5, "ffn": 0.5, "embed": 0.2}
+from .progress import SweepBars, counter
+from .runs import add_store_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "--target-gmacs/-latency)")
     src.add_argument("--target-gmacs", type=float, metavar="X",
                      help="scale the ratio pattern (above, or the paper's, or "
-                          f"{DEFAULT_PATTERN}) until the pruned model has X GMACs (within 2%%)")
+                          f"{dict(ratio_sources.DEFAULT_PATTERN)}) until the pruned model has X GMACs (within 2%%)")
     src.add_argument("--hold", metavar="KINDS", type=_kinds, default=(),
                      help="comma-separated group kinds (qk, v, ffn, embed) whose ratios --target-gmacs/-latency "
                           "keep as given while they scale the others, e.g. --hold qk,v")
@@ -73,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "default: scikit-image sample photos (logged warning)")
     cal.add_argument("--num-calib", type=int, default=64, help="number of calibration images (paper: 64)")
     cal.add_argument("--batch-size", type=int, default=16, help="calibration batch size")
-    target_latency.add_arguments(p)
+    add_latency_arguments(p)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/compress/<model>-<criterion>, "
                                                   "+ -<T>ms-<device> with --target-latency)")
@@ -109,92 +115,117 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def _criterion(args: argparse.Namespace) -> snp_core.Importance:
-    if args.criterion in ("snp", "reverse"):
-        return snp_core.get_criterion(args.criterion, gamma=args.gamma, weighting=args.weighting,
-                                      aggregate=args.aggregate)
-    if args.criterion == "random":
-        return snp_core.get_criterion("random", seed=args.seed)
-    return snp_core.get_criterion(args.criterion)
+def add_latency_arguments(p: argparse.ArgumentParser) -> None:
+    """The --target-latency options, with the procedure (`harness.target_latency`) in the group's help."""
+    fractions = ", ".join(f"{f:.0%}" for f in target_latency.PROFILE_FRACTIONS)
+    g = p.add_argument_group(
+        "latency target (measured on a device)",
+        "--target-latency T --device NAME prunes until the model runs in T on that device. First a profile: "
+        "the ratio pattern above (the one --target-gmacs scales) and a uniform one are each scaled to "
+        f"{fractions} of the MACs (data-free l2 pruning, with --round-to), "
+        "exported in the runtime's format and timed on the device exactly as `bench sweep` times it; every "
+        "measurement is a record in the results store and the curves are kept there, so later calls for the same "
+        "device, runtime, model, input shape and pattern reuse them (--reprofile measures again). Then a search: "
+        "each pattern's median latency against MACs (monotone, linear between points) is inverted at the target, "
+        "and of the settings predicted to meet it the one that removes the least of the criterion's scores "
+        "(averaged over groups) is pruned and saved. Last, the pruned model is timed on the device and target, "
+        f"predicted and measured are printed; a miss by more than {target_latency.TOLERANCE:.0%} corrects the "
+        "curve with the measured point and searches once more.")
+    g.add_argument("--target-latency", metavar="T",
+                   help="latency budget per image (batch 1): 30ms, '30 ms', 0.03s, 30000us, or a bare number in ms")
+    g.add_argument("--device", metavar="NAME", help="device of the config to measure on, e.g. local or pi")
+    g.add_argument("--runtime", help="runtime on that device (default: the first the device lists)")
+    add_store_options(g)
+    g.add_argument("--reprofile", action="store_true", help="measure the latency profile again, even if stored")
+    g.add_argument("--trust-new-hosts", action="store_true",
+                   help="add a first-seen SSH host key to known_hosts (changed keys are always refused)")
 
 
-def _pattern(args: argparse.Namespace, groups: list[snp_core.groups.Group]) -> tuple[dict, str, list[str]]:
-    """The ratios before any budget scales them, where they came from, and the groups a budget leaves alone."""
-    uniform = {k: getattr(args, k) for k in ("qk", "v", "ffn", "embed") if getattr(args, k) is not None}
-    if uniform and args.ratios:
-        raise RatioError(f"--ratios {args.ratios!r} and uniform ratios ({', '.join('--' + k for k in uniform)}) "
-                         "are exclusive; give one or the other")
-    if uniform:
-        ratios, origin = ratio_sources.uniform(groups, **uniform), "uniform " + " ".join(f"{k}={v}" for k, v in uniform.items())
-    elif args.ratios or (args.target_gmacs is None and args.target_latency is None):
-        ratios, origin = ratio_sources.resolve(args.ratios or "paper", args.model), f"ratios {args.ratios or 'paper'}"
+def request(args: argparse.Namespace) -> CompressRequest:
+    """The library request the flags describe."""
+    latency = None
+    if args.target_latency is None:
+        given = [f"--{o}" for o in ("device", "runtime", "reprofile") if getattr(args, o)]
+        if given:
+            raise TargetLatencyError(f"{', '.join(given)} only apply with --target-latency")
+    elif not args.device:
+        raise TargetLatencyError("--target-latency needs --device NAME (a device of bench.toml; 'local' is this "
+                                 "machine)")
     else:
-        try:  # the paper's ratios, when they fit this model (not e.g. a shallower one made with --model-kwargs)
-            ratios, origin = ratio_sources.validate(ratio_sources.resolve("paper", args.model), groups), "paper pattern"
-        except RatioError:
-            ratios, origin = ratio_sources.uniform(groups, **DEFAULT_PATTERN), "default pattern"
-    fixed = [g.name for g in groups if g.kind in args.hold]
-    if args.heads is not None:
-        heads = [g.name for g in groups if g.kind == "heads"]
-        fixed += heads
-        if not heads:
-            raise RatioError(f"--heads {args.heads}: model {args.model!r} has no prunable head groups")
-        ratios = {**ratios, **ratio_sources.uniform([g for g in groups if g.kind == "heads"], heads=args.heads)}
-        origin += f" + heads={args.heads}"
-    return ratios, origin, fixed
+        latency = LatencyTarget(args.target_latency, args.device, args.runtime, args.config, args.store,
+                                args.reprofile, args.trust_new_hosts)
+    return CompressRequest(
+        model=args.model, weights=args.weights, model_kwargs=args.model_kwargs, ratios=args.ratios,
+        uniform={k: getattr(args, k) for k in ratio_sources.KINDS if k != "heads" and getattr(args, k) is not None},
+        heads=args.heads, target_gmacs=args.target_gmacs, latency=latency, hold=args.hold, round_to=args.round_to,
+        criterion=args.criterion,
+        criterion_options={"gamma": args.gamma, "weighting": args.weighting, "aggregate": args.aggregate},
+        head_criterion=args.head_criterion, calib=args.calib, num_calib=args.num_calib, batch_size=args.batch_size,
+        seed=args.seed, out=args.out)
 
 
-def _ratios(args: argparse.Namespace, groups: list[snp_core.groups.Group], adapter) -> tuple[dict, str]:
-    """The ratios to prune with and a short description of where they came from."""
-    ratios, origin, fixed = _pattern(args, groups)
-    if args.target_gmacs is not None:
-        ratios = ratio_sources.scale_to_target(ratios, groups, adapter.macs, args.target_gmacs * 1e9, args.round_to,
-                                               fixed=fixed)
-        origin += f" scaled to {args.target_gmacs} GMACs"
-    return ratios, origin
+class _Bars(SweepBars, CompressProgress):
+    """Bars for calibration and for the timing runs of a latency budget."""
 
+    def __init__(self, enabled: bool) -> None:
+        super().__init__("", enabled)
+        self.calibrating, self._close_calibration = counter("calibrating", enabled)
 
-def _calibration(args: argparse.Namespace, model: torch.nn.Module,
-                 criterion: snp_core.Importance) -> tuple[torch.Tensor | None, dict | None]:
-    """Calibration images and their description, for criteria that use activations; (None, None) otherwise."""
-    if not criterion.uses_activations:
-        return None, None
-    calib = snp_core.calibration.load(args.calib, model, args.num_calib, args.seed)
-    return calib.images, calib.info()
+    def planned(self, run_id: str, jobs: int, todo: int, devices: dict[str, int]) -> None:
+        self.close()
+        super().planned(run_id, jobs, todo, devices)
+
+    def close(self) -> None:
+        self._close_calibration()
+        super().close()
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.round_to is not None and args.round_to < 1:
-        raise RatioError(f"--round-to {args.round_to} must be a positive integer")
-    latency = target_latency.request(args)  # a bad target or device fails before the model is built
-    model = snp_core.create(args.model, args.weights, **args.model_kwargs)
-    adapter = snp_core.adapter_for(model, args.model)
-    criterion = _criterion(args)
-    if latency is not None:
-        base, origin, fixed = _pattern(args, adapter.groups())
-        snp_core.kept_widths(adapter.groups(), base, args.round_to)
-        return target_latency.run(latency, args, model, adapter, criterion, *_calibration(args, model, criterion),
-                                  base, origin, fixed)
-    ratios, origin = _ratios(args, adapter.groups(), adapter)
-    snp_core.kept_widths(adapter.groups(), ratios, args.round_to)  # bad ratios fail before calibration starts
-
-    started = time.perf_counter()
-    images, calib_info = _calibration(args, model, criterion)
-    plan = snp_core.make_plan(model, args.model, ratios, criterion, images, calib_info, round_to=args.round_to,
-                              batch_size=args.batch_size, progress=not args.quiet,
-                              model_kwargs=args.model_kwargs, head_criterion=args.head_criterion)
-    pruned = snp_core.prune(model, plan)
-    elapsed = time.perf_counter() - started
-
-    out = args.out or Path("runs") / "compress" / f"{args.model}-{args.criterion}"
-    snp_core.save(out, pruned, plan)
+    req = request(args)
+    bars = _Bars(enabled=not args.quiet)
+    try:
+        result = compress(req, bars)
+    finally:
+        bars.close()
+    if result.latency is not None:
+        _print_latency_summary(req, result)
+        return 0
+    plan = result.plan
     before, after = plan.params["original"], plan.params["pruned"]
     macs0, macs1 = plan.macs["original"], plan.macs["pruned"]
-    calib_text = f"{calib_info['num_images']} calibration images" if calib_info else "no calibration (data-free)"
-    print(f"{args.model} [{args.criterion}, {origin}{', round-to ' + str(args.round_to) if args.round_to else ''}]: "
+    calib = result.calib_info
+    calib_text = f"{calib['num_images']} calibration images" if calib else "no calibration (data-free)"
+    print(f"{req.model} [{req.criterion}, {result.origin}{', round-to ' + str(req.round_to) if req.round_to else ''}]: "
           f"params {before / 1e6:.2f}M -> {after / 1e6:.2f}M ({before / after:.2f}x), "
           f"GMACs {macs0 / 1e9:.3f} -> {macs1 / 1e9:.3f} ({macs0 / macs1:.2f}x); {calib_text}; "
-          f"{elapsed:.1f} s; saved to {out}/")
+          f"{result.elapsed_s:.1f} s; saved to {result.out}/")
     return 0
+
+
+def _print_latency_summary(req: CompressRequest, result: CompressResult) -> None:
+    found = result.latency
+    assert found is not None
+    attempts, last, target = found.attempts, found.attempts[-1], found.target_ms
+    rounding = f", round-to {req.round_to}" if req.round_to else ""
+    print(f"{req.model} [{req.criterion}, target {target:.4g} ms on {found.where}{rounding}]:")
+    for c in last.candidates:
+        qk = "" if c["qk_loss"] is None else f" (qk {c['qk_loss']:.3f})"
+        print(f"  pattern {c['pattern']!r}: {c['macs'] / 1e9:.3f} GMACs, predicted {c['predicted_ms']:.4g} ms, "
+              f"score mass removed {c['loss']:.3f}{qk}{'  <- chosen' if c['chosen'] else ''}")
+    for a in attempts[:-1]:
+        print(f"  first try ({a.pattern}, {a.macs / 1e9:.3f} GMACs): predicted {a.predicted_ms:.4g} ms, measured "
+              f"{a.measured_ms:.4g} ms ({100 * a.error(target):+.1f} % vs target); curve corrected")
+    print(f"  target {target:.4g} ms, predicted {last.predicted_ms:.4g} ms, measured {last.measured_ms:.4g} ms "
+          f"(median, record {last.record_id} of run {last.run_id}): {100 * last.error(target):+.1f} % vs "
+          f"target, {100 * last.error(last.predicted_ms):+.1f} % vs predicted")
+    plan = found.plan
+    before, after = plan.params["original"], plan.params["pruned"]
+    macs0, macs1 = plan.macs["original"], plan.macs["pruned"]
+    print(f"  params {before / 1e6:.2f}M -> {after / 1e6:.2f}M, GMACs {macs0 / 1e9:.3f} -> {macs1 / 1e9:.3f} "
+          f"({macs0 / macs1:.2f}x); saved to {result.out}/")
+    if found.missed:
+        print(f"  WARNING: the measured median misses the target by {100 * last.error(target):+.1f} % "
+              f"(more than {target_latency.TOLERANCE:.0%}); the device may be noisy or the profile stale: try "
+              "--reprofile")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness import config as harness_config
 from results.figures import FIGURES, make_figures
+from results.runs import pick_run
 
-from . import config as bench_config
 from .options import HelpFormatter
-from .runs import add_run_option, add_store_options, open_store, pick_run
+from .runs import add_run_option, add_store_options, open_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = pick_run(store, args.run)["run_id"]
     records = store.records(run_id, status="ok")
     if not records:
-        raise bench_config.ConfigError(f"run {run_id} has no successful records: nothing to plot")
+        raise harness_config.ConfigError(f"run {run_id} has no successful records: nothing to plot")
     out = args.out or Path("runs") / run_id / "figures"
     for kind, result in make_figures(records, out, args.only).items():
         if result.paths:

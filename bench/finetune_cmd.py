@@ -1,6 +1,6 @@
 """``python -m bench finetune`` and ``python -m bench evaluate``: recover accuracy after pruning.
 
-The defaults are the paper's fine-tuning recipe (SNP_SPEC §8); see `snp_core.finetune` for
+The defaults are the paper's fine-tuning recipe (docs/method.md §8); see `snp_core.finetune` for
 where each comes from. Run on N GPUs (or N CPU processes) with::
 
     torchrun --nproc_per_node N -m bench finetune --model runs/deit_t_snp --data imagenet --out runs/deit_t_ft

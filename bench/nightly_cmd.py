@@ -29,17 +29,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
+from harness import config as harness_config
+from harness.runner import SweepRequest
 from results import regression, report
+from results.runs import pick_run
 
-from . import config as bench_config
-from .compare_cmd import _check_stats_options, add_report_options, compare_and_report, report_dir, threshold_arg
+from .compare_cmd import (
+    _check_stats_options,
+    add_report_options,
+    compare_and_report,
+    report_dir,
+)
 from .options import HelpFormatter
-from .runs import add_store_options, open_store, pick_run
-from .sweep import execute
-
-DEFAULT_SWEEP = "nightly"
+from .runs import add_store_options, open_store
+from .sweep import sweep_with_bars
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[0].split(": ", 1)[1]
                        + " Exit status 1 when anything regressed.", formatter_class=HelpFormatter)
     add_store_options(p)
-    p.add_argument("--sweep", metavar="NAME", help=f"run [sweeps.NAME] of bench.toml (default: {DEFAULT_SWEEP}; "
+    p.add_argument("--sweep", metavar="NAME", help=f"run [sweeps.NAME] of bench.toml (default: {harness_config.NIGHTLY_SWEEP}; "
                                                    "falls back to [sweep] when bench.toml has no [sweeps.nightly])")
     p.add_argument("--baseline", metavar="RUN_ID", help="compare with this run instead of the store's baseline")
     p.add_argument("--promote", action="store_true",
@@ -58,21 +62,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add first-seen SSH host keys to known_hosts (changed keys are always refused)")
     add_report_options(p)
     p.set_defaults(func=run)
-
-
-def sweep_selection(cfg: bench_config.Config, name: str | None) -> tuple[dict[str, Any], float | None, str]:
-    """``(selection, threshold or None, description)`` of ``[sweeps.NAME]``; ``[sweep]`` for an absent nightly."""
-    wanted = name or DEFAULT_SWEEP
-    if wanted not in cfg.sweeps and wanted == DEFAULT_SWEEP:
-        return {}, None, f"bench.toml has no [sweeps.{wanted}]: running the [sweep] defaults"
-    selection = cfg.named_sweep(wanted)
-    threshold = selection.pop("threshold", None)
-    if threshold is not None:
-        try:
-            threshold = threshold_arg(str(threshold))
-        except argparse.ArgumentTypeError as exc:
-            raise bench_config.ConfigError(f"bench.toml [sweeps.{wanted}]: {exc}") from None
-    return selection, threshold, f"sweep [sweeps.{wanted}]"
 
 
 def _promote(store, run_id: str, errors: int, regressed: bool, force: bool) -> None:
@@ -88,9 +77,9 @@ def _promote(store, run_id: str, errors: int, regressed: bool, force: bool) -> N
 def run(args: argparse.Namespace) -> int:
     _check_stats_options(args)
     if args.force and not args.promote:
-        raise bench_config.ConfigError("--force only applies to --promote")
-    cfg = bench_config.load(args.config)
-    selection, sweep_threshold, described = sweep_selection(cfg, args.sweep)
+        raise harness_config.ConfigError("--force only applies to --promote")
+    cfg = harness_config.load(args.config)
+    selection, sweep_threshold, described = cfg.nightly_sweep(args.sweep)
     store = open_store(args, cfg, must_exist=False)
     # resolve the baseline before spending an hour on the sweep: a typo fails now
     baseline = pick_run(store, args.baseline, "baseline") if args.baseline else store.baseline()
@@ -99,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"nightly: {described}; baseline: "
           f"{baseline['run_id'] if baseline else 'none yet'}; threshold {threshold * 100:g} %", flush=True)
 
-    outcome = execute(cfg, store, selection, trust_new_hosts=args.trust_new_hosts, progress=sys.stderr.isatty())
+    outcome = sweep_with_bars(cfg, store, SweepRequest(**selection, trust_new_hosts=args.trust_new_hosts),
+                              bars=sys.stderr.isatty())
     run_id = outcome.run_id
     candidate = store.get_run(run_id) or {"run_id": run_id}
     errors = len(outcome.errors)

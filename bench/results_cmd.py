@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from results.export import FORMATS, export
+from results.runs import pick_run
 
 from .options import HelpFormatter
-from .runs import add_store_options, open_store, pick_run
+from .runs import add_store_options, open_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,11 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from results.table import DEFAULT_CV_THRESHOLD, RENDERERS, TableError, build_tables, render
+from harness import config as harness_config
+from results.runs import pick_run
+from results.table import (
+    DEFAULT_CV_THRESHOLD,
+    RENDERERS,
+    TableError,
+    build_tables,
+    render,
+)
 
-from . import config as bench_config
 from .options import HelpFormatter
-from .runs import add_run_option, add_store_options, open_store, pick_run
+from .runs import add_run_option, add_store_options, open_store
 
 
 def _batches(text: str) -> list[int]:
@@ -46,13 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _config(args: argparse.Namespace) -> bench_config.Config | None:
+def _config(args: argparse.Namespace) -> harness_config.Config | None:
     """The config for the store path and model labels; with --store alone a broken bench.toml is not fatal."""
     if args.config is not None or args.store is None:
-        return bench_config.load(args.config)
+        return harness_config.load(args.config)
     try:
-        return bench_config.load(None)
-    except bench_config.ConfigError:
+        return harness_config.load(None)
+    except harness_config.ConfigError:
         return None
 
 
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                               model_order=run_config.get("models"), device_order=run_config.get("devices"),
                               batches=args.batch)
     except TableError as exc:
-        raise bench_config.ConfigError(str(exc)) from None
+        raise harness_config.ConfigError(str(exc)) from None
     text = render(tables, args.format)
     if args.out is None:
         sys.stdout.write(text)

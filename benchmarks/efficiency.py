@@ -1,4 +1,4 @@
-"""Speedup efficiency (speedup ÷ MACs ratio, DESIGN.md §3) of the paper's configs on this machine.
+"""Speedup efficiency (speedup ÷ MACs ratio, docs/design.md §3) of the paper's configs on this machine.
 
 For each config, the original and the pruned model are timed in ONE process,
 interleaved round by round, with onnxruntime (CPU, each thread count given) on
@@ -68,7 +68,7 @@ def main() -> int:
         timm_name = ratio_sources.load_config(name)["model"]
         original = snp_core.create(timm_name)
         plan = snp_core.make_plan(original, timm_name, ratio_sources.resolve(name, timm_name),
-                                  snp_core.get_criterion("l2"), round_to=args.round_to, progress=False)
+                                  snp_core.get_criterion("l2"), round_to=args.round_to)
         pruned = snp_core.prune(original, plan)
         macs_ratio = plan.macs["original"] / plan.macs["pruned"]
         shape = (1, *snp_core.models.input_size(original))

@@ -1,9 +1,9 @@
-"""``python -m bench.micro``: is the pruned model really faster? Plain PyTorch, this CPU.
+"""``python benchmarks/micro.py``: is the pruned model really faster? Plain PyTorch, this CPU.
 
 Builds the original timm model and its pruned version (paper ratios by default),
 then times both in ONE process, interleaved (A B B A A B ...), so drift in clock
 speed or background load hits both alike; reports median latencies, the speedup,
-the MACs ratio and the speedup efficiency (speedup ÷ MACs ratio, DESIGN.md §3).
+the MACs ratio and the speedup efficiency (speedup ÷ MACs ratio, docs/design.md §3).
 
 The criterion does not change the architecture, so the data-free ``l2``
 criterion is used by default: it gives the same widths as SNP without needing
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-import snp_core
-from snp_core import ratios as ratio_sources
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from .options import HelpFormatter
+import snp_core  # noqa: E402
+from snp_core import ratios as ratio_sources  # noqa: E402
 
 
 def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int, iters: int,
@@ -44,8 +46,8 @@ def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="python benchmarks/micro.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="deit_tiny_patch16_224", help="timm model name")
     p.add_argument("--ratios", default="paper", help="ratio spec, as for `bench compress --ratios`")
     p.add_argument("--round-to", type=int, help="round kept widths to a multiple of N")

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 import exporters  # noqa: E402
 import snp_core  # noqa: E402
-from bench import config as bench_config  # noqa: E402
-from bench import target_latency  # noqa: E402
 from bench.cli import main as bench_main  # noqa: E402
+from harness import config as harness_config  # noqa: E402
+from harness import target_latency  # noqa: E402
+from harness.runner import Progress  # noqa: E402
 from results.store import Store  # noqa: E402
 
 MEASURE = {"full": "warmup_iterations = 200\niterations = 1000\nmin_seconds = 10.0\ntimeout_s = 1800",
@@ -56,7 +57,7 @@ def device_table(tmp: Path, ssh: bool, threads: int) -> Iterator[str]:
         server.stop()
 
 
-def original_median(cfg: bench_config.Config, model_name: str) -> float:
+def original_median(cfg: harness_config.Config, model_name: str) -> float:
     """The unpruned model's median on the device, timed through the same harness (its own run in the store)."""
     req = target_latency.Request(1.0, cfg.devices["bench"], "onnxruntime", "onnx", cfg.measure, cfg.store,
                                  cfg.artifacts, False)
@@ -65,7 +66,7 @@ def original_median(cfg: bench_config.Config, model_name: str) -> float:
                            source=model_name)
     _, timed = target_latency.time_models(req, Store(cfg.store), [(target_latency.Timed("original", model_name,
                                                                                           "original"), art)],
-                                          "target-latency benchmark: original", {}, progress=False)
+                                          "target-latency benchmark: original", {}, "latency-verify", Progress())
     return timed["original"]["median_ms"]
 
 
@@ -86,7 +87,7 @@ def main() -> int:
         cfg_path = tmp / "bench.toml"
         cfg_path.write_text(f'[paths]\nstore = "{tmp}/bench.sqlite"\nartifacts = "{args.artifacts.resolve()}"\n\n'
                             f'[measure]\n{MEASURE["quick" if args.quick else "full"]}\n\n{device}')
-        cfg = bench_config.load(cfg_path)
+        cfg = harness_config.load(cfg_path)
         original = original_median(cfg, args.model)
         target = args.target or args.fraction * original
         cli = ["compress", "--model", args.model, "--weights", "random", "--target-latency", f"{target:.4f}ms",

@@ -3,13 +3,16 @@
 Pruned entries are pruned here, from their base entry, so a sweep always
 measures the architecture its config describes; exports are cached by content
 in ``paths.artifacts``, so an unchanged model is neither re-exported nor (by the
-transports' blob store) re-uploaded.
+transports' blob store) re-uploaded. An export that fails does not end the
+sweep: it is returned as an `ExportFailure`, and its jobs become error records.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
@@ -21,10 +24,16 @@ from .config import ModelSpec
 
 log = logging.getLogger(__name__)
 
-#: What the exporter is asked for, per sweep format (TensorRT engines are built on the device from the .onnx).
-EXPORT_FORMAT = {"onnx": "onnx", "torchscript": "torchscript", "pt2": "pt2", "trt": "trt"}
-#: The artifact format the agent is told it receives.
-AGENT_FORMAT = {"onnx": "onnx", "torchscript": "torchscript", "pt2": "pt2", "trt": "onnx"}
+#: (model entry, format, batch size): how the runner finds a job's artifact.
+ArtifactKey = tuple[str, str, int]
+
+
+@dataclass(frozen=True)
+class ExportFailure:
+    """An artifact that could not be made: the exporter's one-line message and the shape it was asked for."""
+
+    message: str
+    input_shape: list[int]
 
 
 def build_model(spec: ModelSpec, base: ModelSpec | None) -> tuple[nn.Module, Plan | None]:
@@ -36,32 +45,41 @@ def build_model(spec: ModelSpec, base: ModelSpec | None) -> tuple[nn.Module, Pla
     assert base is not None
     original = snp_core.create(base.timm, base.weights, **base.kwargs)
     adapter = snp_core.adapter_for(original, spec.timm)
-    if isinstance(spec.ratios, dict):
-        ratios = snp_core.ratios.uniform(adapter.groups(), **spec.ratios)
-    else:
-        ratios = snp_core.ratios.resolve(spec.ratios or "paper", spec.timm)
-    criterion = snp_core.get_criterion(spec.criterion)
+    ratios = snp_core.ratios.from_spec(spec.ratios, spec.timm, adapter.groups())
+    criterion = snp_core.criterion_from_options(spec.criterion)
     images, info = None, None
     if criterion.uses_activations:
         calib = snp_core.calibration.load(spec.calib, original, spec.num_calib)
         images, info = calib.images, calib.info()
     snp_core.kept_widths(adapter.groups(), ratios, spec.round_to)
     plan = snp_core.make_plan(original, spec.timm, ratios, criterion, images, info, round_to=spec.round_to,
-                              progress=False, model_kwargs=base.kwargs)
+                              model_kwargs=base.kwargs)
     return snp_core.prune(original, plan), plan
 
 
-def export_all(specs: list[ModelSpec], formats: list[str], batches: list[int], cache_dir: Path,
-               models: dict[str, ModelSpec]) -> dict[tuple[str, str, int], exporters.Artifact]:
-    """Every (model entry, sweep format, batch size) artifact the sweep needs."""
-    artifacts: dict[tuple[str, str, int], exporters.Artifact] = {}
+def export_all(specs: list[ModelSpec], fmts: list[str], batches: list[int], cache_dir: Path,
+               models: dict[str, ModelSpec], progress: Callable[[str], None] | None = None,
+               ) -> dict[ArtifactKey, exporters.Artifact | ExportFailure]:
+    """Every (model entry, format, batch size) artifact the sweep needs, or why it could not be made.
+
+    `progress` is told the name of each artifact as it is made.
+    """
+    artifacts: dict[ArtifactKey, exporters.Artifact | ExportFailure] = {}
     for spec in specs:
         model, plan = build_model(spec, models.get(spec.base) if spec.base else None)
         size = snp_core.models.input_size(model)
-        for fmt in formats:
+        for fmt in fmts:
             for batch in batches:
-                art = exporters.export(model, EXPORT_FORMAT[fmt], cache_dir, input_shape=(batch, *size),
-                                       source=spec.timm, variant=spec.variant, plan=plan)
+                shape = (batch, *size)
+                if progress:
+                    progress(f"{spec.name} {fmt} bs{batch}")
+                try:
+                    art = exporters.export(model, fmt, cache_dir, input_shape=shape, source=spec.timm,
+                                           variant=spec.variant, plan=plan)
+                except exporters.ExportError as exc:
+                    log.error("%s %s bs%d: export failed: %s", spec.name, fmt, batch, exc)
+                    artifacts[(spec.name, fmt, batch)] = ExportFailure(str(exc), list(shape))
+                    continue
                 log.info("%s %s bs%d: %s%s", spec.name, fmt, batch, art.path, " (cached)" if art.cached else "")
                 artifacts[(spec.name, fmt, batch)] = art
     return artifacts

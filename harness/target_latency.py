@@ -4,7 +4,7 @@
    and a uniform one over the same kinds), the model is pruned at a few fractions
    of its MACs (`PROFILE_FRACTIONS`, with ``--round-to``), exported in the device
    runtime's format and timed on the device through the sweep's own harness
-   (`bench.sweep.run_device`: the same agent job, runtime options and
+   (`harness.runner.run_device`: the same agent job, runtime options and
    ``[measure]`` settings as ``bench sweep``), each measurement a record in the
    results store. The variants are pruned with data-free ℓ2 scores: latency
    depends on the widths, not on which neurons survive. Each pattern's points go
@@ -27,16 +27,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 import exporters
 import snp_core
@@ -44,15 +42,19 @@ from devices.config import DeviceSpec
 from results.records import options_key
 from results.store import Store
 from snp_core import ratios as ratio_sources
-from snp_core.adapters import Adapter
 from snp_core.errors import RatioError
 from snp_core.groups import Group
 
-from . import config as bench_config
-from . import sweep
-from .latency_model import Candidate, Curve, TargetLatencyError, choose, information_loss, parse_latency
-from .prepare import EXPORT_FORMAT
-from .runs import add_store_options
+from .config import Measure
+from .jobs import Job
+from .latency_model import (
+    Candidate,
+    Curve,
+    TargetLatencyError,
+    choose,
+    information_loss,
+)
+from .runner import DeviceRun, Progress, git_revision, run_device
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +72,6 @@ _SHRINK_STEPS = 6
 MacsOf = Callable[[dict[str, int]], int]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The --target-latency options of ``bench compress``, with the procedure in the group's help."""
-    g = p.add_argument_group(
-        "latency target (measured on a device)",
-        "--target-latency T --device NAME prunes until the model runs in T on that device. First a profile: "
-        "the ratio pattern above (the one --target-gmacs scales) and a uniform one are each scaled to "
-        f"{', '.join(f'{f:.0%}' for f in PROFILE_FRACTIONS)} of the MACs (data-free l2 pruning, with --round-to), "
-        "exported in the runtime's format and timed on the device exactly as `bench sweep` times it; every "
-        "measurement is a record in the results store and the curves are kept there, so later calls for the same "
-        "device, runtime, model, input shape and pattern reuse them (--reprofile measures again). Then a search: "
-        "each pattern's median latency against MACs (monotone, linear between points) is inverted at the target, "
-        "and of the settings predicted to meet it the one that removes the least of the criterion's scores "
-        "(averaged over groups) is pruned and saved. Last, the pruned model is timed on the device and target, "
-        f"predicted and measured are printed; a miss by more than {TOLERANCE:.0%} corrects the curve with the "
-        "measured point and searches once more.")
-    g.add_argument("--target-latency", metavar="T",
-                   help="latency budget per image (batch 1): 30ms, '30 ms', 0.03s, 30000us, or a bare number in ms")
-    g.add_argument("--device", metavar="NAME", help="device of the config to measure on, e.g. local or pi")
-    g.add_argument("--runtime", help="runtime on that device (default: the first the device lists)")
-    add_store_options(g)
-    g.add_argument("--reprofile", action="store_true", help="measure the latency profile again, even if stored")
-    g.add_argument("--trust-new-hosts", action="store_true",
-                   help="add a first-seen SSH host key to known_hosts (changed keys are always refused)")
-
-
 @dataclass(frozen=True)
 class Request:
     """Where and against what to measure; resolved before any model is built, so mistakes fail at once."""
@@ -103,7 +80,7 @@ class Request:
     device: DeviceSpec
     runtime: str
     fmt: str
-    measure: bench_config.Measure
+    measure: Measure
     store_path: Path
     artifacts: Path
     trust_new_hosts: bool
@@ -116,37 +93,15 @@ class Request:
         return f"{self.device.name} ({self.runtime} {options_key(self.options)}, .{self.fmt})"
 
 
-def request(args: argparse.Namespace) -> Request | None:
-    """The measurement a compress call asks for, or None without --target-latency; one-line errors."""
-    if args.target_latency is None:
-        given = [f"--{o}" for o in ("device", "runtime", "reprofile") if getattr(args, o)]
-        if given:
-            raise TargetLatencyError(f"{', '.join(given)} only apply with --target-latency")
-        return None
-    target = parse_latency(args.target_latency)
-    if args.target_gmacs is not None:
-        raise TargetLatencyError("--target-latency and --target-gmacs are exclusive; give one budget")
-    if not args.device:
-        raise TargetLatencyError("--target-latency needs --device NAME (a device of bench.toml; 'local' is this "
-                                 "machine)")
-    cfg = bench_config.load(args.config)
-    device = cfg.pick_devices([args.device])[0]
-    runtime = args.runtime or next(iter(device.runtimes))
-    if runtime not in device.runtimes:
-        raise TargetLatencyError(f"device {device.name!r} has no runtime {runtime!r}; its runtimes: "
-                                 f"{', '.join(device.runtimes)}")
-    return Request(target, device, runtime, device.formats_for(runtime)[0], cfg.measure,
-                   Path(args.store or cfg.store), cfg.artifacts, args.trust_new_hosts)
-
-
 @dataclass(frozen=True)
 class Timed:
-    """A model timed without a bench.toml entry (a `sweep.JobModel`); `name` is unique within its run."""
+    """A model timed without a bench.toml entry (a `harness.jobs.JobModel`); `name` is unique within its run."""
 
     name: str
     timm: str
     variant: str
     label: str = ""
+    base: str | None = None
     known_top1: float | None = None
 
 
@@ -198,21 +153,19 @@ def identity(req: Request, model_name: str, model_kwargs: dict, shape: tuple[int
 
 
 def time_models(req: Request, store: Store, entries: list[tuple[Timed, exporters.Artifact]], note: str,
-                config: dict, progress: bool) -> tuple[str, dict[str, dict]]:
+                config: dict, kind: str, progress: Progress) -> tuple[str, dict[str, dict]]:
     """Time artifacts on the device in a new run of the store, as a sweep does; ok records by model name."""
-    git_rev = sweep.git_revision()
-    run_id = store.new_run(config, git_rev, note=note)
-    jobs = [sweep.Job(m, req.device, req.runtime, req.fmt, 1) for m, _ in entries]
+    git_rev = git_revision()
+    run_id = store.new_run(config, git_rev, note=note, kind=kind)
+    jobs = [Job(m, req.device, req.runtime, req.fmt, 1) for m, _ in entries]
     artifacts = {(m.name, req.fmt, 1): art for m, art in entries}
-    bar = tqdm(total=len(jobs), desc=f"timing on {req.device.name}", unit="job", disable=not progress)
+    progress.planned(run_id, len(jobs), len(jobs), {req.device.name: len(jobs)})
     try:
-        sweep.run_device(req.device, jobs, artifacts, store, run_id, git_rev, req.measure, bar,
-                         req.trust_new_hosts, {})
+        run_device(req.device, jobs, DeviceRun(store, run_id, git_rev, req.measure, artifacts, req.trust_new_hosts,
+                                               progress))
     except BaseException:
         store.finish_run(run_id, "interrupted")
         raise
-    finally:
-        bar.close()
     store.finish_run(run_id)
     by_key = {r["job_key"]: r for r in store.records(run_id, with_samples=False)}
     timed = {}
@@ -227,7 +180,7 @@ def time_models(req: Request, store: Store, entries: list[tuple[Timed, exporters
 
 
 def profile(req: Request, store: Store, model: nn.Module, model_name: str, model_kwargs: dict,
-            pats: list[Pattern], round_to: int | None, reprofile: bool, progress: bool) -> list[Profile]:
+            pats: list[Pattern], round_to: int | None, reprofile: bool, progress: Progress) -> list[Profile]:
     """Each pattern's profile: from the store when one matches (unless `reprofile`), else measured now."""
     shape = (1, *snp_core.models.input_size(model))
     found: dict[str, Profile] = {}
@@ -250,12 +203,12 @@ def profile(req: Request, store: Store, model: nn.Module, model_name: str, model
 
 def _measure_profiles(req: Request, store: Store, model: nn.Module, model_name: str, model_kwargs: dict,
                       shape: tuple[int, ...], pats: list[Pattern], round_to: int | None,
-                      progress: bool) -> dict[str, Profile]:
+                      progress: Progress) -> dict[str, Profile]:
     """Build, export and time every pattern's variants (shared widths timed once), then store the profiles."""
     adapter = snp_core.adapter_for(model, model_name)
     groups = adapter.groups()
     criterion = snp_core.get_criterion(PROFILE_CRITERION)
-    scores = snp_core.score_groups(model, adapter, criterion, progress=False)
+    scores = snp_core.score_groups(model, adapter, criterion)
     variants: dict[tuple, tuple[str, dict[str, float], int]] = {}  # widths -> (variant, ratios, MACs)
     points_of: dict[str, list[tuple[float, tuple]]] = {p.name: [] for p in pats}
     for pat in pats:
@@ -276,22 +229,22 @@ def _measure_profiles(req: Request, store: Store, model: nn.Module, model_name: 
             points_of[pat.name].append((fraction, key))
 
     entries = []
-    for variant, ratios, _ in tqdm(variants.values(), desc="profile: exporting", unit="model",
-                                   disable=not progress):
+    for variant, ratios, _ in variants.values():
+        progress.exporting(f"profile variant {variant}")
         plan = None
         pruned = model
         if any(ratios.values()):
-            plan = snp_core.make_plan(model, model_name, ratios, criterion, round_to=round_to, progress=False,
+            plan = snp_core.make_plan(model, model_name, ratios, criterion, round_to=round_to,
                                       model_kwargs=model_kwargs, scores=scores)
             pruned = snp_core.prune(model, plan)
-        art = exporters.export(pruned, EXPORT_FORMAT[req.fmt], req.artifacts, input_shape=shape, source=model_name,
+        art = exporters.export(pruned, req.fmt, req.artifacts, input_shape=shape, source=model_name,
                                variant=variant, plan=plan)
         entries.append((Timed(variant, model_name, variant), art))
     config = {"command": "compress --target-latency (latency profile)", "model": model_name,
               "model_kwargs": model_kwargs, "device": req.device.name, "runtime": req.runtime,
               "patterns": [p.name for p in pats], "fractions": list(PROFILE_FRACTIONS), "round_to": round_to}
     run_id, timed = time_models(req, store, entries, f"latency-profile {model_name} on {req.where()}", config,
-                                progress)
+                                "latency-profile", progress)
 
     profiles = {}
     for pat in pats:
@@ -303,7 +256,7 @@ def _measure_profiles(req: Request, store: Store, model: nn.Module, model_name: 
                            "record_id": record["id"], "artifact_sha256": record["artifact_sha256"]})
         profile_id = store.add_latency_profile({**identity(req, model_name, model_kwargs, shape, pat, round_to),
                                                 "name": pat.name, "points": points, "run_id": run_id,
-                                                "measure": asdict(req.measure), "git_rev": sweep.git_revision()})
+                                                "measure": asdict(req.measure), "git_rev": git_revision()})
         profiles[pat.name] = Profile(profile_id, pat, points)
     return profiles
 
@@ -370,29 +323,62 @@ class Attempt:
         return self.measured_ms / reference_ms - 1
 
 
-def run(req: Request, args: argparse.Namespace, model: nn.Module, adapter: Adapter, criterion: snp_core.Importance,
-        images: torch.Tensor | None, calib_info: dict | None, base: dict[str, float], origin: str,
-        fixed: list[str]) -> int:
-    """Score, profile, search, prune, save and verify (the module docstring); prints the summary."""
+@dataclass
+class Subject:
+    """The model to prune for the target, and how: filled by `harness.compress` from the user's request."""
+
+    model: nn.Module
+    name: str
+    kwargs: dict
+    criterion: snp_core.Importance
+    images: torch.Tensor | None
+    calib_info: dict | None
+    pattern: Pattern
+    round_to: int | None = None
+    head_criterion: str = "proj_l1"
+    batch_size: int = 16
+
+
+@dataclass
+class Result:
+    """What the search did: every timed attempt (the last is the saved model), its plan and the profiles used."""
+
+    target_ms: float
+    #: Where it was measured, as `Request.where` says it: "pi (onnxruntime threads=4, .onnx)".
+    where: str
+    attempts: list[Attempt]
+    plan: snp_core.Plan
+    out: Path
+    profiles: list[Profile] = field(default_factory=list)
+
+    @property
+    def missed(self) -> bool:
+        """True when the saved model's measured median is further than `TOLERANCE` from the target."""
+        return abs(self.attempts[-1].error(self.target_ms)) > TOLERANCE
+
+
+def run(req: Request, subject: Subject, out: Path, reprofile: bool = False,
+        progress: Progress | None = None, calibrating: Callable[[int, int], None] | None = None) -> Result:
+    """Score, profile, search, prune, save and verify (the module docstring)."""
+    progress = progress or Progress()
+    model, adapter = subject.model, snp_core.adapter_for(subject.model, subject.name)
     groups = adapter.groups()
     store = Store(req.store_path)
-    progress = not args.quiet
-    scores = snp_core.score_groups(model, adapter, criterion, images, args.head_criterion, args.batch_size,
-                                   progress)
-    profiles = profile(req, store, model, args.model, args.model_kwargs, patterns(base, origin, fixed, groups),
-                       args.round_to, args.reprofile, progress)
-    out = args.out or Path("runs") / "compress" / f"{args.model}-{args.criterion}-{req.target_ms:g}ms-{req.device.name}"
+    scores = snp_core.score_groups(model, adapter, subject.criterion, subject.images, subject.head_criterion,
+                                   subject.batch_size, calibrating)
+    pats = patterns(subject.pattern.ratios, subject.pattern.name, list(subject.pattern.fixed), groups)
+    profiles = profile(req, store, model, subject.name, subject.kwargs, pats, subject.round_to, reprofile, progress)
     attempts: list[Attempt] = []
     while len(attempts) < 2:  # a second pass only after a miss: the curve then holds the measured point
-        best, candidates = search(req.target_ms, profiles, groups, adapter.macs, scores, args.round_to)
+        best, candidates = search(req.target_ms, profiles, groups, adapter.macs, scores, subject.round_to)
         if attempts and best.widths == attempts[-1].widths:
             break  # the corrected curve picks the same model: timing it again would tell nothing new
-        plan = snp_core.make_plan(model, args.model, best.ratios, criterion, None, calib_info,
-                                  round_to=args.round_to, progress=False, model_kwargs=args.model_kwargs,
-                                  head_criterion=args.head_criterion, scores=scores)
+        plan = snp_core.make_plan(model, subject.name, best.ratios, subject.criterion, None, subject.calib_info,
+                                  round_to=subject.round_to, model_kwargs=subject.kwargs,
+                                  head_criterion=subject.head_criterion, scores=scores)
         pruned = snp_core.prune(model, plan)
         snp_core.save(out, pruned, plan)
-        attempt = _verify(req, store, args.model, criterion.name, pruned, plan, best, candidates, progress)
+        attempt = _verify(req, store, subject.name, subject.criterion.name, pruned, plan, best, candidates, progress)
         attempts.append(attempt)
         chosen = next(p for p in profiles if p.pattern.name == best.pattern)
         point = {"macs": best.macs, "median_ms": attempt.measured_ms, "record_id": attempt.record_id,
@@ -405,15 +391,14 @@ def run(req: Request, args: argparse.Namespace, model: nn.Module, adapter: Adapt
         log.warning("measured %.4g ms misses the target %.4g ms by %+.1f %% (more than %.0f %%)%s",
                     attempt.measured_ms, req.target_ms, 100 * attempt.error(req.target_ms), 100 * TOLERANCE,
                     "; searching again with the measured point" if len(attempts) == 1 else "")
-    _print_summary(req, args, attempts, plan, out)
-    return 0
+    return Result(req.target_ms, req.where(), attempts, plan, out, profiles)
 
 
 def _verify(req: Request, store: Store, model_name: str, criterion_name: str, pruned: nn.Module,
-            plan: snp_core.Plan, best: Candidate, candidates: list[Candidate], progress: bool) -> Attempt:
+            plan: snp_core.Plan, best: Candidate, candidates: list[Candidate], progress: Progress) -> Attempt:
     """Export the pruned model and time it on the device (a record in a run of its own)."""
     variant = f"{criterion_name}:target-latency {req.target_ms:g}ms {best.pattern}"
-    art = exporters.export(pruned, EXPORT_FORMAT[req.fmt], req.artifacts,
+    art = exporters.export(pruned, req.fmt, req.artifacts,
                            input_shape=(1, *snp_core.models.input_size(pruned)), source=model_name, variant=variant,
                            plan=plan)
     config = {"command": "compress --target-latency (verification)", "model": model_name, "device": req.device.name,
@@ -421,7 +406,7 @@ def _verify(req: Request, store: Store, model_name: str, criterion_name: str, pr
               "pattern": best.pattern}
     run_id, timed = time_models(req, store, [(Timed(variant, model_name, variant), art)],
                                 f"target-latency verify {model_name} {req.target_ms:g} ms on {req.where()}", config,
-                                progress)
+                                "latency-verify", progress)
     record = timed[variant]
     return Attempt(best.pattern, best.widths, best.macs, best.predicted_ms, record["median_ms"], run_id,
                    record["id"], [_candidate_doc(c, c is best) for c in candidates])
@@ -443,27 +428,3 @@ def _write_report(path: Path, req: Request, store: Store, attempts: list[Attempt
            "attempts": [{k: v for k, v in asdict(a).items() if k != "widths"} for a in attempts],
            "profiles": [{"id": p.id, "pattern": p.pattern.name, "points": p.points} for p in profiles]}
     path.write_text(json.dumps(doc, indent=1) + "\n")
-
-
-def _print_summary(req: Request, args: argparse.Namespace, attempts: list[Attempt], plan: snp_core.Plan,
-                   out: Path) -> None:
-    last = attempts[-1]
-    rounding = f", round-to {args.round_to}" if args.round_to else ""
-    print(f"{args.model} [{args.criterion}, target {req.target_ms:.4g} ms on {req.where()}{rounding}]:")
-    for c in last.candidates:
-        qk = "" if c["qk_loss"] is None else f" (qk {c['qk_loss']:.3f})"
-        print(f"  pattern {c['pattern']!r}: {c['macs'] / 1e9:.3f} GMACs, predicted {c['predicted_ms']:.4g} ms, "
-              f"score mass removed {c['loss']:.3f}{qk}{'  <- chosen' if c['chosen'] else ''}")
-    for a in attempts[:-1]:
-        print(f"  first try ({a.pattern}, {a.macs / 1e9:.3f} GMACs): predicted {a.predicted_ms:.4g} ms, measured "
-              f"{a.measured_ms:.4g} ms ({100 * a.error(req.target_ms):+.1f} % vs target); curve corrected")
-    print(f"  target {req.target_ms:.4g} ms, predicted {last.predicted_ms:.4g} ms, measured {last.measured_ms:.4g} ms "
-          f"(median, record {last.record_id} of run {last.run_id}): {100 * last.error(req.target_ms):+.1f} % vs "
-          f"target, {100 * last.error(last.predicted_ms):+.1f} % vs predicted")
-    before, after = plan.params["original"], plan.params["pruned"]
-    macs0, macs1 = plan.macs["original"], plan.macs["pruned"]
-    print(f"  params {before / 1e6:.2f}M -> {after / 1e6:.2f}M, GMACs {macs0 / 1e9:.3f} -> {macs1 / 1e9:.3f} "
-          f"({macs0 / macs1:.2f}x); saved to {out}/")
-    if abs(last.error(req.target_ms)) > TOLERANCE:
-        print(f"  WARNING: the measured median misses the target by {100 * last.error(req.target_ms):+.1f} % "
-              f"(more than {TOLERANCE:.0%}); the device may be noisy or the profile stale: try --reprofile")

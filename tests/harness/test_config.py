@@ -8,25 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from bench import config as bench_config
+from harness import config as harness_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_bench_toml_defines_local_and_paper_examples(tmp_path):
-    cfg = bench_config.load(ROOT / "bench.toml")
+    cfg = harness_config.load(ROOT / "bench.toml")
     assert list(cfg.devices) == ["local"] and cfg.devices["local"].kind == "local"
     # uncomment every example device: they must be valid device tables
     text = (ROOT / "bench.toml").read_text()
     uncommented = re.sub(r"^# (\[[a-z]|[a-z_]+ = )", r"\1", text, flags=re.M)
     (tmp_path / "all.toml").write_text(uncommented)
-    devices = bench_config.load(tmp_path / "all.toml").devices
+    devices = harness_config.load(tmp_path / "all.toml").devices
     assert set(devices) == {"local", "pi", "jetson", "xeon", "rtx3090"}
     assert devices["pi"].runtimes == {"onnxruntime": {"threads": 4}} and devices["pi"].kind == "ssh"
     assert devices["jetson"].formats_for("tensorrt") == ("trt",)
     assert devices["rtx3090"].runtimes["torch"]["device"] == "cuda"
     assert devices["jetson"].pre == ["sudo -n nvpmodel -m 0", "sudo -n jetson_clocks"]
-    assert bench_config.load(tmp_path / "all.toml").sweep["formats"] == ["onnx", "torchscript", "trt"]
+    assert harness_config.load(tmp_path / "all.toml").sweep["formats"] == ["onnx", "torchscript", "trt"]
 
 
 @pytest.mark.parametrize("toml, message", [
@@ -40,8 +40,8 @@ def test_shipped_bench_toml_defines_local_and_paper_examples(tmp_path):
 ])
 def test_bad_config_is_one_clear_error(tmp_path, toml, message):
     (tmp_path / "bench.toml").write_text(toml)
-    with pytest.raises(bench_config.ConfigError, match=re.escape(message)):
-        bench_config.load(tmp_path / "bench.toml")
+    with pytest.raises(harness_config.ConfigError, match=re.escape(message)):
+        harness_config.load(tmp_path / "bench.toml")
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -61,15 +61,15 @@ def test_unknown_names_on_the_command_line(tmp_path, flag, value, message):
 def test_top1_comes_from_the_fine_tuned_plan_folder(tmp_path):
     (tmp_path / "plan.json").write_text("{}")
     (tmp_path / "metrics.json").write_text('{"top1": 71.25, "top5": 90.0}')
-    assert bench_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path)).known_top1 == 71.25
-    assert bench_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path), top1=70.0).known_top1 == 70.0
-    assert bench_config.ModelSpec("m", "deit_tiny_patch16_224").known_top1 is None
+    assert harness_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path)).known_top1 == 71.25
+    assert harness_config.ModelSpec("m", "deit_tiny_patch16_224", plan=str(tmp_path), top1=70.0).known_top1 == 70.0
+    assert harness_config.ModelSpec("m", "deit_tiny_patch16_224").known_top1 is None
 
 
 def test_embedded_catalog_covers_every_paper_row_with_a_matching_config():
     from snp_core import ratios as ratio_sources
 
-    cfg = bench_config.load(Path(os.devnull))
+    cfg = harness_config.load(Path(os.devnull))
     pruned = {name: spec for name, spec in cfg.models.items() if spec.base}
     assert {spec.ratios for spec in pruned.values()} >= {
         "paper", "deit_small", "deit_small_1.3g", "deit_base", "deit_base_head_3.5g",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import config as bench_config
+from harness import config as harness_config
 from helpers import local_device, ssh_device, tiny_sweep_toml
-from bench.sweep import execute
+from harness.runner import SweepRequest, run_sweep
 from results.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,9 +76,9 @@ def test_named_sweep_selection_and_flags_over_it(tmp_path, artifacts):
 
 def test_ssh_sweep_same_fields_as_local_and_second_sweep_uploads_nothing(tmp_path, artifacts, sshd_server):
     devices = local_device("here", tmp_path / "here") + ssh_device("remote", sshd_server, tmp_path / "remote")
-    cfg = bench_config.load(write_config(tmp_path, artifacts, devices))
+    cfg = harness_config.load(write_config(tmp_path, artifacts, devices))
     store = Store(cfg.store)
-    first = execute(cfg, store, {}, progress=False)
+    first = run_sweep(cfg, store, SweepRequest())
     assert not first.errors, first.errors
     assert first.uploaded["remote"] > 0  # agent + 4 artifacts went over SFTP
     here = [r for r in first.records if r["device"] == "here"]
@@ -89,7 +89,7 @@ def test_ssh_sweep_same_fields_as_local_and_second_sweep_uploads_nothing(tmp_pat
         assert [k for k, v in a.items() if v is None] == [k for k, v in b.items() if v is None]
         assert a["artifact_sha256"] == b["artifact_sha256"] and b["extra"]["transport"]["name"] == "remote"
 
-    second = execute(cfg, store, {}, progress=False)
+    second = run_sweep(cfg, store, SweepRequest())
     assert not second.errors and second.run_id != first.run_id
     assert second.uploaded == {"here": 0, "remote": 0}
 
@@ -111,10 +111,10 @@ def test_faults_leave_error_records_and_other_devices_finish(tmp_path, artifacts
                + ssh_device("badkey", sshd_server, tmp_path / "b", known_hosts=wrong_keys)
                + local_device("hangs", tmp_path / "h", python=str(hang))
                + local_device("killed", tmp_path / "k", python=str(killer)))
-    cfg = bench_config.load(write_config(tmp_path, artifacts, devices, iterations=100000, min_seconds=0.0,
+    cfg = harness_config.load(write_config(tmp_path, artifacts, devices, iterations=100000, min_seconds=0.0,
                                          timeout=3, grace=2))
     cfg.measure.iterations = 5  # only "killed" must run long: give it its own, slower settings below
-    outcome = execute(cfg, Store(cfg.store), {"devices": ["good", "unreachable", "badkey", "hangs"]}, progress=False)
+    outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["good", "unreachable", "badkey", "hangs"]))
     by_device: dict[str, list[dict]] = {}
     for r in outcome.records:
         by_device.setdefault(r["device"], []).append(r)
@@ -125,7 +125,7 @@ def test_faults_leave_error_records_and_other_devices_finish(tmp_path, artifacts
     assert all(r["error_stage"] == "timeout" for r in by_device["hangs"])
 
     cfg.measure.iterations, cfg.measure.min_seconds, cfg.measure.timeout_s = 100000, 30.0, 60.0
-    outcome = execute(cfg, Store(cfg.store), {"devices": ["killed"], "formats": ["onnx"]}, progress=False)
+    outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["killed"], formats=["onnx"]))
     assert len(outcome.records) == 2
     assert all(r["error_stage"] == "transport" and "SIGKILL" in r["error_message"] for r in outcome.records)
 
@@ -170,8 +170,8 @@ def test_hostile_names_and_workdirs_never_execute(tmp_path, artifacts, sshd_serv
     text = cfg_path.read_text().replace("[models.tiny_snp]", f"[models.\"{evil.replace(chr(34), '')}\"]\nbase = \"tiny\"\n"
                                         "ratios = { qk = 0.25 }\ncriterion = \"l2\"\n\n[models.tiny_snp]")
     cfg_path.write_text(text)
-    cfg = bench_config.load(cfg_path)
-    outcome = execute(cfg, Store(cfg.store), {"models": list(cfg.models), "formats": ["onnx"]}, progress=False)
+    cfg = harness_config.load(cfg_path)
+    outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(models=list(cfg.models), formats=["onnx"]))
     assert len(outcome.records) == 3 and not outcome.errors, outcome.errors
     assert (workdir / "blobs").is_dir()  # the odd name was used literally
     home = Path(os.path.expanduser("~"))
@@ -195,9 +195,9 @@ python = "{PY}"
 workdir = "{tmp_path / name}"
 runtimes = {{ onnxruntime = {{ threads = 1 }} }}
 """
-    cfg = bench_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=1.0))
+    cfg = harness_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=1.0))
     started = time.monotonic()
-    outcome = lab.run(lambda: execute(cfg, Store(cfg.store), {"formats": ["onnx"]}, progress=False))
+    outcome = lab.run(lambda: run_sweep(cfg, Store(cfg.store), SweepRequest(formats=["onnx"])))
     elapsed = time.monotonic() - started
     assert not outcome.errors, outcome.errors
     assert sorted(r["device"] for r in outcome.records) == ["dev-a", "dev-a", "dev-b", "dev-b"]
@@ -227,7 +227,7 @@ def test_sshd_killed_mid_sweep_then_resume_never_uses_a_partial_blob(tmp_path, a
     server = sshd_factory()
     workdir = tmp_path / "remote"
     devices = local_device("here", tmp_path / "here") + ssh_device("remote", server, workdir)
-    cfg = bench_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=0.5))
+    cfg = harness_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=0.5))
     store = Store(cfg.store)
 
     def kill_after_first_remote_record() -> None:
@@ -241,7 +241,7 @@ def test_sshd_killed_mid_sweep_then_resume_never_uses_a_partial_blob(tmp_path, a
 
     killer = threading.Thread(target=kill_after_first_remote_record)
     killer.start()
-    outcome = execute(cfg, store, {}, progress=False)
+    outcome = run_sweep(cfg, store, SweepRequest())
     killer.join()
     remote = [r for r in outcome.records if r["device"] == "remote"]
     here = [r for r in outcome.records if r["device"] == "here"]
@@ -256,7 +256,34 @@ def test_sshd_killed_mid_sweep_then_resume_never_uses_a_partial_blob(tmp_path, a
     for sha in missing:
         (blobs / f".tmp-{sha}-deadbeef").write_bytes(b"partial")
     sshd_factory(port=server.port, host_key=server.host_key, client_key=server.client_key)  # the device is back
-    resumed = execute(cfg, store, {}, resume=outcome.run_id, progress=False)
+    resumed = run_sweep(cfg, store, SweepRequest(resume=outcome.run_id))
     assert not resumed.errors and len(resumed.records) == 8
     assert all(sha in {p.name for p in blobs.iterdir()} for sha in missing)
 
+
+
+def test_an_export_failure_becomes_error_records_and_the_rest_runs(tmp_path, artifacts, monkeypatch):
+    """An ExportError (here: TorchScript refusing the model) ends its own jobs as records, not the sweep."""
+    import exporters
+    from harness import prepare
+
+    real_export = exporters.export
+
+    def export(model, fmt, *args, **kwargs):
+        if fmt == "torchscript":
+            raise exporters.ExportError("torchscript export of deit_tiny_patch16_224 failed: trace refused")
+        return real_export(model, fmt, *args, **kwargs)
+
+    monkeypatch.setattr(prepare.exporters, "export", export)
+    cfg = harness_config.load(write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev")))
+    outcome = run_sweep(cfg, Store(cfg.store), SweepRequest())
+    by_format = {(r["format"], r["variant"]): r for r in outcome.records}
+    assert len(outcome.records) == 4 and {f for f, _ in by_format} == {"onnx", "torchscript"}
+    for (fmt, _), r in by_format.items():
+        if fmt == "onnx":
+            assert r["status"] == "ok" and r["n"] >= 5
+        else:
+            assert (r["status"], r["error_stage"], r["error_type"]) == ("error", "export", "ExportError")
+            assert "trace refused" in r["error_message"] and r["artifact_sha256"] == ""
+            assert r["input_shape"] == [1, 3, 64, 64] and r["entry"] in ("tiny", "tiny_snp")
+    assert Store(cfg.store).get_run(outcome.run_id)["status"] == "done"

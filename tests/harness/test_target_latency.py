@@ -16,14 +16,14 @@ import pytest
 import torch
 
 import snp_core
-from bench import target_latency
+from harness import target_latency
 from bench.cli import main
-from bench.config import ConfigError
-from bench.latency_model import Candidate, Curve, TargetLatencyError, choose, information_loss, parse_latency
-from bench.runs import pick_run
+from harness.config import ConfigError
+from harness.latency_model import Candidate, Curve, TargetLatencyError, choose, information_loss, parse_latency
+from results.runs import pick_run
 from helpers import local_device, ssh_device, tiny_vit
 from results import store as store_module
-from results.store import Store
+from results.store import Store, StoreError
 from snp_core.groups import Group
 
 TINY = ["--model", "deit_tiny_patch16_224", "--model-kwargs", '{"img_size": 64, "depth": 2}', "--weights", "random",
@@ -99,7 +99,7 @@ def _synthetic_profiles(model, name: str, ms_per_gmac: dict[str, float]) -> tupl
     full = adapter.macs({g.name: g.width for g in groups})
     profiles = [target_latency.Profile(i, p, [{"macs": f * full, "median_ms": ms_per_gmac[p.name] * f * full / 1e9 + 1}
                                               for f in (1.0, 0.5, 0.25)]) for i, p in enumerate(pats)]
-    scores = snp_core.score_groups(model, adapter, snp_core.get_criterion("l2"), progress=False)
+    scores = snp_core.score_groups(model, adapter, snp_core.get_criterion("l2"))
     return profiles, adapter, scores
 
 
@@ -295,7 +295,7 @@ def test_local_flow_profiles_once_then_reuses_and_verifies(tmp_path, artifacts, 
     assert main(["sweep", "--config", str(cfg), "--resume", profile_run]) == 2
     assert capsys.readouterr().err == (f"error: run {profile_run} is not a sweep (latency-profile deit_tiny_patch16_224"
                                        " on local (onnxruntime threads=1, .onnx)); only sweeps resume\n")
-    with pytest.raises(ConfigError, match="no sweep runs"):  # `bench table` etc. never pick a profile run
+    with pytest.raises(StoreError, match="no sweep runs"):  # `bench table` etc. never pick a profile run
         pick_run(store, "latest")
 
 

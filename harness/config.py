@@ -1,0 +1,345 @@
+"""``bench.toml``: models, devices, sweep defaults and measurement settings.
+
+The file is optional: without one, the embedded default below is used: every
+model row of the paper's table (DeiT-T/S/B, EfficientFormer-L1 and their SNP
+configs) as named entries, of which the default sweep times DeiT-T original and
+SNP-pruned with the paper's ratios, on the local machine, as .onnx through
+onnxruntime and .pt through PyTorch. A user's ``[models]`` and
+``[devices]`` replace the embedded ones; other tables are merged key by key.
+
+Model entries are named; a pruned entry names the entry it is pruned from
+(``base``), which is also what its speedup is computed against::
+
+    [models.deit_tiny]
+    timm = "deit_tiny_patch16_224"
+    weights = "pretrained"            # or "random" (seeded, offline), or a checkpoint path
+    # kwargs = { img_size = 160 }     # passed to timm.create_model
+
+    [models.deit_tiny_snp]
+    base = "deit_tiny"
+    ratios = "paper"                  # any `bench compress --ratios` spec, or { qk = 0.5, v = 0.4, ffn = 0.3, embed = 0.2 }
+    criterion = "snp"
+    # round_to = 8 ; calib = "imagenet/train" ; plan = "runs/compress/x" (a saved plan instead)
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import formats
+from devices.config import DeviceConfigError, DeviceSpec, parse_devices
+from results import regression
+
+DEFAULT_CONFIG = """
+[paths]
+store = "runs/bench.sqlite"
+artifacts = "runs/artifacts"
+
+# The paper's benchmark rows (docs/design.md §3); the default sweep below times only DeiT-T.
+[models.deit_tiny]
+timm = "deit_tiny_patch16_224"
+weights = "random"
+label = "DeiT-T"
+
+[models.deit_tiny_snp]
+base = "deit_tiny"
+ratios = "paper"
+criterion = "snp"
+
+[models.deit_small]
+timm = "deit_small_patch16_224"
+weights = "random"
+label = "DeiT-S"
+
+[models.deit_small_snp]
+base = "deit_small"
+ratios = "deit_small"
+label = "SNP 2.0 G"
+
+[models.deit_small_snp_1_3g]
+base = "deit_small"
+ratios = "deit_small_1.3g"
+label = "SNP 1.3 G"
+
+[models.deit_base]
+timm = "deit_base_patch16_224"
+weights = "random"
+label = "DeiT-B"
+
+[models.deit_base_snp]
+base = "deit_base"
+ratios = "deit_base"
+label = "SNP 6.4 G"
+
+[models.deit_base_snp_head]
+base = "deit_base"
+ratios = "deit_base_head_3.5g"
+label = "SNP + head 3.5 G"
+
+[models.efficientformer_l1]
+timm = "efficientformer_l1"
+weights = "random"
+label = "EfficientFormer-L1"
+
+[models.efficientformer_l1_snp_0_6g]
+base = "efficientformer_l1"
+ratios = "efficientformer_l1_0.6g"
+label = "SNP 0.6 G"
+
+[models.efficientformer_l1_snp_0_5g]
+base = "efficientformer_l1"
+ratios = "efficientformer_l1_0.5g"
+label = "SNP 0.5 G"
+
+[sweep]
+models = ["deit_tiny", "deit_tiny_snp"]
+formats = ["onnx", "torchscript"]
+batch = [1]
+
+[measure]           # the paper: 200 warm-up runs, then 1000 timed runs
+warmup_iterations = 200
+iterations = 1000
+min_seconds = 10.0
+timeout_s = 1800
+
+[measure.quick]     # --quick
+warmup_iterations = 20
+iterations = 100
+min_seconds = 2.0
+timeout_s = 600
+
+[devices.local]
+kind = "local"
+label = "this machine"
+runtimes = { onnxruntime = {}, torch = {} }
+
+[sweeps.paper]      # every row of the paper's table: python -m bench sweep --sweep paper
+models = ["deit_tiny", "deit_tiny_snp", "deit_small", "deit_small_snp", "deit_small_snp_1_3g", "deit_base",
+          "deit_base_snp", "deit_base_snp_head", "efficientformer_l1", "efficientformer_l1_snp_0_6g",
+          "efficientformer_l1_snp_0_5g"]
+"""
+
+FORMATS = tuple(formats.FORMATS)
+#: Keys of a ``[sweeps.NAME]`` table: ``bench sweep``'s selection, plus nightly's regression threshold.
+SWEEP_KEYS = ("devices", "models", "formats", "batch", "quick", "threshold")
+#: The ``[sweeps.NAME]`` that ``bench nightly`` runs by default.
+NIGHTLY_SWEEP = "nightly"
+_MODEL_KEYS = {"timm", "weights", "kwargs", "base", "ratios", "criterion", "round_to", "calib", "num_calib", "plan",
+               "top1", "label"}
+
+
+class ConfigError(ValueError):
+    """bench.toml is wrong: the message names the table, the key and what is accepted."""
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    timm: str
+    weights: str = "random"
+    kwargs: dict = field(default_factory=dict)
+    base: str | None = None          # pruned entries: the model entry they come from
+    ratios: str | dict | None = None  # a --ratios spec, or uniform ratios per kind
+    criterion: str = "snp"
+    round_to: int | None = None
+    calib: str | None = None
+    num_calib: int = 64
+    plan: str | None = None
+    top1: float | None = None
+    label: str = ""
+
+    @property
+    def known_top1(self) -> float | None:
+        """Top-1 from the entry, else from ``metrics.json`` beside its plan (written by `bench finetune`)."""
+        if self.top1 is not None or not self.plan:
+            return self.top1
+        folder = Path(self.plan) if Path(self.plan).is_dir() else Path(self.plan).parent
+        try:
+            return float(json.loads((folder / "metrics.json").read_text())["top1"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @property
+    def variant(self) -> str:
+        """"original", or what made the pruned variant (e.g. "snp:paper")."""
+        if self.base is None:
+            return "original"
+        if self.plan:
+            return f"plan:{Path(self.plan).name}"
+        if isinstance(self.ratios, dict):
+            return f"{self.criterion}:" + ",".join(f"{k}={v}" for k, v in sorted(self.ratios.items()))
+        return f"{self.criterion}:{self.ratios}"
+
+
+@dataclass
+class Measure:
+    warmup_iterations: int
+    iterations: int
+    min_seconds: float
+    timeout_s: float
+    grace_s: float = 60.0   # the transport kills an agent this long after timeout_s (start-up, imports, report)
+
+
+@dataclass
+class Config:
+    models: dict[str, ModelSpec]
+    devices: dict[str, DeviceSpec]
+    sweep: dict
+    measure: Measure
+    quick: Measure
+    store: Path
+    artifacts: Path
+    sweeps: dict[str, dict] = field(default_factory=dict)
+
+    def named_sweep(self, name: str) -> dict[str, Any]:
+        """The selection of ``[sweeps.NAME]`` (``bench sweep``'s keys, plus a raw ``threshold`` when given).
+
+        Used by ``bench sweep --sweep NAME`` and ``bench nightly``; every value is
+        checked here so both commands fail the same way on a bad table.
+        """
+        table = self.sweeps.get(name)
+        if table is None:
+            raise ConfigError(f"bench.toml has no [sweeps.{name}]; known sweeps: {', '.join(self.sweeps) or 'none'}")
+        where = f"bench.toml [sweeps.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = sorted(set(table) - set(SWEEP_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")
+        selection: dict[str, Any] = {}
+        for key in ("devices", "models", "formats"):
+            if key in table:
+                value = table[key]
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise ConfigError(f"{where}: {key} must be a list of names, got {value!r}")
+                selection[key] = value
+        if "batch" in table:
+            value = table["batch"]
+            if (not isinstance(value, list) or not value
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+                raise ConfigError(f"{where}: batch must be a list of positive integers, got {value!r}")
+            selection["batch"] = value
+        if "quick" in table:
+            if not isinstance(table["quick"], bool):
+                raise ConfigError(f"{where}: quick must be true or false, got {table['quick']!r}")
+            selection["quick"] = table["quick"]
+        if "threshold" in table:
+            selection["threshold"] = table["threshold"]
+        return selection
+
+    def nightly_sweep(self, name: str | None) -> tuple[dict[str, Any], float | None, str]:
+        """``(selection, threshold or None, description)`` of ``[sweeps.NAME]`` (default `NIGHTLY_SWEEP`).
+
+        Without a ``[sweeps.nightly]`` table the ``[sweep]`` defaults are used, and the
+        description says so; a threshold is checked with `results.regression.parse_threshold`.
+        """
+        wanted = name or NIGHTLY_SWEEP
+        if wanted not in self.sweeps and wanted == NIGHTLY_SWEEP:
+            return {}, None, f"bench.toml has no [sweeps.{wanted}]: running the [sweep] defaults"
+        selection = self.named_sweep(wanted)
+        threshold = selection.pop("threshold", None)
+        if threshold is not None:
+            try:
+                threshold = regression.parse_threshold(str(threshold))
+            except ValueError as exc:
+                raise ConfigError(f"bench.toml [sweeps.{wanted}]: {exc}") from None
+        return selection, threshold, f"sweep [sweeps.{wanted}]"
+
+    def pick_devices(self, names: list[str] | None) -> list[DeviceSpec]:
+        return [self.devices[n] for n in _pick(names or self.sweep.get("devices") or list(self.devices),
+                                               self.devices, "device")]
+
+    def pick_models(self, names: list[str] | None) -> list[ModelSpec]:
+        chosen = _pick(names or self.sweep.get("models") or list(self.models), self.models, "model")
+        # a pruned model is measured against its original, so the original comes along
+        with_bases = []
+        for name in chosen:
+            base = self.models[name].base
+            if base and base not in with_bases and base not in chosen:
+                with_bases.append(base)
+            with_bases.append(name)
+        return [self.models[n] for n in with_bases]
+
+
+def _pick(names: list[str], known: dict, what: str) -> list[str]:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown[0]!r}; known {what}s: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def _parse_model(name: str, table: object) -> ModelSpec:
+    where = f"bench.toml [models.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(table) - _MODEL_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
+    return ModelSpec(name=name, **table) if "timm" in table else ModelSpec(name=name, timm="", **table)
+
+
+def _parse_measure(table: dict, where: str) -> Measure:
+    try:
+        return Measure(int(table["warmup_iterations"]), int(table["iterations"]), float(table["min_seconds"]),
+                       float(table["timeout_s"]), float(table.get("grace_s", 60.0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bench.toml [{where}]: needs warmup_iterations, iterations, min_seconds, timeout_s "
+                          f"as numbers ({exc})") from None
+
+
+def load(path: Path | None = None) -> Config:
+    """The embedded default, overlaid with `path` (default ./bench.toml when it exists).
+
+    ``[models]`` and ``[devices]`` in the user's file replace the embedded ones whole;
+    other tables are merged key by key.
+    """
+    doc = tomllib.loads(DEFAULT_CONFIG)
+    if path is None and Path("bench.toml").is_file():
+        path = Path("bench.toml")
+    if path is not None:
+        try:
+            user = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        if "models" in user and "models" not in user.get("sweep", {}):
+            doc["sweep"].pop("models")  # the embedded model list names embedded models: sweep all of the user's
+        for key, value in user.items():
+            if key in ("models", "devices"):
+                doc[key] = value  # a user's models / devices replace the embedded ones
+            elif isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key] = {**doc[key], **value}
+            else:
+                doc[key] = value
+
+    models = {name: _parse_model(name, table) for name, table in doc.get("models", {}).items()}
+    for spec in models.values():
+        if spec.base is not None:
+            if spec.base not in models or models[spec.base].base is not None:
+                raise ConfigError(f"bench.toml [models.{spec.name}]: base {spec.base!r} must name an unpruned "
+                                  f"model entry; known: {', '.join(n for n, m in models.items() if m.base is None)}")
+            base = models[spec.base]
+            spec.timm, spec.weights, spec.kwargs = spec.timm or base.timm, base.weights, base.kwargs
+            if spec.ratios is None and spec.plan is None:
+                spec.ratios = "paper"
+        elif not spec.timm:
+            raise ConfigError(f"bench.toml [models.{spec.name}]: needs timm = \"<timm model name>\" (or base = ...)")
+    try:
+        devices = parse_devices(doc.get("devices"))
+    except DeviceConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    measure = dict(doc.get("measure", {}))
+    quick = measure.pop("quick", {})
+    sweep = dict(doc.get("sweep", {}))
+    for fmt in sweep.get("formats", []):
+        if fmt not in FORMATS:
+            raise ConfigError(f"bench.toml [sweep]: format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    paths = doc.get("paths", {})
+    return Config(models=models, devices=devices, sweep=sweep, measure=_parse_measure(measure, "measure"),
+                  quick=_parse_measure({**measure, **quick}, "measure.quick"), store=Path(paths["store"]),
+                  artifacts=Path(paths["artifacts"]), sweeps=doc.get("sweeps", {}))
