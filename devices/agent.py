@@ -1,4 +1,4 @@
-"""Device agent: times one model artifact with one runtime and reports the result.
+"""Device agent: times a comparison group of model artifacts with one runtime and reports the result.
 
 This file is shipped, on its own, to every benchmark device (a Raspberry Pi, a
 Jetson, a Xeon box, a GPU workstation) and run there as
@@ -6,6 +6,7 @@ Jetson, a Xeon box, a GPU workstation) and run there as
     <python> agent.py            < job.json   > result.json   (logs on stderr)
     <python> agent.py --probe [--workdir DIR]                  (health check)
     <python> agent.py --version
+    <python> agent.py --cold     < member.json > cold.json     (internal: see below)
 
 It must run on Python >= 3.6 with only the standard library plus the runtime it
 times (onnxruntime, torch or tensorrt, each imported lazily by the backend that
@@ -14,21 +15,27 @@ anything else from this project: the device has nothing but this file.
 Because of Python 3.6 there are no f-strings with "=", no dataclasses, no
 walrus, no ``subprocess.run(capture_output=...)`` and no ``perf_counter_ns``.
 
-Protocol (version 1)
+Protocol (version 2)
 ====================
+
+Why rounds: a speedup is the ratio of two latencies.  Timed one after the
+other, in one block each, the ratio also measures whatever changed on the
+device between the blocks (load, clocks, temperature).  Protocol 2 therefore
+times a *comparison group* (the original model and its pruned versions, one
+runtime, one set of options, one format) in one process, alternately: R
+rounds, each visiting every member once in a seeded random order, so that a
+drift of the device hits every member alike.
 
 The job is ONE JSON object on stdin (never on the command line, so nothing
 leaks into ``ps`` and there is no quoting to get wrong).  Fields:
 
-``protocol``    int, required, must be 1.
-``job_id``      str or int, required; echoed back so results can be matched.
-``artifact``    object, required:
-                ``path``    file on the device (absolute, or relative to the cwd);
-                ``sha256``  64 hex digits; checked before use (stage "verify");
-                ``format``  "onnx" | "torchscript" | "pt2".
+``protocol``    int, required, must be 2.  Anything else (protocol 1 included)
+                is an error result in stage "parse" that names the protocol
+                this agent speaks: a job is never half-understood.
+``job_id``      str or int, required: the group's key, echoed back.
 ``runtime``     "onnxruntime" (format onnx) | "torch" (torchscript or pt2)
                 | "tensorrt" (format onnx: the engine is built ON the device).
-``options``     object, optional, runtime specific:
+``options``     object, optional, runtime specific, one set for the group:
                 onnxruntime: ``threads`` (intra-op threads), ``providers``
                   (list of names, or of [name, {provider options}]) or
                   ``execution_provider`` (one name), ``graph_optimization``
@@ -38,20 +45,43 @@ leaks into ``ps`` and there is no quoting to get wrong).  Fields:
                 tensorrt: ``precision`` ("fp32" default | "fp16"),
                   ``device`` ("cuda" | "cuda:N"), ``workspace_mb`` (1024).
                 Unknown option names are reported as warnings, not errors.
-``input``       object, required: ``shape`` (list of positive ints, batch first)
-                and ``dtype`` ("float32" default | "float16").  The input is
-                random normal data from a fixed seed.
-``warmup``      object, optional: ``iterations`` (default 200) and ``seconds``
-                (default 0).  Warm-up runs until BOTH are reached.
-``measure``     object, optional: ``iterations`` (default 1000), ``min_seconds``
-                (default 10), ``max_iterations`` (default 100000),
-                ``max_seconds`` (default none).  Measurement runs until BOTH
-                ``iterations`` and ``min_seconds`` are reached (the SNP paper
-                times ">= 1000 iterations or >= 10 s"; we take the stricter
-                reading so fast and slow devices both get a stable figure),
-                but stops early at ``max_iterations`` (bounds the record size
-                for very fast models), at ``max_seconds``, or when the job
-                timeout is near; stopping early is a warning, not an error.
+``members``     non-empty list of objects, ids unique:
+                ``id``        str: the member's key (one record each);
+                ``artifact``  ``path`` (file on the device, absolute or relative
+                              to the cwd), ``sha256`` (64 hex digits, checked
+                              before use: stage "verify"), ``format`` ("onnx" |
+                              "torchscript" | "pt2", one the runtime takes);
+                ``input``     ``shape`` (list of positive ints, batch first) and
+                              ``dtype`` ("float32" default | "float16"); random
+                              normal data from a fixed seed.
+``warmup``      object, optional, per member, once after loading (before round
+                0): ``iterations`` (default 200) and ``seconds`` (default 0);
+                warm-up runs until BOTH are reached.
+``measure``     object, optional, per member, TOTALS over all rounds:
+                ``iterations`` (default 1000), ``min_seconds`` (default 10),
+                ``max_iterations`` (default max(100000, iterations)),
+                ``max_seconds`` (default none).  See "Round design".
+``rounds``      int >= 1, optional (default 10): R.
+``seed``        int, optional (default 0): seeds the round orders.
+``rewarm``      object, optional: ``iterations`` (default 20) untimed runs of a
+                member right before each of its blocks (the other members ran
+                in between: caches, clocks and allocators are the other
+                model's).
+``isolate``     bool, optional (default false): load one member at a time
+                (per block: load, re-warm, time, close), for devices that
+                cannot hold every member in memory.  The full warm-up is then
+                done in each member's first block, after its first load.
+``cold_start``  bool, optional (default true): measure each member's cold start
+                and memory in a fresh child process first (see below); false
+                skips it (``cold`` null), e.g. where importing the runtime
+                again per member costs more than the figures are worth.
+``cooldown``    null (default, off) or object: ``max_temp_c`` (number, or null
+                = off) and ``max_wait_s`` (default 120).  Between rounds the
+                agent waits, polling once a second and at most ``max_wait_s``,
+                until the hottest temperature it can read (every
+                /sys/class/thermal zone and nvidia-smi's GPU temperatures, as
+                in ``snapshot``) is below ``max_temp_c``.  A device without any
+                temperature source gets one warning and no waiting.
 ``timeout_s``   number, optional (default 3600): wall-clock budget of the whole
                 job, lock wait included, counted from the agent's start.  The
                 agent stops measuring with a reserve left to report.  A
@@ -62,35 +92,83 @@ leaks into ``ps`` and there is no quoting to get wrong).  Fields:
                 ``<workdir>/engines/``.  Every client of one device must use the
                 same workdir, otherwise the lock does not protect anything.
 
+Round design.  Round r (0..R-1, always all of them) visits every member once,
+in the order ``random.Random(seed * 1000003 + r).shuffle`` gives the member ids
+(in job order); the orders are recorded.  Per member per round (a *block*):
+``rewarm.iterations`` untimed runs, then timed runs until BOTH
+``ceil(iterations / R)`` runs and ``min_seconds / R`` seconds are reached
+(the SNP paper times ">= 1000 iterations or >= 10 s" per model; we take the
+stricter reading so fast and slow devices both get a stable figure), stopping
+early at the member's share of ``max_iterations`` (what is left of it over the
+rounds left, rounded up), at ``max_seconds / R``, or when the job timeout is
+near; stopping early is a warning, not an error.  Every sample keeps its
+round index (``sample_rounds``).
+
+Cold start and memory.  Before the timing process loads anything, each
+member is loaded once in a fresh child process (``agent.py --cold``, reading
+a one-member protocol-2 job on stdin, writing one small JSON object on stdout,
+under the parent's lock: it takes no lock and does not verify again), so that
+members cannot hide each other's figures: load time (session creation, engine
+deserialisation), TensorRT build time separately (the build fills the engine
+cache the timing process then uses), the host wall time of the first
+(synchronised) inference, the child's peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, KiB on Linux -> bytes; null
+where ``resource`` is missing) and the GPU peak memory where the runtime tells
+it (torch on CUDA: ``torch.cuda.max_memory_allocated`` after the first
+inference; null for onnxruntime and TensorRT).  A child that fails leaves
+``cold`` null with a member warning; the member is still timed.
+
 The result is ONE JSON object on stdout.  The agent redirects file descriptor 1
 to stderr while it works, so a runtime that prints on stdout (TensorRT, C++
-loggers) cannot corrupt the document.  Fields:
+loggers) cannot corrupt the document.  Group fields:
 
-``protocol``, ``agent_version``, ``job_id``, ``status`` ("ok" | "error"),
-``runtime``, ``format``, ``artifact_sha256``, ``settings`` (the job with
-defaults filled in), ``backend`` (runtime-specific facts: for onnxruntime
-``providers`` actually active, ``requested_providers``, ``available_providers``,
+``protocol``, ``agent_version``, ``job_id``, ``status`` ("ok" unless the group
+failed as a whole; then "error" and ``error`` says why), ``runtime``,
+``settings`` (the job with defaults filled in), ``env`` (see ``capture_env``;
+``before`` / ``after``: ``snapshot`` right before round 0 and after the last
+round), ``rounds``, ``seed``, ``round_orders`` (one list of member ids per
+round), ``cooldown`` (one ``{"round", "waited_s", "temp_c"}`` per round
+boundary when cool-down is on and a temperature is readable, else []),
+``warnings`` (group warnings: unknown options, cool-down, environment changes
+between ``before`` and ``after`` such as throttling), ``error`` (null, or
+``stage``, ``type``, ``message``, ``traceback`` tail: a group failure such as
+parse or lock, or a termination; every member is then an error member too),
+``timings_s`` (phase durations summed over members: lock_wait, verify, cold,
+load, build, warmup, rewarm, measure, cooldown, total), ``started_utc`` /
+``finished_utc`` (ISO 8601) and ``members``, one object per member, in job
+order:
+
+``id``, ``status`` ("ok" | "error"), ``format``, ``artifact_sha256``,
+``backend`` (runtime-specific facts: for onnxruntime ``providers`` actually
+active, ``requested_providers``, ``available_providers``,
 ``provider_fallback``; for torch ``device`` and thread counts; for tensorrt
-``precision``, ``api`` ("v2" bindings / "v3" named tensors), ``engine``
-cache facts), ``providers`` and ``provider_fallback`` (copied to the top for
-onnxruntime, null otherwise), ``timer`` ("perf_counter" on the host for
-synchronous CPU runs, "cuda_events" for GPU runs), ``samples_ns`` (every
-measured iteration, integer nanoseconds), ``stats`` (``n``, ``min_ns``,
-``max_ns``, ``median_ns``, ``mean_ns``, ``p90_ns``, ``p99_ns``, ``std_ns`` (sample
-standard deviation, n-1), ``cv`` = std/mean; percentiles interpolate linearly
-between order statistics like numpy's default), ``warmup`` and ``measure``
-(iterations done, seconds, why measurement stopped), ``timings_s`` (phase
-durations: lock_wait, verify, load, build, warmup, measure, total), ``env``
-(see ``capture_env``), ``started_utc`` / ``finished_utc`` (ISO 8601),
-``warnings`` (list of strings) and ``error`` (null, or ``stage``, ``type``,
-``message``, ``traceback`` tail).  Error stages: "parse", "lock", "verify",
-"load", "build", "warmup", "measure".  The exit code is 0 whenever a result
-document was written, even for a failed job.
+``precision``, ``api`` ("v2" bindings / "v3" named tensors), ``engine`` cache
+facts), ``providers`` and ``provider_fallback`` (copied up for onnxruntime,
+null otherwise), ``timer`` ("perf_counter" on the host for synchronous CPU
+runs, "cuda_events" for GPU runs), ``samples_ns`` (every measured iteration,
+integer nanoseconds, in the order they ran) and ``sample_rounds`` (the round
+of each sample, same length), ``stats`` over all the member's samples (``n``,
+``min_ns``, ``max_ns``, ``median_ns``, ``mean_ns``, ``p90_ns``, ``p99_ns``,
+``std_ns`` (sample standard deviation, n-1), ``cv`` = std/mean; percentiles
+interpolate linearly between order statistics like numpy's default),
+``warmup`` (``iterations``, ``seconds``), ``measure`` (``iterations``,
+``seconds``, ``stop_reason`` ("target", else the most severe of "timeout",
+"max_seconds", "max_iterations" among its blocks), ``rounds``,
+``round_iterations`` / ``round_seconds`` per round, ``rewarm_iterations``,
+``rewarm_seconds``, ``loads``, ``load_s`` and ``build_s`` of the timing
+process), ``cold`` (``load_s``, ``build_s``, ``first_inference_ns``,
+``peak_rss_bytes``, ``gpu_peak_bytes``, or null), ``warnings`` (few samples,
+high cv, provider fallback, ...) and ``error`` (null or as above).  A member
+that fails (verify, load, build, warm-up, a run raising, no sample before the
+timeout) is an error member with no samples; the others go on.  Error
+stages: "parse", "lock", "verify", "load", "build", "warmup", "measure".  The
+exit code is 0 whenever a result document was written, even for a failed job.
 
-Order of work: parse -> lock -> verify -> load/build -> warm-up -> measure.
-Everything that loads the CPU (hashing a 300 MB artifact on a Pi, importing
-torch, building a TensorRT engine) happens under the lock so that it cannot
-disturb another agent's timing on the same device.
+Order of work: parse -> lock -> verify (every member) -> cold start (a child
+per member) -> load every member (unless isolate) -> warm-up (every member)
+-> rounds -> close.  Everything that loads the CPU (hashing a 300 MB artifact
+on a Pi, importing torch, building a TensorRT engine) happens under the lock
+so that it cannot disturb another agent's timing on the same device.
 
 GPU timings use CUDA events recorded on the stream around each iteration and
 an event synchronize, never the host time of an asynchronous call.  TensorRT
@@ -111,6 +189,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -121,8 +200,8 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-AGENT_VERSION = "1.0.0"
-PROTOCOL = 1
+AGENT_VERSION = "2.0.0"
+PROTOCOL = 2
 
 RUNTIME_FORMATS = {
     "onnxruntime": ("onnx",),
@@ -138,6 +217,12 @@ DTYPES = ("float32", "float16")
 DEFAULT_WARMUP = {"iterations": 200, "seconds": 0.0}
 DEFAULT_MEASURE = {"iterations": 1000, "min_seconds": 10.0, "max_iterations": 100000, "max_seconds": None}
 DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_ROUNDS = 10
+DEFAULT_SEED = 0
+DEFAULT_REWARM = {"iterations": 20}
+DEFAULT_COOLDOWN_MAX_WAIT_S = 120.0
+COOLDOWN_POLL_S = 1.0
+ROUND_SEED_FACTOR = 1000003
 CV_WARNING = 0.1
 PROBE_TIMEOUT_S = 5.0
 TRACEBACK_TAIL_CHARS = 4000
@@ -170,8 +255,12 @@ class JobError(AgentError):
         AgentError.__init__(self, "parse", message)
 
 
-class Terminated(Exception):
-    """Raised by the SIGTERM handler so a terminated agent still reports."""
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler so a terminated agent still reports.
+
+    A BaseException, so that no ``except Exception`` (a member's failure
+    handling, a runtime's own) swallows it: it ends the whole group.
+    """
 
 
 class Progress(object):
@@ -219,46 +308,35 @@ def _non_negative(value, name):
 
 def parse_job(text):
     """Parse and validate the job JSON; return a normalised dict with defaults filled in."""
-    try:
-        raw = json.loads(text)
-    except ValueError as exc:
-        raise JobError("job is not valid JSON: %s" % exc)
-    if not isinstance(raw, dict):
-        raise JobError("job must be a JSON object, got %s" % type(raw).__name__)
-
-    protocol = _field(raw, "protocol", "job", (int,))
-    if protocol != PROTOCOL:
-        raise JobError("job field job.protocol: this agent speaks protocol %d, got %r" % (PROTOCOL, protocol))
+    raw = _load_job_json(text)
+    protocol = raw.get("protocol")
+    if not isinstance(protocol, int) or isinstance(protocol, bool) or protocol != PROTOCOL:
+        raise JobError("job field job.protocol is %s: this agent (version %s) speaks protocol %d only"
+                       % ("missing" if protocol is None else repr(protocol), AGENT_VERSION, PROTOCOL))
     job = {"protocol": protocol, "job_id": _field(raw, "job_id", "job", (str, int))}
-
-    artifact = _field(raw, "artifact", "job", (dict,))
-    path = _field(artifact, "path", "job.artifact", (str,))
-    sha = _field(artifact, "sha256", "job.artifact", (str,)).lower()
-    if not re.match(r"^[0-9a-f]{64}$", sha):
-        raise JobError("job field job.artifact.sha256 must be 64 hex digits, got %r" % sha)
-    fmt = _field(artifact, "format", "job.artifact", (str,))
-    all_formats = sorted(set(f for fs in RUNTIME_FORMATS.values() for f in fs))
-    if fmt not in all_formats:
-        raise JobError("job field job.artifact.format must be one of %s, got %r" % (all_formats, fmt))
-    job["artifact"] = {"path": path, "sha256": sha, "format": fmt}
 
     runtime = _field(raw, "runtime", "job", (str,))
     if runtime not in RUNTIME_FORMATS:
         raise JobError("job field job.runtime must be one of %s, got %r" % (sorted(RUNTIME_FORMATS), runtime))
-    if fmt not in RUNTIME_FORMATS[runtime]:
-        raise JobError("job field job.artifact.format %r cannot run with runtime %r (it takes %s)"
-                       % (fmt, runtime, ", ".join(RUNTIME_FORMATS[runtime])))
     job["runtime"] = runtime
-    job["options"] = _parse_options(runtime, _field(raw, "options", "job", (dict,), {}))
+    raw_options = _field(raw, "options", "job", (dict,), {})
+    job["options"] = _parse_options(runtime, raw_options)
+    job["options_raw"] = raw_options  # what a --cold child is given, parsed again there
 
-    inp = _field(raw, "input", "job", (dict,))
-    shape = _field(inp, "shape", "job.input", (list,))
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise JobError("job field job.input.shape must be a non-empty list of positive integers, got %r" % (shape,))
-    dtype = _field(inp, "dtype", "job.input", (str,), "float32")
-    if dtype not in DTYPES:
-        raise JobError("job field job.input.dtype must be one of %s, got %r" % (list(DTYPES), dtype))
-    job["input"] = {"shape": list(shape), "dtype": dtype}
+    members = _field(raw, "members", "job", (list,))
+    if not members:
+        raise JobError("job field job.members is an empty list: a group has at least one member")
+    job["members"] = []
+    seen = set()
+    for i, member in enumerate(members):
+        where = "job.members[%d]" % i
+        if not isinstance(member, dict):
+            raise JobError("job field %s must be an object, got %s" % (where, type(member).__name__))
+        parsed = _parse_member(member, where, runtime)
+        if parsed["id"] in seen:
+            raise JobError("job field %s.id %r is not unique in job.members" % (where, parsed["id"]))
+        seen.add(parsed["id"])
+        job["members"].append(parsed)
 
     warm = _field(raw, "warmup", "job", (dict,), {})
     job["warmup"] = {
@@ -286,12 +364,105 @@ def parse_job(text):
         raise JobError("job field job.measure: iterations and min_seconds are both 0, nothing would be measured")
     job["measure"] = measure
 
+    rounds = _field(raw, "rounds", "job", (int,), DEFAULT_ROUNDS)
+    if rounds < 1:
+        raise JobError("job field job.rounds must be >= 1, got %r" % rounds)
+    job["rounds"] = rounds
+    job["seed"] = _field(raw, "seed", "job", (int,), DEFAULT_SEED)
+    rewarm = _field(raw, "rewarm", "job", (dict,), {})
+    job["rewarm"] = {"iterations": _non_negative(
+        _field(rewarm, "iterations", "job.rewarm", (int,), DEFAULT_REWARM["iterations"]), "job.rewarm.iterations")}
+    job["isolate"] = _field(raw, "isolate", "job", (bool,), False)
+    job["cold_start"] = _field(raw, "cold_start", "job", (bool,), True)
+    cooldown = _field(raw, "cooldown", "job", (dict,), None)
+    job["cooldown"] = None
+    if cooldown is not None:
+        max_temp = _field(cooldown, "max_temp_c", "job.cooldown", (int, float), None)
+        if max_temp is not None and not math.isfinite(max_temp):
+            raise JobError("job field job.cooldown.max_temp_c must be a finite number, got %r" % max_temp)
+        max_wait = float(_non_negative(
+            _field(cooldown, "max_wait_s", "job.cooldown", (int, float), DEFAULT_COOLDOWN_MAX_WAIT_S),
+            "job.cooldown.max_wait_s"))
+        if max_temp is not None:
+            job["cooldown"] = {"max_temp_c": float(max_temp), "max_wait_s": max_wait}
+
     timeout = float(_field(raw, "timeout_s", "job", (int, float), DEFAULT_TIMEOUT_S))
     if not (timeout > 0 and math.isfinite(timeout)):
         raise JobError("job field job.timeout_s must be a positive number, got %r" % raw.get("timeout_s"))
     job["timeout_s"] = timeout
     job["workdir"] = os.path.expanduser(_field(raw, "workdir", "job", (str,)))
     return job
+
+
+def _load_job_json(text):
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise JobError("job is not valid JSON: %s" % exc)
+    if not isinstance(raw, dict):
+        raise JobError("job must be a JSON object, got %s" % type(raw).__name__)
+    return raw
+
+
+def _parse_member(member, where, runtime):
+    """One entry of job.members: id, artifact (path, sha256, format), input (shape, dtype)."""
+    member_id = _field(member, "id", where, (str,))
+    artifact = _field(member, "artifact", where, (dict,))
+    path = _field(artifact, "path", where + ".artifact", (str,))
+    sha = _field(artifact, "sha256", where + ".artifact", (str,)).lower()
+    if not re.match(r"^[0-9a-f]{64}$", sha):
+        raise JobError("job field %s.artifact.sha256 must be 64 hex digits, got %r" % (where, sha))
+    fmt = _field(artifact, "format", where + ".artifact", (str,))
+    all_formats = sorted(set(f for fs in RUNTIME_FORMATS.values() for f in fs))
+    if fmt not in all_formats:
+        raise JobError("job field %s.artifact.format must be one of %s, got %r" % (where, all_formats, fmt))
+    if fmt not in RUNTIME_FORMATS[runtime]:
+        raise JobError("job field %s.artifact.format %r cannot run with runtime %r (it takes %s)"
+                       % (where, fmt, runtime, ", ".join(RUNTIME_FORMATS[runtime])))
+    inp = _field(member, "input", where, (dict,))
+    shape = _field(inp, "shape", where + ".input", (list,))
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise JobError("job field %s.input.shape must be a non-empty list of positive integers, got %r"
+                       % (where, shape))
+    dtype = _field(inp, "dtype", where + ".input", (str,), "float32")
+    if dtype not in DTYPES:
+        raise JobError("job field %s.input.dtype must be one of %s, got %r" % (where, list(DTYPES), dtype))
+    return {"id": member_id, "artifact": {"path": path, "sha256": sha, "format": fmt},
+            "input": {"shape": list(shape), "dtype": dtype}}
+
+
+def known_members(text):
+    """The members a job that failed to parse names (id, format, sha256 where readable), for its error result."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, TypeError):
+        return []
+    members = raw.get("members") if isinstance(raw, dict) else None
+    out = []
+    for entry in members if isinstance(members, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            continue
+        artifact = entry.get("artifact") if isinstance(entry.get("artifact"), dict) else {}
+        fmt = artifact.get("format") if isinstance(artifact.get("format"), str) else None
+        sha = artifact.get("sha256") if isinstance(artifact.get("sha256"), str) else None
+        out.append({"id": entry["id"], "artifact": {"format": fmt, "sha256": sha}})
+    return out
+
+
+def member_job(job, member):
+    """What a backend reads: one member's artifact and input with the group's runtime, options and workdir."""
+    return {"id": member["id"], "runtime": job["runtime"], "options": job["options"], "workdir": job["workdir"],
+            "artifact": member["artifact"], "input": member["input"]}
+
+
+def round_orders(member_ids, seed, rounds):
+    """The order each round visits the members: ``random.Random(seed * 1000003 + r).shuffle`` of the ids."""
+    orders = []
+    for r in range(rounds):
+        order = list(member_ids)
+        random.Random(seed * ROUND_SEED_FACTOR + r).shuffle(order)
+        orders.append(order)
+    return orders
 
 
 def _parse_options(runtime, options):
@@ -835,7 +1006,8 @@ def _fill_gpu_from_smi(env, snap):
 
 
 def environment_warnings(before, after):
-    """Warnings a reader of the record should see: throttling, non-performance governor."""
+    """Warnings a reader of the record should see: throttling, non-performance governor, and changes of
+    governor or Jetson power mode between the two snapshots."""
     warnings = []
     b = (before or {}).get("pi_throttled") or {}
     a = (after or {}).get("pi_throttled") or {}
@@ -848,6 +1020,14 @@ def environment_warnings(before, after):
     if governors and governors != ["performance"]:
         warnings.append("cpufreq governor is %s, not 'performance': clocks may vary while timing"
                         % "/".join(governors))
+    b_governors = ((before or {}).get("cpufreq") or {}).get("governors") or []
+    if b_governors and governors and b_governors != governors:
+        warnings.append("cpufreq governor changed while timing: %s -> %s" % ("/".join(b_governors),
+                                                                             "/".join(governors)))
+    b_mode = ((before or {}).get("jetson_nvpmodel") or {}).get("mode")
+    a_mode = ((after or {}).get("jetson_nvpmodel") or {}).get("mode")
+    if b_mode != a_mode and (b_mode or a_mode):
+        warnings.append("Jetson power mode changed while timing: %s -> %s" % (b_mode, a_mode))
     return warnings
 
 
@@ -892,6 +1072,20 @@ class Backend(object):
     def running(self):
         """Context held around warm-up and measurement (torch: inference_mode)."""
         return _NullContext()
+
+    def synchronize(self):
+        """Wait for work queued by ``run_once`` (asynchronous GPU runtimes override this)."""
+
+    def first_run_ns(self):
+        """Host wall time of one run, synchronised: the cold start's first inference, lazy set-up included."""
+        t0 = time.perf_counter()
+        self.run_once()
+        self.synchronize()
+        return int(round((time.perf_counter() - t0) * 1e9))
+
+    def gpu_peak_bytes(self):
+        """Peak GPU memory this process allocated, where the runtime tells it; else None."""
+        return None
 
     def info(self):
         return {}
@@ -1061,6 +1255,15 @@ class TorchBackend(Backend):
 
     def run_once(self):
         self.model(self.x)
+
+    def synchronize(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize(self.torch.device(self.device))
+
+    def gpu_peak_bytes(self):
+        if self.device == "cpu":
+            return None
+        return int(self.torch.cuda.max_memory_allocated(device_index(self.device)))
 
     def timed_run_ns(self):
         if self.device == "cpu":
@@ -1538,11 +1741,21 @@ def warm_up(backend, spec, deadline):
     return {"iterations": n, "seconds": time.monotonic() - t0}
 
 
+def rewarm(backend, iterations, deadline):
+    """The untimed runs before a block; skipped (not an error) once the deadline is near."""
+    t0 = time.monotonic()
+    n = 0
+    while n < iterations and deadline.work_left() > 0:
+        backend.timed_run_ns()  # synchronised, like a timed run; the time is dropped
+        n += 1
+    return n, time.monotonic() - t0
+
+
 def measure(backend, spec, deadline):
     """Time iterations until both ``iterations`` and ``min_seconds`` are reached.
 
     Stops early at ``max_iterations``, ``max_seconds`` or the job deadline and
-    says why in ``stop_reason``.
+    says why in ``stop_reason``.  One call is one block (one member, one round).
     """
     samples = []
     t0 = time.monotonic()
@@ -1565,6 +1778,31 @@ def measure(backend, spec, deadline):
     return samples, {"iterations": len(samples), "seconds": time.monotonic() - t0, "stop_reason": reason}
 
 
+def block_spec(totals, rounds, r, done):
+    """What a member's block in round r times: its per-round share of the job's totals.
+
+    ``ceil(iterations / R)`` runs and ``min_seconds / R`` seconds; at most what is
+    left of ``max_iterations`` over the rounds left (rounded up, so the total
+    never exceeds it) and ``max_seconds / R``.  ``done``: samples the member has.
+    """
+    left = max(0, totals["max_iterations"] - done)
+    return {"iterations": int(math.ceil(totals["iterations"] / float(rounds))),
+            "min_seconds": totals["min_seconds"] / rounds,
+            "max_iterations": int(math.ceil(left / float(rounds - r))),
+            "max_seconds": None if totals["max_seconds"] is None else totals["max_seconds"] / rounds}
+
+
+STOP_SEVERITY = ("timeout", "max_seconds", "max_iterations")
+
+
+def combine_stop_reasons(reasons):
+    """A member's stop reason over its blocks: "target" unless a block stopped early (the most severe)."""
+    for reason in STOP_SEVERITY:
+        if reason in reasons:
+            return reason
+    return "target"
+
+
 def measure_warnings(samples, spec, summary, done):
     warnings = []
     n = len(samples)
@@ -1580,17 +1818,154 @@ def measure_warnings(samples, spec, summary, done):
 
 
 # --------------------------------------------------------------------------
-# The job
+# Cool-down between rounds
 # --------------------------------------------------------------------------
+
+def hottest_temperature():
+    """The hottest temperature readable here (thermal zones, nvidia-smi GPUs) in degrees C, or None."""
+    temps = list((_safe(thermal_zones) or {}).values())
+    for row in _safe(nvidia_smi) or []:
+        try:
+            temps.append(float(row.get("temperature.gpu")))
+        except (TypeError, ValueError):
+            pass
+    temps = [t for t in temps if isinstance(t, float) and math.isfinite(t)]
+    return max(temps) if temps else None
+
+
+def cool_down(spec, r, deadline):
+    """Before round r: wait (at most max_wait_s, never past the deadline) until below max_temp_c."""
+    t0 = time.monotonic()
+    temp = hottest_temperature()
+    while temp is not None and temp >= spec["max_temp_c"]:
+        left = min(spec["max_wait_s"] - (time.monotonic() - t0), deadline.work_left())
+        if left <= 0:
+            break
+        time.sleep(min(COOLDOWN_POLL_S, left))
+        temp = hottest_temperature()
+    return {"round": r, "waited_s": time.monotonic() - t0, "temp_c": temp}
+
+
+def cooldown_warnings(spec, entries):
+    hot = [e for e in entries if e["temp_c"] is not None and e["temp_c"] >= spec["max_temp_c"]]
+    if not hot:
+        return []
+    return ["cool-down: %d of %d rounds started at or above max_temp_c=%g C (hottest %.1f C) after waiting "
+            "up to max_wait_s=%g s" % (len(hot), len(entries), spec["max_temp_c"], max(e["temp_c"] for e in hot),
+                                       spec["max_wait_s"])]
+
+
+# --------------------------------------------------------------------------
+# Cold start: one member in a fresh child process
+# --------------------------------------------------------------------------
+
+def peak_rss_bytes():
+    """Peak resident set size of this process in bytes (ru_maxrss: KiB on Linux, bytes on macOS), or None."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
+    try:
+        value = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if sys.platform == "darwin" else value * 1024
+
+
+def run_cold(text):
+    """``agent.py --cold``: load the job's one member, run it once, report load / first inference / memory.
+
+    Runs under the parent agent's lock (it takes none) on an artifact the
+    parent verified (it does not hash it again).  Never raises.
+    """
+    doc = {"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "mode": "cold", "id": None, "status": "error",
+           "cold": None, "warnings": [], "error": None}
+    progress = Progress()
+    backend = None
+    try:
+        job = parse_job(text)
+        if len(job["members"]) != 1:
+            raise JobError("job field job.members: agent.py --cold takes exactly one member, got %d"
+                           % len(job["members"]))
+        member = job["members"][0]
+        doc["id"] = member["id"]
+        progress.stage = "load"
+        backend = BACKENDS[job["runtime"]](member_job(job, member), doc["warnings"])
+        t0 = time.monotonic()
+        backend.load(progress)
+        loaded = time.monotonic() - t0
+        progress.stage = "warmup"
+        with backend.running():
+            first = backend.first_run_ns()
+        doc["cold"] = {"load_s": loaded - backend.build_s, "build_s": backend.build_s,
+                       "first_inference_ns": first, "peak_rss_bytes": peak_rss_bytes(),
+                       "gpu_peak_bytes": _safe(backend.gpu_peak_bytes)}
+        doc["status"] = "ok"
+    except (Exception, KeyboardInterrupt, Terminated) as exc:
+        doc["error"] = error_info(progress.stage, exc)
+        log("cold start failed in stage %s: %s" % (doc["error"]["stage"], exc))
+    finally:
+        if backend is not None:
+            try:
+                backend.close()
+            except Exception as exc:
+                log("closing the backend failed: %s" % exc)
+    return doc
+
+
+def measure_cold(job, member, deadline):
+    """Run ``agent.py --cold`` for one member: (its cold dict, None) or (None, a warning saying why not)."""
+    budget = deadline.work_left()
+    if budget < 1.0:
+        return None, "cold start not measured: the job timeout is near"
+    child_job = {"protocol": PROTOCOL, "job_id": job["job_id"], "runtime": job["runtime"],
+                 "options": job["options_raw"], "workdir": job["workdir"], "timeout_s": budget,
+                 "members": [member]}
+    argv = [sys.executable or "python3", os.path.abspath(__file__), "--cold"]
+    try:
+        proc = subprocess.run(argv, input=json.dumps(child_job), stdout=subprocess.PIPE, universal_newlines=True,
+                              timeout=budget)
+    except subprocess.TimeoutExpired:
+        return None, "cold start not measured: the --cold child ran past the job timeout (%.0f s)" % budget
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return None, "cold start not measured: cannot run the --cold child: %s" % exc
+    lines = (proc.stdout or "").strip().splitlines()
+    doc = None
+    if lines:
+        try:
+            doc = json.loads(lines[-1])
+        except ValueError:
+            doc = None
+    if not isinstance(doc, dict):
+        return None, "cold start not measured: the --cold child exited with %s and wrote no result" % proc.returncode
+    if doc.get("status") == "ok" and isinstance(doc.get("cold"), dict):
+        return doc["cold"], None
+    error = doc.get("error") or {}
+    return None, "cold start not measured: the --cold child failed in stage %s: %s" % (error.get("stage"),
+                                                                                       error.get("message"))
+
+
+# --------------------------------------------------------------------------
+# The job: a comparison group timed in rounds
+# --------------------------------------------------------------------------
+
+TIMING_PHASES = ("lock_wait", "verify", "cold", "load", "build", "warmup", "rewarm", "measure", "cooldown")
+
 
 def new_result():
     return {
         "protocol": PROTOCOL, "agent_version": AGENT_VERSION, "job_id": None, "status": "error",
-        "runtime": None, "format": None, "artifact_sha256": None, "settings": None, "backend": None,
-        "providers": None, "provider_fallback": None, "timer": None,
-        "samples_ns": [], "stats": summarize([]), "warmup": None, "measure": None,
-        "timings_s": {}, "env": None, "started_utc": utc_now(), "finished_utc": None,
-        "warnings": [], "error": None,
+        "runtime": None, "settings": None, "env": None, "rounds": None, "seed": None, "round_orders": [],
+        "cooldown": [], "warnings": [], "error": None, "timings_s": {}, "started_utc": utc_now(),
+        "finished_utc": None, "members": [],
+    }
+
+
+def new_member_doc(member_id, fmt=None, sha256=None):
+    return {
+        "id": member_id, "status": "error", "format": fmt, "artifact_sha256": sha256, "backend": None,
+        "providers": None, "provider_fallback": None, "timer": None, "samples_ns": [], "sample_rounds": [],
+        "stats": summarize([]), "warmup": None, "measure": None, "cold": None, "warnings": [], "error": None,
     }
 
 
@@ -1601,81 +1976,274 @@ def error_info(stage, exc):
             "traceback": tb[-TRACEBACK_TAIL_CHARS:]}
 
 
+def _unique(items):
+    out = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+class Member(object):
+    """One member's state while the group runs; ``document`` is its part of the result."""
+
+    def __init__(self, spec, job):
+        self.spec = spec
+        self.id = spec["id"]
+        self.job = member_job(job, spec)
+        self.warnings = []  # the backend appends to it too (provider fallback, ...)
+        self.backend = None
+        self.error = None
+        self.info = None
+        self.timer = None
+        self.cold = None
+        self.warmup = None
+        self.samples = []
+        self.sample_rounds = []
+        self.blocks = []
+        self.loads = 0
+        self.load_s = 0.0
+        self.build_s = 0.0
+        self.rewarm_n = 0
+        self.rewarm_s = 0.0
+
+    @property
+    def ok(self):
+        return self.error is None
+
+    def fail(self, stage, exc):
+        self.error = error_info(stage, exc)
+        log("member %s failed in stage %s: %s" % (self.id, self.error["stage"], exc))
+        self.close()
+
+    def close(self):
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            try:
+                backend.close()
+            except Exception as exc:
+                log("closing the backend of member %s failed: %s" % (self.id, exc))
+
+    def measure_info(self, rounds):
+        per_n = [0] * rounds
+        per_s = [0.0] * rounds
+        for block in self.blocks:
+            per_n[block["round"]] += block["iterations"]
+            per_s[block["round"]] += block["seconds"]
+        return {"iterations": len(self.samples), "seconds": math.fsum(per_s),
+                "stop_reason": combine_stop_reasons([b["stop_reason"] for b in self.blocks]), "rounds": rounds,
+                "round_iterations": per_n, "round_seconds": per_s, "rewarm_iterations": self.rewarm_n,
+                "rewarm_seconds": self.rewarm_s, "loads": self.loads, "load_s": self.load_s, "build_s": self.build_s}
+
+    def document(self, job, group_error):
+        """The member's result object; a group failure makes every member that had not failed an error."""
+        art = self.spec["artifact"]
+        doc = new_member_doc(self.id, art["format"], art["sha256"])
+        doc["cold"] = self.cold
+        doc["warmup"] = self.warmup
+        if self.info is not None:
+            doc["backend"] = self.info
+            doc["timer"] = self.timer
+            if job["runtime"] == "onnxruntime":
+                doc["providers"] = self.info.get("providers")
+                doc["provider_fallback"] = self.info.get("provider_fallback")
+        warnings = _unique(self.warnings)
+        error = self.error or group_error
+        if error is None and not self.samples:
+            error = error_info("measure", AgentError(
+                "measure", "no iteration finished before the job timeout (timeout_s=%g)" % job["timeout_s"]))
+        if error is None:
+            done = self.measure_info(job["rounds"])
+            doc["samples_ns"] = list(self.samples)
+            doc["sample_rounds"] = list(self.sample_rounds)
+            doc["stats"] = summarize(self.samples)
+            doc["measure"] = done
+            doc["status"] = "ok"
+            warnings.extend(measure_warnings(self.samples, job["measure"], doc["stats"], done))
+        else:
+            doc["error"] = error
+        doc["warnings"] = warnings
+        return doc
+
+
+def member_step(member, progress, stage, fn, *args):
+    """Run one step of a member; an exception makes it an error member (Terminated ends the group)."""
+    progress.stage = stage
+    try:
+        fn(*args)
+    except Exception as exc:
+        member.fail(progress.stage, exc)
+        return False
+    return True
+
+
+def load_member(member, progress):
+    backend = BACKENDS[member.job["runtime"]](member.job, member.warnings)
+    member.backend = backend
+    t0 = time.monotonic()
+    backend.load(progress)
+    member.loads += 1
+    member.build_s += backend.build_s
+    member.load_s += time.monotonic() - t0 - backend.build_s
+    if member.info is None:
+        member.timer = backend.timer
+        member.info = backend.info()
+
+
+def warm_member(member, job, deadline):
+    with member.backend.running():
+        member.warmup = warm_up(member.backend, job["warmup"], deadline)
+
+
+def time_block(member, r, job, progress, deadline):
+    """Round r's block of a loaded member: re-warm (untimed), then time its share of the iterations."""
+    backend = member.backend
+    with backend.running():
+        progress.stage = "warmup"
+        n, seconds = rewarm(backend, job["rewarm"]["iterations"], deadline)
+        member.rewarm_n += n
+        member.rewarm_s += seconds
+        progress.stage = "measure"
+        samples, done = measure(backend, block_spec(job["measure"], job["rounds"], r, len(member.samples)), deadline)
+    member.samples.extend(samples)
+    member.sample_rounds.extend([r] * len(samples))
+    done["round"] = r
+    member.blocks.append(done)
+
+
+def _fill_gpu_from_backend(env, backend):
+    extra = _safe(backend.gpu_info) if backend is not None else None
+    if env is not None and env.get("gpu") is not None and extra:
+        env["gpu"].update(dict((k, v) for k, v in extra.items() if v is not None))
+
+
+def run_group(job, members, result, progress, deadline):
+    """Under the lock: verify, cold starts, load, warm up, then the rounds (see the module docstring)."""
+    timings = result["timings_s"]
+    by_id = dict((m.id, m) for m in members)
+    gpu_known = [False]
+
+    def note_gpu(member):
+        if not gpu_known[0] and member.backend is not None:
+            _fill_gpu_from_backend(result["env"], member.backend)
+            gpu_known[0] = True
+
+    for m in members:
+        t0 = time.monotonic()
+        member_step(m, progress, "verify", verify_artifact, m.spec["artifact"]["path"], m.spec["artifact"]["sha256"])
+        timings["verify"] += time.monotonic() - t0
+    progress.stage = "load"
+    for m in members:
+        if m.ok and job["cold_start"]:
+            t0 = time.monotonic()
+            m.cold, warning = measure_cold(job, m.spec, deadline)
+            timings["cold"] += time.monotonic() - t0
+            if warning:
+                m.warnings.append(warning)
+                log("member %s: %s" % (m.id, warning))
+
+    result["env"] = capture_env()
+    if not job["isolate"]:
+        for m in members:
+            if m.ok and member_step(m, progress, "load", load_member, m, progress):
+                note_gpu(m)
+        for m in members:
+            if m.ok:
+                member_step(m, progress, "warmup", warm_member, m, job, deadline)
+
+    progress.stage = "measure"
+    before = snapshot()
+    result["env"]["before"] = before
+    _fill_gpu_from_smi(result["env"], before)
+    cooldown = job["cooldown"]
+    if cooldown is not None and hottest_temperature() is None:
+        result["warnings"].append("cool-down asked (max_temp_c=%g) but this device reports no temperature (no "
+                                  "/sys/class/thermal zone, no nvidia-smi GPU): rounds run without waiting"
+                                  % cooldown["max_temp_c"])
+        cooldown = None
+    for r, order in enumerate(result["round_orders"]):
+        if r > 0 and cooldown is not None and deadline.work_left() > 0:
+            progress.stage = "measure"
+            entry = cool_down(cooldown, r, deadline)
+            result["cooldown"].append(entry)
+            timings["cooldown"] += entry["waited_s"]
+        for member_id in order:
+            m = by_id[member_id]
+            if not m.ok:
+                continue
+            if job["isolate"]:
+                if deadline.work_left() <= 0:  # no time left to time it: do not pay for a load
+                    m.blocks.append({"iterations": 0, "seconds": 0.0, "stop_reason": "timeout", "round": r})
+                    continue
+                if not member_step(m, progress, "load", load_member, m, progress):
+                    continue
+                note_gpu(m)
+                if m.warmup is None and not member_step(m, progress, "warmup", warm_member, m, job, deadline):
+                    continue
+            member_step(m, progress, "measure", time_block, m, r, job, progress, deadline)
+            if job["isolate"]:
+                m.close()
+    after = snapshot()
+    result["env"]["after"] = after
+    if cooldown is not None:
+        result["warnings"].extend(cooldown_warnings(cooldown, result["cooldown"]))
+    result["warnings"].extend(environment_warnings(before, after))
+
+
 def run_job(text):
     """Run the job given as JSON text and return the result document (never raises)."""
     t_start = time.monotonic()
     result = new_result()
     progress = Progress()
     timings = result["timings_s"]
-    warnings = result["warnings"]
-    backend = None
+    job = None
+    members = []
+    group_error = None
     try:
         job = parse_job(text)
-        result.update({"job_id": job["job_id"], "runtime": job["runtime"], "format": job["artifact"]["format"],
-                       "artifact_sha256": job["artifact"]["sha256"]})
-        result["settings"] = {k: job[k] for k in ("options", "input", "warmup", "measure", "timeout_s", "workdir")}
+        result.update({"job_id": job["job_id"], "runtime": job["runtime"], "rounds": job["rounds"],
+                       "seed": job["seed"]})
+        result["round_orders"] = round_orders([m["id"] for m in job["members"]], job["seed"], job["rounds"])
+        result["settings"] = dict((k, job[k]) for k in ("options", "members", "warmup", "measure", "rounds", "seed",
+                                                        "rewarm", "isolate", "cold_start", "cooldown", "timeout_s",
+                                                        "workdir"))
         for name in job["options"]["unknown"]:
-            warnings.append("unknown option %r for runtime %s ignored" % (name, job["runtime"]))
+            result["warnings"].append("unknown option %r for runtime %s ignored" % (name, job["runtime"]))
+        members = [Member(spec, job) for spec in job["members"]]
+        for phase in TIMING_PHASES:
+            timings[phase] = 0.0
         deadline = Deadline(job["timeout_s"])
 
         progress.stage = "lock"
         with DeviceLock(job["workdir"], deadline, job["job_id"]) as lock:
             timings["lock_wait"] = lock.waited_s
-            progress.stage = "verify"
-            t0 = time.monotonic()
-            verify_artifact(job["artifact"]["path"], job["artifact"]["sha256"])
-            timings["verify"] = time.monotonic() - t0
-
-            progress.stage = "load"
-            backend = BACKENDS[job["runtime"]](job, warnings)
-            t0 = time.monotonic()
-            backend.load(progress)
-            timings["build"] = backend.build_s
-            timings["load"] = time.monotonic() - t0 - backend.build_s
-            result["timer"] = backend.timer
-            result["backend"] = backend.info()
-            if job["runtime"] == "onnxruntime":
-                result["providers"] = result["backend"]["providers"]
-                result["provider_fallback"] = result["backend"]["provider_fallback"]
-            result["env"] = capture_env(_safe(backend.gpu_info))
-            if deadline.work_left() <= 0:
-                raise AgentError(progress.stage, "job timeout_s=%g used up by loading (%.1f s)"
-                                 % (job["timeout_s"], time.monotonic() - t_start))
-
-            before = snapshot()
-            result["env"]["before"] = before
-            _fill_gpu_from_smi(result["env"], before)
-            with backend.running():
-                progress.stage = "warmup"
-                result["warmup"] = warm_up(backend, job["warmup"], deadline)
-                timings["warmup"] = result["warmup"]["seconds"]
-                progress.stage = "measure"
-                samples, done = measure(backend, job["measure"], deadline)
-            timings["measure"] = done["seconds"]
-            result["measure"] = done
-            after = snapshot()
-            result["env"]["after"] = after
-            if not samples:
-                raise AgentError("measure", "no iteration finished before the job timeout (timeout_s=%g)"
-                                 % job["timeout_s"])
-            result["samples_ns"] = samples
-            result["stats"] = summarize(samples)
-            warnings.extend(measure_warnings(samples, job["measure"], result["stats"], done))
-            warnings.extend(environment_warnings(before, after))
-            result["status"] = "ok"
-    except (Exception, KeyboardInterrupt) as exc:
-        result["status"] = "error"
-        result["error"] = error_info(progress.stage, exc)
-        log("job failed in stage %s: %s" % (result["error"]["stage"], exc))
-        if result["env"] is None:
-            # Cheap (files only, no subprocess): says which Python and runtimes failed.
-            result["env"] = _safe(capture_env)
+            run_group(job, members, result, progress, deadline)
+    except (Exception, KeyboardInterrupt, Terminated) as exc:
+        group_error = error_info(progress.stage, exc)
+        result["error"] = group_error
+        log("job failed in stage %s: %s" % (group_error["stage"], exc))
     finally:
-        if backend is not None:
-            try:
-                backend.close()
-            except Exception as exc:
-                log("closing the backend failed: %s" % exc)
+        for m in members:
+            m.close()
+    if result["env"] is None:
+        # Cheap (files only, no subprocess): says which Python and runtimes failed.
+        result["env"] = _safe(capture_env)
+    if job is None:
+        docs = []
+        for known in known_members(text):
+            doc = new_member_doc(known["id"], known["artifact"]["format"], known["artifact"]["sha256"])
+            doc["error"] = group_error
+            docs.append(doc)
+        result["members"] = docs
+    else:
+        result["members"] = [m.document(job, group_error) for m in members]
+        if members:
+            timings["load"] = math.fsum(m.load_s for m in members)
+            timings["build"] = math.fsum(m.build_s for m in members)
+            timings["warmup"] = math.fsum(m.warmup["seconds"] for m in members if m.warmup)
+            timings["rewarm"] = math.fsum(m.rewarm_s for m in members)
+            timings["measure"] = math.fsum(b["seconds"] for m in members for b in m.blocks)
+    result["status"] = "ok" if group_error is None else "error"
     timings["total"] = time.monotonic() - t_start
     result["finished_utc"] = utc_now()
     return result
@@ -1784,10 +2352,13 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Time one model artifact; job JSON on stdin, result on stdout.")
+    parser = argparse.ArgumentParser(description="Time a group of model artifacts in interleaved rounds; "
+                                                 "job JSON on stdin, result on stdout.")
     parser.add_argument("--probe", action="store_true", help="print the environment and the runtimes that import")
     parser.add_argument("--workdir", help="with --probe: the agent workdir, to see whether a benchmark is running")
     parser.add_argument("--version", action="store_true", help="print the agent version")
+    parser.add_argument("--cold", action="store_true",
+                        help="internal: cold start of a one-member job (run by the agent under its lock)")
     args = parser.parse_args(argv)
     if args.version:
         print(AGENT_VERSION)
@@ -1808,12 +2379,12 @@ def main(argv=None):
         else:
             try:
                 text = sys.stdin.buffer.read().decode("utf-8")
-            except (Exception, KeyboardInterrupt) as exc:
+            except (Exception, KeyboardInterrupt, Terminated) as exc:
                 doc = new_result()
                 doc["error"] = error_info("parse", exc)
                 doc["finished_utc"] = utc_now()
             else:
-                doc = run_job(text)
+                doc = run_cold(text) if args.cold else run_job(text)
         write_document(out, doc)
     except Exception as exc:
         sys.stderr.write("agent: cannot write the result: %s\n" % exc)

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 AGENT_SOURCE = pathlib.Path(__file__).with_name("agent.py")
-PROTOCOL = 1
+PROTOCOL = 2  # devices/agent.py speaks this one; harness/jobs.py writes its job documents
 STDERR_TAIL_CHARS = 4000
 PROBE_TIMEOUT_S = 180.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

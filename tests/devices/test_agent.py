@@ -1,9 +1,12 @@
-"""Tests of the device agent (devices/agent.py), run as the devices run it.
+"""Tests of the device agent (devices/agent.py, protocol 2), run as the devices run it.
 
-The agent is started as a subprocess with a job on stdin and real runtimes
-(onnxruntime, torch CPU) timing a tiny real model exported here.  TensorRT and
+The agent is started as a subprocess with a group job on stdin and real
+runtimes (onnxruntime, torch CPU) timing a tiny real model exported here, in
+interleaved rounds, with a real ``--cold`` child per member.  TensorRT and
 CUDA cannot run on a CPU-only machine; their pure helper logic (engine cache
-key, API selection) is tested directly.
+key, API selection) is tested directly, and the CUDA test skips.  The
+deterministic round-design tests (drift, orders, cool-down) are in
+test_agent_rounds.py.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -24,20 +26,13 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import load_agent
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 AGENT = ROOT / "devices" / "agent.py"
 
 
-def load_agent_module():
-    """Import agent.py from its path, the way nothing else in the project may."""
-    spec = importlib.util.spec_from_file_location("device_agent_under_test", AGENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-agent = load_agent_module()
+agent = load_agent("device_agent_under_test")
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -62,16 +57,27 @@ def models(tmp_path_factory):
     return paths
 
 
-def make_job(path: pathlib.Path, fmt: str, runtime: str, workdir: pathlib.Path, **overrides) -> dict:
+def member(path: pathlib.Path, fmt: str, member_id: str = "m0", shape=(1, 16)) -> dict:
+    return {"id": member_id, "artifact": {"path": str(path), "sha256": sha256(path), "format": fmt},
+            "input": {"shape": list(shape), "dtype": "float32"}}
+
+
+def make_job(path: pathlib.Path | None, fmt: str, runtime: str, workdir: pathlib.Path, members=None,
+             **overrides) -> dict:
+    """A protocol-2 job; by default one member (id "m0") timing `path`, in 2 rounds of 10 iterations."""
     job = {
-        "protocol": 1,
+        "protocol": 2,
         "job_id": "test-job",
-        "artifact": {"path": str(path), "sha256": sha256(path), "format": fmt},
         "runtime": runtime,
         "options": {"threads": 1},
-        "input": {"shape": [1, 16], "dtype": "float32"},
+        "members": members if members is not None else [member(path, fmt)],
         "warmup": {"iterations": 3},
         "measure": {"iterations": 20, "min_seconds": 0},
+        "rounds": 2,
+        "seed": 0,
+        "rewarm": {"iterations": 2},
+        "isolate": False,
+        "cooldown": None,
         "timeout_s": 60,
         "workdir": str(workdir),
     }
@@ -79,25 +85,50 @@ def make_job(path: pathlib.Path, fmt: str, runtime: str, workdir: pathlib.Path, 
     return job
 
 
-def run_agent(job, python: str = sys.executable, timeout: float = 120) -> dict:
+def run_agent(job, python: str = sys.executable, timeout: float = 120, args=()) -> dict:
     """Run the agent; check it printed exactly one JSON document and exited 0."""
     text = job if isinstance(job, str) else json.dumps(job)
-    proc = subprocess.run([python, str(AGENT)], input=text, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([python, str(AGENT), *args], input=text, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, f"expected one JSON line on stdout, got {proc.stdout!r}"
     return json.loads(lines[0])
 
 
+def only(result: dict) -> dict:
+    """The one member of a one-member group."""
+    assert len(result["members"]) == 1, result["members"]
+    return result["members"][0]
+
+
+def by_id(result: dict) -> dict:
+    return {m["id"]: m for m in result["members"]}
+
+
 def assert_ok(result: dict) -> None:
     assert result["status"] == "ok", json.dumps(result.get("error"), indent=1)
+    for m in result["members"]:
+        assert m["status"] == "ok", json.dumps(m.get("error"), indent=1)
 
 
-def check_samples_and_stats(result: dict, expected_n: int) -> None:
-    samples = result["samples_ns"]
+GROUP_KEYS = {"protocol", "agent_version", "job_id", "status", "runtime", "settings", "env", "rounds", "seed",
+              "round_orders", "cooldown", "warnings", "error", "timings_s", "started_utc", "finished_utc", "members"}
+MEMBER_KEYS = {"id", "status", "format", "artifact_sha256", "backend", "providers", "provider_fallback", "timer",
+               "samples_ns", "sample_rounds", "stats", "warmup", "measure", "cold", "warnings", "error"}
+COLD_KEYS = {"load_s", "build_s", "first_inference_ns", "peak_rss_bytes", "gpu_peak_bytes"}
+
+
+def check_samples_and_stats(m: dict, expected_n: int, rounds: int | None = None) -> None:
+    samples = m["samples_ns"]
     assert len(samples) == expected_n
     assert all(isinstance(s, int) and s > 0 for s in samples)
-    stats = result["stats"]
+    assert len(m["sample_rounds"]) == expected_n  # every sample keeps its round
+    assert m["sample_rounds"] == sorted(m["sample_rounds"])  # one block per round, rounds in order
+    if rounds is not None:
+        assert set(m["sample_rounds"]) <= set(range(rounds))
+        counts = [m["sample_rounds"].count(r) for r in range(rounds)]
+        assert counts == m["measure"]["round_iterations"]
+    stats = m["stats"]
     assert stats["n"] == expected_n
     assert stats["median_ns"] == pytest.approx(statistics.median(samples))
     assert stats["mean_ns"] == pytest.approx(statistics.fmean(samples))
@@ -109,26 +140,54 @@ def check_samples_and_stats(result: dict, expected_n: int) -> None:
     assert stats["min_ns"] <= stats["median_ns"] <= stats["p90_ns"] <= stats["p99_ns"] <= stats["max_ns"]
 
 
+def check_cold(cold: dict) -> None:
+    assert set(cold) == COLD_KEYS
+    assert cold["load_s"] > 0 and cold["build_s"] == 0.0
+    assert isinstance(cold["first_inference_ns"], int) and cold["first_inference_ns"] > 0
+    # A Python with onnxruntime or torch imported is well above 10 MB and below 16 GB.
+    assert isinstance(cold["peak_rss_bytes"], int) and 10 * 2 ** 20 < cold["peak_rss_bytes"] < 16 * 2 ** 30
+
+
 # ----- real runs -------------------------------------------------------------
 
 def test_onnxruntime_cpu_result_document(models, tmp_path):
     import onnxruntime
 
-    result = run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path))
+    job = make_job(None, "onnx", "onnxruntime", tmp_path, rounds=4, seed=7,
+                   members=[member(models["onnx"], "onnx", "a"), member(models["onnx"], "onnx", "b")])
+    result = run_agent(job)
     assert_ok(result)
-    assert result["job_id"] == "test-job" and result["protocol"] == 1
-    assert result["agent_version"] == agent.AGENT_VERSION
-    assert result["runtime"] == "onnxruntime" and result["timer"] == "perf_counter"
-    check_samples_and_stats(result, 20)
-    assert result["measure"]["stop_reason"] == "target"
-    assert result["warmup"]["iterations"] == 3
-    assert result["providers"] == ["CPUExecutionProvider"]
-    assert result["provider_fallback"] is False
-    assert result["backend"]["threads"] == 1 and result["backend"]["graph_optimization"] == "all"
-    assert result["error"] is None
-    for phase in ("lock_wait", "verify", "load", "build", "warmup", "measure", "total"):
-        assert result["timings_s"][phase] >= 0
+    assert set(result) == GROUP_KEYS
+    assert result["job_id"] == "test-job" and result["protocol"] == 2 == agent.PROTOCOL
+    assert result["agent_version"] == agent.AGENT_VERSION == "2.0.0"
+    assert result["runtime"] == "onnxruntime" and result["error"] is None
+    assert result["rounds"] == 4 and result["seed"] == 7
+    assert result["round_orders"] == agent.round_orders(["a", "b"], 7, 4)
+    assert all(sorted(order) == ["a", "b"] for order in result["round_orders"])
+    assert result["cooldown"] == [] and not any("cool-down" in w for w in result["warnings"])
+    assert result["settings"]["rounds"] == 4 and result["settings"]["rewarm"] == {"iterations": 2}
+    assert result["settings"]["isolate"] is False and result["settings"]["cooldown"] is None
+    for phase in agent.TIMING_PHASES + ("total",):
+        assert result["timings_s"][phase] >= 0, phase
+    assert result["timings_s"]["cold"] > 0
     assert result["started_utc"] <= result["finished_utc"]
+
+    assert [m["id"] for m in result["members"]] == ["a", "b"]
+    for m in result["members"]:
+        assert set(m) == MEMBER_KEYS
+        assert m["format"] == "onnx" and m["artifact_sha256"] == sha256(models["onnx"])
+        assert m["timer"] == "perf_counter"
+        check_samples_and_stats(m, 20, rounds=4)
+        assert m["measure"]["round_iterations"] == [5, 5, 5, 5]  # ceil(20 / 4) per round
+        assert m["measure"]["stop_reason"] == "target" and m["measure"]["rounds"] == 4
+        assert m["measure"]["rewarm_iterations"] == 4 * 2 and m["measure"]["loads"] == 1
+        assert m["warmup"]["iterations"] == 3
+        assert m["providers"] == ["CPUExecutionProvider"] and m["provider_fallback"] is False
+        assert m["backend"]["threads"] == 1 and m["backend"]["graph_optimization"] == "all"
+        assert m["error"] is None
+        assert all(w.startswith("high variation") for w in m["warnings"]), m["warnings"]  # tiny model, shared CPU
+        check_cold(m["cold"])
+        assert m["cold"]["gpu_peak_bytes"] is None  # onnxruntime does not tell it
 
     env = result["env"]
     assert env["hostname"]
@@ -144,15 +203,55 @@ def test_onnxruntime_cpu_result_document(models, tmp_path):
     assert env["before"]["utc"] <= env["after"]["utc"]
 
 
+def test_isolate_mode_gives_the_same_shapes(models, tmp_path):
+    members = [member(models["onnx"], "onnx", "a"), member(models["onnx"], "onnx", "b")]
+    shared = make_job(None, "onnx", "onnxruntime", tmp_path, rounds=3, members=members,
+                      measure={"iterations": 9, "min_seconds": 0})
+    isolated = dict(shared, isolate=True)
+    a, b = run_agent(shared), run_agent(isolated)
+    assert_ok(a)
+    assert_ok(b)
+    assert set(a) == set(b) == GROUP_KEYS
+    assert b["settings"]["isolate"] is True
+    assert a["round_orders"] == b["round_orders"]  # same seed, same orders
+    for ma, mb in zip(a["members"], b["members"]):
+        assert set(ma) == set(mb) == MEMBER_KEYS
+        assert set(ma["measure"]) == set(mb["measure"]) and set(ma["warmup"]) == set(mb["warmup"])
+        assert set(ma["backend"]) == set(mb["backend"]) and set(ma["stats"]) == set(mb["stats"])
+        check_samples_and_stats(mb, 9, rounds=3)
+        assert ma["measure"]["loads"] == 1 and mb["measure"]["loads"] == 3  # isolate: one load per block
+        assert mb["warmup"]["iterations"] == 3  # the full warm-up once, in the member's first block
+        assert mb["measure"]["rewarm_iterations"] == 3 * 2
+        check_cold(mb["cold"])
+
+
+def test_cold_child_reports_load_first_inference_and_peak_rss(models, tmp_path):
+    """`agent.py --cold` on a one-member job: its own small document with the cold-start figures."""
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path)
+    doc = run_agent(job, args=["--cold"])
+    assert doc["status"] == "ok" and doc["error"] is None and doc["id"] == "m0"
+    assert doc["protocol"] == 2 and doc["agent_version"] == agent.AGENT_VERSION
+    check_cold(doc["cold"])
+    assert doc["cold"]["gpu_peak_bytes"] is None
+    assert not (tmp_path / "agent.lock").exists()  # the child runs under its parent's lock, takes none
+    two = make_job(None, "onnx", "onnxruntime", tmp_path,
+                   members=[member(models["onnx"], "onnx", "a"), member(models["onnx"], "onnx", "b")])
+    refused = run_agent(two, args=["--cold"])
+    assert refused["status"] == "error" and refused["error"]["stage"] == "parse"
+    assert "exactly one member" in refused["error"]["message"]
+
+
 def test_measures_until_both_iterations_and_min_seconds(models, tmp_path):
     job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path,
                    warmup={"iterations": 0, "seconds": 0.1}, measure={"iterations": 5, "min_seconds": 0.3})
     result = run_agent(job)
     assert_ok(result)
-    assert result["warmup"]["seconds"] >= 0.1
-    assert len(result["samples_ns"]) > 5  # a tiny model runs far more than 5 times in 0.3 s
-    assert result["measure"]["seconds"] >= 0.3
-    check_samples_and_stats(result, len(result["samples_ns"]))
+    m = only(result)
+    assert m["warmup"]["seconds"] >= 0.1
+    assert len(m["samples_ns"]) > 5  # a tiny model runs far more than 5 times in 0.3 s
+    assert m["measure"]["seconds"] >= 0.3
+    assert all(s >= 0.15 for s in m["measure"]["round_seconds"])  # min_seconds / R per round
+    check_samples_and_stats(m, len(m["samples_ns"]), rounds=2)
 
 
 def test_max_iterations_caps_the_measurement(models, tmp_path):
@@ -160,8 +259,10 @@ def test_max_iterations_caps_the_measurement(models, tmp_path):
                    measure={"iterations": 5, "min_seconds": 30, "max_iterations": 7})
     result = run_agent(job)
     assert_ok(result)
-    assert len(result["samples_ns"]) == 7 and result["measure"]["stop_reason"] == "max_iterations"
-    assert any("less than min_seconds" in w for w in result["warnings"])
+    m = only(result)
+    assert len(m["samples_ns"]) == 7 and m["measure"]["stop_reason"] == "max_iterations"
+    assert m["measure"]["round_iterations"] == [4, 3]  # the share of what is left, rounded up
+    assert any("less than min_seconds" in w for w in m["warnings"])
 
 
 def test_provider_fallback_is_flagged(models, tmp_path):
@@ -169,19 +270,24 @@ def test_provider_fallback_is_flagged(models, tmp_path):
                    options={"execution_provider": "CUDAExecutionProvider"})
     result = run_agent(job)
     assert_ok(result)  # onnxruntime falls back to CPU: the run works, the flag says so
-    assert result["provider_fallback"] is True
-    assert result["providers"] == ["CPUExecutionProvider"]
-    assert result["backend"]["requested_providers"] == ["CUDAExecutionProvider"]
-    assert any("provider fallback" in w and "CUDAExecutionProvider" in w for w in result["warnings"])
+    m = only(result)
+    assert m["provider_fallback"] is True
+    assert m["providers"] == ["CPUExecutionProvider"]
+    assert m["backend"]["requested_providers"] == ["CUDAExecutionProvider"]
+    fallback = [w for w in m["warnings"] if "provider fallback" in w]
+    assert len(fallback) == 1 and "CUDAExecutionProvider" in fallback[0]
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
 def test_torch_cpu(models, tmp_path, fmt):
     result = run_agent(make_job(models[fmt], fmt, "torch", tmp_path, options={"threads": 1, "device": "cpu"}))
     assert_ok(result)
-    check_samples_and_stats(result, 20)
-    assert result["backend"]["device"] == "cpu" and result["backend"]["threads"] == 1
-    assert result["providers"] is None
+    m = only(result)
+    check_samples_and_stats(m, 20, rounds=2)
+    assert m["backend"]["device"] == "cpu" and m["backend"]["threads"] == 1
+    assert m["providers"] is None and m["timer"] == "perf_counter"
+    check_cold(m["cold"])
+    assert m["cold"]["gpu_peak_bytes"] is None  # CPU: no GPU memory
     assert result["env"]["runtimes"]["torch"].split("+")[0] == __import__("torch").__version__.split("+")[0]
 
 
@@ -191,29 +297,77 @@ def test_torch_cuda_on_a_cpu_machine_is_a_load_error(models, tmp_path):
         pytest.skip("this machine has CUDA")
     job = make_job(models["torchscript"], "torchscript", "torch", tmp_path, options={"device": "cuda"})
     result = run_agent(job)
-    assert result["status"] == "error"
-    assert result["error"]["stage"] == "load" and "cuda" in result["error"]["message"]
+    assert result["status"] == "ok" and result["error"] is None  # the group ran; its member failed
+    m = only(result)
+    assert m["status"] == "error"
+    assert m["error"]["stage"] == "load" and "cuda" in m["error"]["message"]
+    assert m["cold"] is None and any(w.startswith("cold start not measured") for w in m["warnings"])
+    assert m["samples_ns"] == [] and m["sample_rounds"] == []
+
+
+def test_torch_cuda_gpu_peak_memory(models, tmp_path):
+    """On a CUDA machine: CUDA-event timing and the cold child's torch.cuda.max_memory_allocated."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA here")
+    job = make_job(models["torchscript"], "torchscript", "torch", tmp_path, options={"device": "cuda"})
+    result = run_agent(job)
+    assert_ok(result)
+    m = only(result)
+    assert m["timer"] == "cuda_events"
+    check_samples_and_stats(m, 20, rounds=2)
+    assert isinstance(m["cold"]["gpu_peak_bytes"], int) and m["cold"]["gpu_peak_bytes"] > 0
 
 
 # ----- failures become error documents ------------------------------------------
 
-def test_sha256_mismatch_is_a_verify_error(models, tmp_path):
-    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path)
-    job["artifact"]["sha256"] = "0" * 64
+def test_one_bad_member_is_an_error_member_the_other_is_timed(models, tmp_path):
+    bad = member(models["onnx"], "onnx", "bad")
+    bad["artifact"]["sha256"] = "0" * 64
+    job = make_job(None, "onnx", "onnxruntime", tmp_path, rounds=3,
+                   members=[bad, member(models["onnx"], "onnx", "good")])
     result = run_agent(job)
-    assert result["status"] == "error"
-    assert result["error"]["stage"] == "verify"
-    assert "sha256 mismatch" in result["error"]["message"]
-    assert result["samples_ns"] == [] and result["job_id"] == "test-job"
-    assert result["env"]["python"]["version"]  # static environment even for a failed job
+    assert result["status"] == "ok" and result["error"] is None
+    assert [m["id"] for m in result["members"]] == ["bad", "good"]
+    assert all(set(m) == MEMBER_KEYS for m in result["members"])
+    members = by_id(result)
+    err = members["bad"]
+    assert err["status"] == "error" and err["error"]["stage"] == "verify"
+    assert "sha256 mismatch" in err["error"]["message"]
+    assert err["samples_ns"] == [] and err["sample_rounds"] == [] and err["stats"]["n"] == 0
+    assert err["cold"] is None and err["artifact_sha256"] == "0" * 64
+    good = members["good"]
+    assert good["status"] == "ok"
+    check_samples_and_stats(good, 21, rounds=3)  # ceil(20 / 3) = 7 per round
+    check_cold(good["cold"])
+    assert all(sorted(o) == ["bad", "good"] for o in result["round_orders"])  # the orders name every member
+    assert result["env"]["python"]["version"]
 
 
 def test_missing_artifact_is_a_verify_error(tmp_path):
-    job = {"protocol": 1, "job_id": 7, "runtime": "onnxruntime", "input": {"shape": [1, 4]}, "workdir": str(tmp_path),
-           "artifact": {"path": str(tmp_path / "absent.onnx"), "sha256": "a" * 64, "format": "onnx"}}
+    job = {"protocol": 2, "job_id": 7, "runtime": "onnxruntime", "workdir": str(tmp_path),
+           "members": [{"id": "x", "input": {"shape": [1, 4]},
+                        "artifact": {"path": str(tmp_path / "absent.onnx"), "sha256": "a" * 64, "format": "onnx"}}]}
     result = run_agent(job)
-    assert result["error"]["stage"] == "verify" and "not found" in result["error"]["message"]
-    assert result["job_id"] == 7
+    m = only(result)
+    assert m["error"]["stage"] == "verify" and "not found" in m["error"]["message"]
+    assert result["job_id"] == 7 and result["rounds"] == agent.DEFAULT_ROUNDS
+
+
+def test_protocol_1_job_is_refused(models, tmp_path):
+    """A protocol-1 job (one artifact at the top) is never half-understood: parse error naming protocol 2."""
+    job = {"protocol": 1, "job_id": "old", "artifact": {"path": str(models["onnx"]), "sha256": sha256(models["onnx"]),
+                                                         "format": "onnx"},
+           "runtime": "onnxruntime", "input": {"shape": [1, 16]}, "workdir": str(tmp_path)}
+    result = run_agent(job)
+    assert result["status"] == "error" and result["error"]["stage"] == "parse"
+    message = result["error"]["message"]
+    assert "protocol 2" in message and "job.protocol" in message and "1" in message
+    assert result["members"] == [] and result["protocol"] == 2
+    assert not (tmp_path / "agent.lock").exists()  # refused before taking the device
+    for protocol in (None, 3, "2", True):
+        result = run_agent(dict(job, protocol=protocol))
+        assert result["error"]["stage"] == "parse" and "speaks protocol 2" in result["error"]["message"]
 
 
 def _malformed(job: dict, edit) -> str:
@@ -222,18 +376,32 @@ def _malformed(job: dict, edit) -> str:
     return json.dumps(job)
 
 
+def _m0(job: dict) -> dict:
+    return job["members"][0]
+
+
 MALFORMED = [
-    (lambda j: j["artifact"].pop("sha256"), "job.artifact.sha256"),
-    (lambda j: j["artifact"].update(sha256="xyz"), "job.artifact.sha256"),
+    (lambda j: _m0(j)["artifact"].pop("sha256"), "job.members[0].artifact.sha256"),
+    (lambda j: _m0(j)["artifact"].update(sha256="xyz"), "job.members[0].artifact.sha256"),
     (lambda j: j.pop("job_id"), "job.job_id"),
-    (lambda j: j.update(protocol=2), "job.protocol"),
+    (lambda j: j.update(protocol=1), "job.protocol"),
     (lambda j: j.update(runtime="tflite"), "job.runtime"),
-    (lambda j: j.update(runtime="torch"), "job.artifact.format"),
-    (lambda j: j["input"].update(shape=[1, "16"]), "job.input.shape"),
-    (lambda j: j["input"].update(dtype="int8"), "job.input.dtype"),
+    (lambda j: j.update(runtime="torch"), "job.members[0].artifact.format"),
+    (lambda j: _m0(j)["input"].update(shape=[1, "16"]), "job.members[0].input.shape"),
+    (lambda j: _m0(j)["input"].update(dtype="int8"), "job.members[0].input.dtype"),
+    (lambda j: _m0(j).pop("id"), "job.members[0].id"),
+    (lambda j: j["members"].append(dict(_m0(j))), "job.members[1].id"),
+    (lambda j: j.update(members=[]), "job.members"),
+    (lambda j: j.pop("members"), "job.members"),
     (lambda j: j["measure"].update(iterations="ten"), "job.measure.iterations"),
     (lambda j: j["measure"].update(iterations=True), "job.measure.iterations"),
     (lambda j: j["warmup"].update(seconds=-1), "job.warmup.seconds"),
+    (lambda j: j.update(rounds=0), "job.rounds"),
+    (lambda j: j.update(seed=1.5), "job.seed"),
+    (lambda j: j.update(isolate="yes"), "job.isolate"),
+    (lambda j: j["rewarm"].update(iterations=-1), "job.rewarm.iterations"),
+    (lambda j: j.update(cooldown={"max_temp_c": "hot"}), "job.cooldown.max_temp_c"),
+    (lambda j: j.update(cooldown={"max_temp_c": 60, "max_wait_s": -1}), "job.cooldown.max_wait_s"),
     (lambda j: j.update(timeout_s=0), "job.timeout_s"),
     (lambda j: j["options"].update(threads=0), "job.options.threads"),
     (lambda j: j["options"].update(providers=[3]), "job.options.providers"),
@@ -250,54 +418,75 @@ def test_malformed_job_names_the_field(tmp_path, edit, field):
     assert result["status"] == "error"
     assert result["error"]["stage"] == "parse"
     assert field in result["error"]["message"], result["error"]["message"]
+    # A group failure: every member the job names is described as an error member.
+    for m in result["members"]:
+        assert set(m) == MEMBER_KEYS and m["status"] == "error" and m["error"] == result["error"]
+
+
+def test_parse_error_describes_the_members_it_can_read(tmp_path):
+    artifact = tmp_path / "m.onnx"
+    artifact.write_bytes(b"x")
+    job = make_job(None, "onnx", "onnxruntime", tmp_path, rounds=0,
+                   members=[member(artifact, "onnx", "a"), member(artifact, "onnx", "b")])
+    result = run_agent(job)
+    assert result["error"]["stage"] == "parse" and "job.rounds" in result["error"]["message"]
+    assert [(m["id"], m["status"], m["format"], m["artifact_sha256"]) for m in result["members"]] == [
+        ("a", "error", "onnx", sha256(artifact)), ("b", "error", "onnx", sha256(artifact))]
 
 
 @pytest.mark.parametrize("text", ["", "not json", "[1, 2]"])
 def test_unparsable_job(text):
     result = run_agent(text)
     assert result["status"] == "error" and result["error"]["stage"] == "parse"
-    assert "job" in result["error"]["message"]
+    assert "job" in result["error"]["message"] and result["members"] == []
 
 
 def test_lock_contention_gives_a_lock_error(models, tmp_path):
     lock_path = tmp_path / "agent.lock"
+    members = [member(models["onnx"], "onnx", "a"), member(models["onnx"], "onnx", "b")]
     with open(lock_path, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write(json.dumps({"pid": os.getpid(), "job_id": "the-test", "since_utc": "now"}))
         held.flush()
         t0 = time.monotonic()
-        result = run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=1))
+        result = run_agent(make_job(None, "onnx", "onnxruntime", tmp_path, members=members, timeout_s=1))
         waited = time.monotonic() - t0
     assert result["status"] == "error"
     assert result["error"]["stage"] == "lock"
     assert "busy" in result["error"]["message"] and "the-test" in result["error"]["message"]
     assert 0.8 <= waited < 10
+    assert [m["id"] for m in result["members"]] == ["a", "b"]
+    assert all(m["status"] == "error" and m["error"]["stage"] == "lock" for m in result["members"])
     # Once the lock is free the same job runs.
-    assert_ok(run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=30)))
+    assert_ok(run_agent(make_job(None, "onnx", "onnxruntime", tmp_path, members=members, timeout_s=30)))
 
 
 def test_timeout_during_warmup_is_a_warmup_error(models, tmp_path):
     job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=3,
                    warmup={"iterations": 0, "seconds": 60})
     result = run_agent(job)
-    assert result["status"] == "error" and result["error"]["stage"] == "warmup"
-    assert "timeout" in result["error"]["message"]
+    assert result["status"] == "ok"
+    m = only(result)
+    assert m["status"] == "error" and m["error"]["stage"] == "warmup"
+    assert "timeout" in m["error"]["message"]
 
 
 def test_timeout_during_measurement_keeps_the_samples(models, tmp_path):
-    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=3,
+    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, timeout_s=4,
                    measure={"iterations": 10 ** 9, "min_seconds": 60, "max_iterations": 10 ** 9})
     t0 = time.monotonic()
     result = run_agent(job)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 12
     assert_ok(result)
-    assert result["measure"]["stop_reason"] == "timeout"
-    assert any(w.startswith("fewer samples than asked") for w in result["warnings"])
-    check_samples_and_stats(result, len(result["samples_ns"]))
+    m = only(result)
+    assert m["measure"]["stop_reason"] == "timeout"
+    assert any(w.startswith("fewer samples than asked") for w in m["warnings"])
+    check_samples_and_stats(m, len(m["samples_ns"]), rounds=2)
 
 
 def test_sigterm_still_yields_a_result(models, tmp_path):
-    job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, job_id="terminated",
+    job = make_job(None, "onnx", "onnxruntime", tmp_path, job_id="terminated",
+                   members=[member(models["onnx"], "onnx", "a"), member(models["onnx"], "onnx", "b")],
                    measure={"iterations": 10 ** 9, "min_seconds": 60})
     proc = subprocess.Popen([sys.executable, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -310,7 +499,7 @@ def test_sigterm_still_yields_a_result(models, tmp_path):
             if '"terminated"' in text:
                 break
             time.sleep(0.05)
-        time.sleep(0.5)
+        time.sleep(3)
         proc.terminate()
         out = proc.stdout.read()
         proc.wait(timeout=30)
@@ -322,6 +511,9 @@ def test_sigterm_still_yields_a_result(models, tmp_path):
     assert "terminated by signal" in result["error"]["message"]
     assert result["error"]["stage"] in ("load", "warmup", "measure")
     assert result["env"]["hostname"]
+    # Terminated ends the group: no member is reported as a finished measurement.
+    assert [m["status"] for m in result["members"]] == ["error", "error"]
+    assert all(m["error"]["message"] == result["error"]["message"] for m in result["members"])
 
 
 def test_unknown_option_is_a_warning(models, tmp_path):
@@ -335,7 +527,7 @@ def test_probe_and_version():
     proc = subprocess.run([sys.executable, str(AGENT), "--probe"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["status"] == "ok" and doc["busy"] is False
+    assert doc["status"] == "ok" and doc["busy"] is False and doc["protocol"] == 2
     assert doc["runtimes"]["onnxruntime"]["importable"] is True
     assert "CPUExecutionProvider" in doc["runtimes"]["onnxruntime"]["providers"]
     assert doc["runtimes"]["tensorrt"]["importable"] in (True, False)
@@ -392,9 +584,9 @@ def test_agent_runs_on_a_real_python36(tmp_path):
     blob = tmp_path / "blob.onnx"
     blob.write_bytes(b"not a model")
     job = make_job(blob, "onnx", "onnxruntime", tmp_path)
-    job["artifact"]["sha256"] = "1" * 64
+    job["members"][0]["artifact"]["sha256"] = "1" * 64
     result = run_agent(job, python=python)
-    assert result["error"]["stage"] == "verify"
+    assert only(result)["error"]["stage"] == "verify"
     assert run_agent("{}", python=python)["error"]["stage"] == "parse"
     proc = subprocess.run([python, str(AGENT), "--probe", "--workdir", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)

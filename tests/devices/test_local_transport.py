@@ -60,16 +60,19 @@ def transport(tmp_path):
 
 
 def make_job(transport: LocalTransport, model: pathlib.Path, **overrides) -> dict:
+    """A one-member protocol-2 job (devices/agent.py) for the tiny model."""
     sha = sha256_file(model)
     job = {
-        "protocol": 1,
+        "protocol": 2,
         "job_id": "transport-test",
-        "artifact": {"path": transport.ensure_blob(model, sha), "sha256": sha, "format": "onnx"},
+        "members": [{"id": "tiny", "artifact": {"path": transport.ensure_blob(model, sha), "sha256": sha,
+                                                "format": "onnx"},
+                     "input": {"shape": [1, 16], "dtype": "float32"}}],
         "runtime": "onnxruntime",
         "options": {"threads": 1},
-        "input": {"shape": [1, 16], "dtype": "float32"},
         "warmup": {"iterations": 2},
         "measure": {"iterations": 10, "min_seconds": 0},
+        "rounds": 2,
         "timeout_s": 60,
         "workdir": str(transport.workdir),
     }
@@ -124,17 +127,21 @@ def test_ensure_agent_is_content_addressed(transport):
 def test_run_agent_ok(transport, onnx_model):
     result = transport.run_agent(make_job(transport, onnx_model), timeout_s=90)
     assert result["status"] == "ok", result.get("error")
-    assert len(result["samples_ns"]) == 10 and result["stats"]["n"] == 10
-    assert result["providers"] == ["CPUExecutionProvider"]
+    member = result["members"][0]
+    assert member["status"] == "ok", member.get("error")
+    assert len(member["samples_ns"]) == 10 and member["stats"]["n"] == 10
+    assert member["sample_rounds"] == [0] * 5 + [1] * 5
+    assert member["providers"] == ["CPUExecutionProvider"]
     assert result["transport"]["name"] == "local" and result["transport"]["returncode"] == 0
     assert result["transport"]["wall_s"] > 0
 
 
 def test_agent_error_document_passes_through(transport, onnx_model):
     job = make_job(transport, onnx_model)
-    job["artifact"]["sha256"] = "f" * 64
+    job["members"][0]["artifact"]["sha256"] = "f" * 64
     result = transport.run_agent(job, timeout_s=60)
-    assert result["status"] == "error" and result["error"]["stage"] == "verify"
+    member = result["members"][0]
+    assert member["status"] == "error" and member["error"]["stage"] == "verify"
 
 
 def _wait_for_lock_holder(workdir: pathlib.Path, job_id: str, timeout: float = 30) -> int:

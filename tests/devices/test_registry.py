@@ -6,8 +6,9 @@ this test is what keeps its copy honest.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from helpers import load_agent
 
 import formats
 
@@ -15,10 +16,7 @@ AGENT = Path(__file__).resolve().parents[2] / "devices" / "agent.py"
 
 
 def _agent():
-    spec = importlib.util.spec_from_file_location("agent_under_test", AGENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_agent("agent_under_test")
 
 
 def test_agent_takes_what_the_registry_ships_to_each_runtime() -> None:

@@ -587,20 +587,23 @@ def test_end_to_end_job_with_the_real_agent(sshd_server: SSHServer, tmp_path: pa
     try:
         path = t.ensure_blob(model, sha)
         job = {
-            "protocol": 1,
+            "protocol": 2,
             "job_id": "e2e",
-            "artifact": {"path": path, "sha256": sha, "format": "onnx"},
+            "members": [{"id": "tiny", "artifact": {"path": path, "sha256": sha, "format": "onnx"},
+                         "input": {"shape": [1, 8], "dtype": "float32"}}],
             "runtime": "onnxruntime",
             "options": {"threads": 1},
-            "input": {"shape": [1, 8], "dtype": "float32"},
             "warmup": {"iterations": 3},
             "measure": {"iterations": 20, "min_seconds": 0},
+            "rounds": 4,
             "timeout_s": 60,
         }
         result = t.run_agent(job, timeout_s=90)
         assert result["status"] == "ok", result.get("error")
-        assert result["job_id"] == "e2e" and result["artifact_sha256"] == sha
-        assert len(result["samples_ns"]) >= 20 and result["stats"]["n"] == len(result["samples_ns"])
+        member = result["members"][0]
+        assert result["job_id"] == "e2e" and member["status"] == "ok" and member["artifact_sha256"] == sha
+        assert len(member["samples_ns"]) >= 20 and member["stats"]["n"] == len(member["samples_ns"])
+        assert sorted(set(member["sample_rounds"])) == [0, 1, 2, 3]
         assert result["settings"]["workdir"] == str(tmp_path / "dev")
         probe = t.probe()
         assert probe["status"] == "ok" and probe["runtimes"]["onnxruntime"]["importable"]
