@@ -14,7 +14,9 @@ itself, so a caller (or a test) can read the plotted artists back.
                            Fig. 1); only the records whose bench.toml entry has ``top1``.
                            Writes nothing (``paths == []``) when none has
 :func:`speedup_bars`       speedup over the original per device/runtime group, one bar per
-                           pruned variant, a 1.0× line and the MACs ratio as a marker
+                           pruned variant with its 95 % confidence interval as an error bar
+                           (``results.intervals.speedup_interval``; none for records read
+                           without samples), a 1.0× line and the MACs ratio as a marker
                            (speedup efficiency = bar ÷ marker, docs/design.md §3)
 :func:`latency_distribution`  every measured iteration (``samples_ns``) as a violin, median,
                            IQR and p1–p99 marked: a row per device/runtime, a small panel
@@ -64,6 +66,7 @@ from matplotlib.path import Path as MplPath
 from matplotlib.transforms import Bbox
 
 from formats import display_format, display_runtime
+from results import intervals
 from results.records import options_key
 from results.speedup import options_text, pair_indices, speedup_frame
 from results.style import (
@@ -520,7 +523,7 @@ def accuracy_vs_latency(records: Sequence[Mapping[str, Any]], out_dir: Path | st
 
 def _pairs(records: Sequence[Mapping[str, Any]], df: pd.DataFrame) -> pd.DataFrame:
     """speedup_frame's pairs (the tables' pairing), with the plot frame's labels and colours."""
-    pairs = speedup_frame(list(records))
+    pairs = speedup_frame(list(records), with_intervals=True)
     if pairs.empty:
         return pairs
     info = df[["record_index", "panel_label", "panel_rank", "label", "color", "hatch", "model_rank",
@@ -548,6 +551,9 @@ def speedup_bars(records: Sequence[Mapping[str, Any]], out_dir: Path | str, stem
     keys = [Line2D([], [], ls="none", marker="D", markersize=3.5, markerfacecolor="white", markeredgecolor="black",
                    markeredgewidth=0.7, label="MACs ratio"),
             Line2D([], [], color="0.3", ls="--", lw=0.8, label="1.0× (no speedup)")]
+    if pairs["speedup_low"].notna().any():
+        keys.append(Line2D([], [], color="black", lw=0.7, marker="_", markersize=3.5,
+                           label=f"{intervals.DEFAULT_CONFIDENCE * 100:g} % interval"))
     handles = [h for col in columns.values() for h in col] + keys
     rows = []
     with matplotlib.rc_context(STYLE):
@@ -561,9 +567,16 @@ def speedup_bars(records: Sequence[Mapping[str, Any]], out_dir: Path | str, stem
                 x = g + bar_w * (k - (len(bars) - 1) / 2)
                 ax.bar([x], [p["speedup"]], width=bar_w * 0.92, color=p["color"], edgecolor="black", linewidth=0.5,
                        hatch=p["hatch"], zorder=2, gid=f"{p['model']}|{p['variant']}")
+                if not (pd.isna(p["speedup_low"]) or pd.isna(p["speedup_high"])):
+                    ax.errorbar([x], [p["speedup"]], yerr=[[p["speedup"] - p["speedup_low"]],
+                                                           [p["speedup_high"] - p["speedup"]]],
+                                fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5, capthick=0.7, zorder=3,
+                                gid=f"interval|{p['model']}|{p['variant']}")
                 rows.append({"group": p["panel_label"], "device": p["device"], "runtime": p["runtime"],
                              "format": p["format"], "batch_size": p["batch_size"], "model": p["model"],
                              "variant": p["variant"], "label": p["label"], "x": x, "speedup": p["speedup"],
+                             "speedup_low": p["speedup_low"], "speedup_high": p["speedup_high"],
+                             "validity": p["validity"],
                              "macs_ratio": p["macs_ratio"], "efficiency": p["efficiency"],
                              "median_ms": p["median_ms"], "median_ms_original": p["median_ms_original"]})
         data = pd.DataFrame(rows)
@@ -576,7 +589,8 @@ def speedup_bars(records: Sequence[Mapping[str, Any]], out_dir: Path | str, stem
         ax.tick_params(axis="x", length=0)
         ax.grid(axis="x", visible=False)
         ax.set_xlim(-0.5, len(groups) - 0.5)
-        top = max(data["speedup"].max(), marks["macs_ratio"].max() if len(marks) else 0.0, 1.0)
+        top = max(data["speedup"].max(), data["speedup_high"].max(skipna=True) if data["speedup_high"].notna().any()
+                  else 0.0, marks["macs_ratio"].max() if len(marks) else 0.0, 1.0)
         ax.set_ylim(0, top * 1.08)
         ax.set_ylabel("speedup over original (×)")
         legend.draw(fig)

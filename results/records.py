@@ -66,6 +66,25 @@ env                dict|None  the agent's environment: host, CPU, OS, Python, ru
                               throttling, load)
 warnings           list[str]  the agent's warnings (few samples, high cv, throttling, ...)
                               plus any added here
+group_key          str|None   the comparison group the record was timed in (the agent job's ``job_id``:
+                              every member of one group was measured in the same interleaved
+                              rounds, so their round ``r`` is the same stretch of time); None for
+                              records made before schema 4 and for results without a group
+rounds             int|None   ``R``, the number of interleaved rounds the group was timed in;
+                              None before schema 4 (statistics then read one round)
+sample_rounds      list|None  the round index (0..R-1) of each entry of ``samples_ns``, same
+                              length; None before schema 4 (statistics then put every sample in
+                              round 0, see ``results.intervals.round_medians``)
+load_s             float|None cold start: seconds to load the artifact in a fresh process (session
+                              creation, engine deserialisation), the agent's ``cold.load_s``
+build_s            float|None cold start: seconds spent building (TensorRT engine build; 0 when the
+                              runtime builds nothing), ``cold.build_s``
+first_inference_ms float|None cold start: latency of the very first inference after that load, ms
+peak_rss_mb        float|None peak resident memory of the fresh process that loaded the model and
+                              ran the first inference, MiB (2^20 bytes); None where not measured
+gpu_peak_mb        float|None peak GPU memory the runtime reports for that process, MiB (torch:
+                              ``max_memory_allocated``); None where the runtime reports none
+throughput_ips     float|None images per second, ``batch_size`` ÷ median seconds; ok records only
 started            str|None   ISO 8601 UTC time the agent started (None if it never reported)
 finished           str|None   ISO 8601 UTC time the job finished
 git_rev            str        this project's git revision when the record was made (a resumed
@@ -73,21 +92,33 @@ git_rev            str        this project's git revision when the record was ma
 agent_version      str|None   the agent's version (None when the transport failed)
 extra              dict       everything else, kept so nothing is lost: job_id, timer, settings,
                               backend, warmup, measure, timings_s, transport (name,
-                              returncode, wall_s), the error traceback, unknown fields
+                              returncode, wall_s), the error traceback, the group's round
+                              design (``round_orders``: the member ids in the order each round
+                              visited them, ``seed``, ``cooldown``: the waits between rounds),
+                              cold-start keys without a column (under ``cold``), unknown fields
                               (unknown job keys under ``job``)
 =================  =========  ==================================================================
 
 Statistics are the agent's own (it has every sample); they are copied as they
 are, converted from ns to ms.  Trust them only when ``status`` is ``ok``.
+
+The cold-start and memory fields come from the agent's ``cold`` dict (protocol
+2: each member loaded once in a fresh child process, so that members of a group
+do not hide each other's figures); a result without one (protocol 1, an error
+before the cold start) leaves them None.  Confidence intervals of speedups and
+whether a cell can be trusted are not stored: ``results.intervals`` computes
+them from the samples and their rounds when a report is made.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Mapping
 
-RECORD_VERSION = 2  # 2: entry, base_entry, label, device_label and top1 are columns, no longer extra["job"]
+RECORD_VERSION = 3  # 2: entry, base_entry, label, device_label and top1 are columns, no longer extra["job"];
+#                     3: group_key, rounds, sample_rounds, cold start, memory and throughput columns
 
 RECORD_FIELDS: tuple[str, ...] = (
     "run_id", "job_key", "model", "variant", "entry", "base_entry", "label", "artifact_sha256", "format",
@@ -96,12 +127,17 @@ RECORD_FIELDS: tuple[str, ...] = (
     "status", "error_stage", "error_type", "error_message", "stderr_tail",
     "n", "min_ms", "median_ms", "mean_ms", "max_ms", "p90_ms", "p99_ms", "std_ms", "cv",
     "samples_ns", "providers", "provider_fallback", "env", "warnings",
+    "group_key", "rounds", "sample_rounds",
+    "load_s", "build_s", "first_inference_ms", "peak_rss_mb", "gpu_peak_mb", "throughput_ips",
     "started", "finished", "git_rev", "agent_version", "extra",
 )
 
 # Fields holding lists / dicts: JSON in SQLite, JSON strings in CSV.
 JSON_FIELDS: frozenset[str] = frozenset(
-    {"runtime_options", "input_shape", "samples_ns", "providers", "env", "warnings", "extra"})
+    {"runtime_options", "input_shape", "samples_ns", "providers", "env", "warnings", "sample_rounds", "extra"})
+
+#: Fields as long as the samples: what ``Store.records(with_samples=False)`` leaves out.
+SAMPLE_FIELDS: tuple[str, ...] = ("samples_ns", "sample_rounds")
 
 STATUSES = ("ok", "error")
 
@@ -113,7 +149,12 @@ _STAT_FIELDS_NS = (("min_ns", "min_ms"), ("median_ns", "median_ms"), ("mean_ns",
 _CONSUMED_RESULT_KEYS = frozenset({
     "status", "error", "samples_ns", "stats", "env", "warnings", "providers", "provider_fallback",
     "started_utc", "finished_utc", "agent_version", "transport", "runtime", "format", "artifact_sha256",
+    "group_key", "rounds", "sample_rounds", "cold",
 })
+# (key of the agent's ``cold`` dict, record field, factor to the field's unit)
+_COLD_FIELDS = (("load_s", "load_s", 1.0), ("build_s", "build_s", 1.0),
+                ("first_inference_ns", "first_inference_ms", 1e-6),
+                ("peak_rss_bytes", "peak_rss_mb", 1 / 2 ** 20), ("gpu_peak_bytes", "gpu_peak_mb", 1 / 2 ** 20))
 _ARTIFACT_KEYS = frozenset({"sha256", "format", "path", "macs", "params"})
 _JOB_KEYS = frozenset({"job_key", "model", "variant", "entry", "base", "label", "artifact", "device",
                        "device_label", "runtime", "runtime_options", "batch_size", "input_shape", "top1"})
@@ -253,6 +294,36 @@ def _identity(run_id: str, job: Mapping[str, Any], git_rev: str, exported: bool 
     }
 
 
+def _number(value: Any) -> float | None:
+    """A finite number the agent sent, as float; None for a missing or non-numeric value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _round_fields(result: Mapping[str, Any]) -> dict[str, Any]:
+    """group_key, rounds and sample_rounds of a protocol-2 member result (None each when it has none)."""
+    rounds = result.get("sample_rounds")
+    group = result.get("group_key")
+    return {"group_key": None if group in (None, "") else str(group),
+            "rounds": _count(result.get("rounds")),
+            "sample_rounds": list(rounds) if isinstance(rounds, (list, tuple)) else None}
+
+
+def _cold_fields(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Cold start and memory in the record's units from the agent's ``cold`` dict (None each without one)."""
+    cold = result.get("cold") if isinstance(result.get("cold"), Mapping) else {}
+    out = {}
+    for key, field, factor in _COLD_FIELDS:
+        value = _number(cold.get(key))
+        out[field] = None if value is None else value * factor
+    return out
+
+
 def _inconsistency(job_ids: dict[str, Any], result: Mapping[str, Any], samples: list[int]) -> str | None:
     """Why an ``ok`` result cannot be trusted, or None.  Such a result becomes an error record."""
     sha = result.get("artifact_sha256")
@@ -263,6 +334,15 @@ def _inconsistency(job_ids: dict[str, Any], result: Mapping[str, Any], samples: 
         return "the agent reported ok but sent no samples or statistics"
     if int(stats["n"]) != len(samples):
         return f"the agent's stats count {stats['n']} samples but it sent {len(samples)}"
+    rounds, count = job_ids["sample_rounds"], job_ids["rounds"]
+    if result.get("sample_rounds") is not None and rounds is None:
+        return "the agent's sample_rounds is not a list"
+    if rounds is not None:
+        if len(rounds) != len(samples):
+            return f"the agent sent {len(samples)} samples but {len(rounds)} round indices"
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 or (count is not None and r >= count)
+               for r in rounds):
+            return f"the agent's round indices are not all integers in 0..{'R-1' if count is None else count - 1}"
     return None
 
 
@@ -277,6 +357,11 @@ def _extra(job: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
     """Everything of the job and result without a column, so a record loses nothing the agent said."""
     extra: dict[str, Any] = {"record_version": RECORD_VERSION}
     extra.update({k: v for k, v in result.items() if k not in _CONSUMED_RESULT_KEYS})
+    cold = result.get("cold")
+    if isinstance(cold, Mapping):
+        rest = {k: v for k, v in cold.items() if k not in {key for key, _, _ in _COLD_FIELDS}}
+        if rest:
+            extra["cold"] = rest
     transport = result.get("transport")
     if isinstance(transport, Mapping):
         extra["transport"] = {k: v for k, v in transport.items() if k != "stderr_tail"}
@@ -304,10 +389,20 @@ def make_record(run_id: str, job: Mapping[str, Any], agent_result: Mapping[str, 
     raises :class:`RecordError` (that is a planner bug, found before any job
     runs).  Any other job key is kept in ``extra["job"]``.
 
+    ``agent_result`` is the agent's protocol-1 result or, for protocol 2, one
+    member's part of the group result (``harness.jobs.member_result``): the
+    member dict with the group's env, settings and timings plus
+    ``sample_rounds`` (the round of each sample), ``rounds`` (R),
+    ``group_key`` (the group's ``job_id``), ``cold`` (``load_s``, ``build_s``,
+    ``first_inference_ns``, ``peak_rss_bytes``, ``gpu_peak_bytes``, or None)
+    and ``round_orders``, ``seed`` and ``cooldown`` (kept in ``extra``).  A
+    result without them gives None in those fields.
+
     Whatever the result says, a record comes out: an ``error`` result (from
     the agent or a transport) gives an error record with stage, message and
     stderr tail; an ``ok`` result that is inconsistent (no samples, stats that
-    do not match the samples, another artifact's sha256) gives an error record
+    do not match the samples, round indices that do not match the samples or
+    fall outside ``0..R-1``, another artifact's sha256) gives an error record
     with stage ``record`` and keeps its samples, so the evidence stays.
     """
     if not isinstance(agent_result, Mapping):
@@ -328,6 +423,9 @@ def make_record(run_id: str, job: Mapping[str, Any], agent_result: Mapping[str, 
         "provider_fallback": None if fallback is None else bool(fallback),
         "env": agent_result.get("env"),
         "warnings": warnings,
+        **_round_fields(agent_result),
+        **_cold_fields(agent_result),
+        "throughput_ips": None,
         "started": agent_result.get("started_utc"),
         "finished": agent_result.get("finished_utc"),
         "agent_version": agent_result.get("agent_version"),
@@ -338,6 +436,8 @@ def make_record(run_id: str, job: Mapping[str, Any], agent_result: Mapping[str, 
         if problem:
             record.update(status="error", error_stage="record", error_type="InconsistentResult",
                           error_message=problem, stderr_tail=_stderr_tail(agent_result))
+        elif record["median_ms"]:
+            record["throughput_ips"] = record["batch_size"] / (record["median_ms"] / 1e3)
     else:
         error = agent_result.get("error") if isinstance(agent_result.get("error"), Mapping) else {}
         record.update(status="error", error_stage=str(error.get("stage") or "unknown"),

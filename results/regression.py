@@ -25,7 +25,8 @@ Statistics
 ==========
 For each pair of ok records the change is ``median(candidate) / median(baseline) - 1``
 from the raw per-iteration samples (``samples_ns``), with a bootstrap
-confidence interval (95 % by default) of that ratio of medians:
+confidence interval (95 % by default) of that ratio of medians
+(``results.intervals.change_interval``):
 
 * The median, because it is what every table of this project reports and it
   shrugs off the rare 10x iteration (a context switch, a GC, a page fault).
@@ -36,6 +37,16 @@ confidence interval (95 % by default) of that ratio of medians:
   ``numpy.random.Generator`` seeded from ``seed`` and the job key, so a report
   is reproducible and does not depend on the order of the jobs.  The interval
   is the percentile interval of ``log(median*_c / median*_b)``, mapped back.
+* **Rounds, when both records have them** (schema 4, agent protocol 2: the
+  samples of each record carry their interleaved round): each record's
+  rounds are resampled (a cluster bootstrap of the median of the pooled
+  samples of the drawn rounds), each record on its own since two runs share no
+  rounds, with the small-sample correction of ``results.intervals`` (method
+  ``rounds``; at least ``results.intervals.MIN_ROUNDS`` rounds each).  A round
+  is the unit over which the device's state stays put, so this counts the
+  round-to-round variation a run really has, which a bootstrap of samples
+  within one block cannot see.  Older records (and records with fewer rounds)
+  keep the block bootstrap below (method ``blocks``).
 * **Time-ordering aware**: the samples are a time series, and on real devices
   they are autocorrelated (thermal drift, DVFS, a background task that runs for
   a second).  An i.i.d. bootstrap then treats a burst of 300 slow iterations
@@ -94,13 +105,13 @@ with a fixed release baseline (``bench compare``) now and then.
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from results import intervals
 from results.records import options_key
 
 DEFAULT_THRESHOLD = 0.05
@@ -115,13 +126,17 @@ def parse_threshold(text: str) -> float:
     if not 0 <= value < 1:
         raise ValueError(f"threshold {text!r} must be at least 0 and below 1 (100 %)")
     return value
-DEFAULT_CONFIDENCE = 0.95
-DEFAULT_RESAMPLES = 2000
-DEFAULT_SEED = 0
-#: Fewer samples than this on either side: no interval, the pair is reported but never flagged.
-MIN_SAMPLES = 10
-#: Elements of one chunk of bootstrap indices (memory bound: 2000 resamples of 100 000 samples would be 1.6 GB).
-_CHUNK_ELEMENTS = 1 << 22
+
+
+#: The block bootstrap of samples lives in results.intervals (with the round bootstrap); these names stay here too.
+DEFAULT_CONFIDENCE = intervals.DEFAULT_CONFIDENCE
+DEFAULT_RESAMPLES = intervals.DEFAULT_RESAMPLES
+DEFAULT_SEED = intervals.DEFAULT_SEED
+MIN_SAMPLES = intervals.MIN_SAMPLES
+block_length = intervals.block_length
+bootstrap_log_medians = intervals.bootstrap_log_medians
+relative_change = intervals.relative_change
+Change = intervals.Change
 
 VERDICTS = ("regressed", "improved", "unchanged")
 IDENTITY_FIELDS = ("model", "variant", "format", "device", "runtime", "runtime_options", "batch_size")
@@ -130,103 +145,6 @@ IDENTITY_FIELDS = ("model", "variant", "format", "device", "runtime", "runtime_o
 # --------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------
-
-def block_length(samples: Sequence[float] | np.ndarray) -> int:
-    """Circular-block-bootstrap block length for a time series (Politis & White 2004, Patton et al. 2009).
-
-    Computed on the ranks of the samples, so that a handful of huge outliers do
-    not dominate the autocovariances.  Returns 1 for independent samples (up to
-    noise) and grows with the reach of the autocorrelation; at most
-    ``min(3·sqrt(n), n/3)``.
-    """
-    x = np.asarray(samples, dtype=float)
-    n = x.size
-    if n < 8:
-        return 1
-    ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
-    eps = ranks - ranks.mean()
-    var = float(eps @ eps)
-    if var == 0.0:
-        return 1
-    b_max = math.ceil(min(3 * math.sqrt(n), n / 3))
-    kn = max(5, int(math.log10(n)))
-    m_max = min(int(math.ceil(math.sqrt(n))) + kn, n - 2)
-    critical = 2 * math.sqrt(math.log10(n) / n)
-    acov = np.array([float(eps[k:] @ eps[:n - k]) / n for k in range(m_max + 1)])
-    acorr = np.abs(acov) / acov[0]
-    m_hat = None
-    for m in range(1, m_max - kn + 2):
-        if np.all(acorr[m:m + kn] < critical):
-            m_hat = m
-            break
-    big_m = m_max if m_hat is None else min(2 * max(m_hat, 1), m_max)
-    g, long_run = 0.0, acov[0]
-    for k in range(1, big_m + 1):
-        lam = 1.0 if k / big_m <= 0.5 else 2 * (1 - k / big_m)  # flat-top lag window
-        g += 2 * lam * k * acov[k]
-        long_run += 2 * lam * acov[k]
-    if long_run <= 0 or g == 0:
-        return 1
-    d_cb = 4 / 3 * long_run ** 2
-    b = (2 * g ** 2 / d_cb) ** (1 / 3) * n ** (1 / 3)
-    return int(max(1, min(math.ceil(b), b_max)))
-
-
-def bootstrap_log_medians(samples: np.ndarray, resamples: int, rng: np.random.Generator,
-                          block: int = 1) -> np.ndarray:
-    """``log(median)`` of ``resamples`` circular-block bootstrap resamples of ``samples`` (in time order)."""
-    x = np.asarray(samples, dtype=float)
-    n = x.size
-    block = max(1, min(int(block), n))
-    blocks = -(-n // block)
-    offsets = np.arange(block)
-    out = np.empty(resamples)
-    per_chunk = max(1, _CHUNK_ELEMENTS // (blocks * block))
-    for start in range(0, resamples, per_chunk):
-        count = min(per_chunk, resamples - start)
-        starts = rng.integers(0, n, size=(count, blocks))
-        idx = ((starts[:, :, None] + offsets) % n).reshape(count, blocks * block)[:, :n]
-        out[start:start + count] = np.median(x[idx], axis=1)
-    return np.log(out)
-
-
-@dataclass
-class Change:
-    """Relative change of the median (candidate / baseline - 1) and its confidence interval."""
-
-    change: float
-    ci_low: float | None
-    ci_high: float | None
-    block_baseline: int | None = None
-    block_candidate: int | None = None
-
-
-def relative_change(baseline: Sequence[float] | np.ndarray, candidate: Sequence[float] | np.ndarray, *,
-                    resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
-                    rng: np.random.Generator | None = None, block: int | None = None) -> Change:
-    """Change of the median from ``baseline`` to ``candidate`` samples, with a bootstrap interval.
-
-    ``block`` forces one block length for both runs (1: the i.i.d. bootstrap);
-    by default each run gets its own (:func:`block_length`).  With fewer than
-    :data:`MIN_SAMPLES` samples on a side the interval is ``None``.
-    """
-    b = np.asarray(baseline, dtype=float)
-    c = np.asarray(candidate, dtype=float)
-    if b.size == 0 or c.size == 0:
-        raise ValueError("both runs need at least one sample")
-    if not (np.all(b > 0) and np.all(c > 0)):
-        raise ValueError("latency samples must be positive")
-    point = float(np.median(c) / np.median(b) - 1)
-    if b.size < MIN_SAMPLES or c.size < MIN_SAMPLES:
-        return Change(point, None, None)
-    rng = rng if rng is not None else np.random.default_rng(DEFAULT_SEED)
-    bb = block if block is not None else block_length(b)
-    bc = block if block is not None else block_length(c)
-    diff = bootstrap_log_medians(c, resamples, rng, bc) - bootstrap_log_medians(b, resamples, rng, bb)
-    alpha = 1 - confidence
-    lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
-    return Change(point, float(math.expm1(lo)), float(math.expm1(hi)), bb, bc)
-
 
 def classify(ci_low: float | None, ci_high: float | None, threshold: float = DEFAULT_THRESHOLD) -> tuple[str, bool]:
     """``(verdict, conclusive)`` of a change's interval; see the module docstring for the rule."""
@@ -281,6 +199,9 @@ class Pair(JobIdentity):
     artifact_changed: bool
     matched_by: str               # "job_key" or "identity"
     notes: list[str] = field(default_factory=list)
+    method: str = "blocks"        # what the interval resampled: "rounds", "blocks" or "none" (results.intervals)
+    rounds_baseline: int | None = None
+    rounds_candidate: int | None = None
 
 
 @dataclass
@@ -399,11 +320,6 @@ def match_records(baseline: Iterable[Mapping[str, Any]], candidate: Iterable[Map
     return pairs, only_baseline, only_candidate
 
 
-def _samples(record: Mapping[str, Any]) -> np.ndarray:
-    samples = record.get("samples_ns") or []
-    return np.asarray(samples, dtype=float) / 1e6
-
-
 def _env_notes(b: Mapping[str, Any], c: Mapping[str, Any]) -> list[str]:
     """What changed in the environment between the two records: host, CPU, Python, runtime versions."""
     eb, ec = b.get("env") or {}, c.get("env") or {}
@@ -431,15 +347,16 @@ def _common(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _pair(b: dict, c: dict, matched_by: str, threshold: float, confidence: float, resamples: int,
           seed: int) -> Pair:
-    sb, sc = _samples(b), _samples(c)
     notes = []
-    if sb.size and sc.size:
+    if b.get("samples_ns") and c.get("samples_ns"):
         rng = np.random.default_rng([seed, zlib.crc32(c["job_key"].encode())])
-        change = relative_change(sb, sc, resamples=resamples, confidence=confidence, rng=rng)
+        change = intervals.change_interval(b, c, resamples=resamples, confidence=confidence, rng=rng)
         if change.ci_low is None:
             notes.append(f"fewer than {MIN_SAMPLES} samples: no interval, not classified")
+        elif change.method == "rounds":
+            notes.append(f"resampled rounds ({change.rounds_baseline}/{change.rounds_candidate})")
     else:  # records read without samples: the point estimate only
-        change = Change(float(c["median_ms"]) / float(b["median_ms"]) - 1, None, None)
+        change = Change(float(c["median_ms"]) / float(b["median_ms"]) - 1, None, None, method="none")
         notes.append("no raw samples: no interval, not classified")
     verdict, conclusive = classify(change.ci_low, change.ci_high, threshold)
     artifact_changed = b["artifact_sha256"] != c["artifact_sha256"]
@@ -451,10 +368,12 @@ def _pair(b: dict, c: dict, matched_by: str, threshold: float, confidence: float
     notes += [f"warning: {w}" for w in (c.get("warnings") or [])[:2]]
     return Pair(**_common(c), baseline_ms=float(b["median_ms"]), candidate_ms=float(c["median_ms"]),
                 change=change.change, ci_low=change.ci_low, ci_high=change.ci_high, verdict=verdict,
-                conclusive=conclusive, n_baseline=int(b.get("n") or sb.size), n_candidate=int(c.get("n") or sc.size),
+                conclusive=conclusive, n_baseline=int(b.get("n") or len(b.get("samples_ns") or [])),
+                n_candidate=int(c.get("n") or len(c.get("samples_ns") or [])),
                 block_baseline=change.block_baseline, block_candidate=change.block_candidate,
                 baseline_sha256=b["artifact_sha256"], candidate_sha256=c["artifact_sha256"],
-                artifact_changed=artifact_changed, matched_by=matched_by, notes=notes)
+                artifact_changed=artifact_changed, matched_by=matched_by, notes=notes, method=change.method,
+                rounds_baseline=change.rounds_baseline, rounds_candidate=change.rounds_candidate)
 
 
 def _error_text(record: Mapping[str, Any]) -> str:

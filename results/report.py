@@ -66,9 +66,10 @@ def _run_line(run: Mapping[str, Any], fallback: str) -> str:
 
 def method_text(cmp: Comparison) -> str:
     level = f"{cmp.confidence * 100:g} %"
-    return (f"Change = candidate median / baseline median - 1, from the raw samples; {level} interval: circular "
-            f"block bootstrap of the ratio of medians ({cmp.resamples} resamples per run, block length per run "
-            f"from its autocorrelation, seed {cmp.seed}). Regressed: the whole interval above "
+    return (f"Change = candidate median / baseline median - 1, from the raw samples; {level} interval: "
+            f"bootstrap of the ratio of medians ({cmp.resamples} resamples per run, seed {cmp.seed}) over each "
+            f"record's interleaved rounds when both records have them, else circular blocks of samples (block "
+            f"length per run from its autocorrelation). Regressed: the whole interval above "
             f"+{cmp.threshold * 100:g} %; improved: the whole interval below -{cmp.threshold * 100:g} %; "
             f"inconclusive: the interval straddles ±{cmp.threshold * 100:g} % (not a failure). "
             f"An ok -> error transition is a regression. See results/regression.py.")
@@ -126,16 +127,25 @@ def summary_markdown(cmp: Comparison) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _resampled(p: Pair) -> str:
+    """What the interval resampled: ``10/10 rounds`` or ``3/1 blocks`` (block lengths), ``-`` for none."""
+    if p.method == "rounds":
+        return f"{p.rounds_baseline}/{p.rounds_candidate} rounds"
+    if p.block_baseline or p.block_candidate:
+        return f"{p.block_baseline or '-'}/{p.block_candidate or '-'} blocks"
+    return "-"
+
+
 def _pair_rows(cmp: Comparison) -> tuple[list[str], list[list[Any]]]:
     header = ["job", "baseline ms", "candidate ms", "change", f"{cmp.confidence * 100:g} % CI", "verdict",
-              "n (base/cand)", "block (base/cand)", "artifact", "notes"]
+              "n (base/cand)", "resampled (base/cand)", "artifact", "notes"]
     rows = []
     for p in cmp.pairs:
         art = (f"{p.baseline_sha256[:8]} -> {p.candidate_sha256[:8]}" if p.artifact_changed
                else f"{p.candidate_sha256[:8]} (same)")
         rows.append([p.label, f"{p.baseline_ms:.3f}", f"{p.candidate_ms:.3f}", pct(p.change), ci_text(p),
                      verdict_text(p), f"{p.n_baseline}/{p.n_candidate}",
-                     f"{p.block_baseline or '-'}/{p.block_candidate or '-'}", art, "; ".join(p.notes)])
+                     _resampled(p), art, "; ".join(p.notes)])
     return header, rows
 
 

@@ -1,7 +1,8 @@
 """Speedup of each pruned model over the model it was pruned from: the one pairing rule of every report.
 
-:func:`pair_records` is what the sweep's closing table, ``bench table``
-(``results/table.py``) and ``bench figures`` (``results/figures.py``) compare:
+:func:`pair_records` is what ``bench table`` and the sweep's closing table
+(``results/table.py``), ``bench figures`` (``results/figures.py``) and the
+exports (``results/export.py``) compare:
 each ok pruned record (``variant`` other than ``original``) with the ok record
 
 * whose ``entry`` is the pruned record's ``base_entry`` (the ``base`` of its
@@ -15,7 +16,8 @@ different bases, each compared with its own pruned entries. When several
 records qualify (records of several runs), the last one given wins.
 
 The speedup efficiency (docs/design.md §3) is speedup ÷ MACs ratio: 1.0 means every
-saved MAC became saved time.
+saved MAC became saved time.  A speedup's confidence interval and the reasons
+not to trust it come from ``results.intervals`` (:func:`interval_fields`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from results.markdown import markdown_table
+from results import intervals
 
 #: Record fields that must be equal for two records to be compared (measured the same way).
 MEASURE_KEYS = ("device", "runtime", "runtime_options", "format", "batch_size", "input_shape")
@@ -94,7 +96,29 @@ def _ratio(num: Any, den: Any) -> float:
     return num / den if den and not math.isnan(den) else math.nan
 
 
-def speedup_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def interval_fields(base: Mapping[str, Any], pruned: Mapping[str, Any], *,
+                    confidence: float = intervals.DEFAULT_CONFIDENCE, resamples: int = intervals.DEFAULT_RESAMPLES,
+                    seed: int = intervals.DEFAULT_SEED, thresholds: Mapping[str, float] | None = None
+                    ) -> dict[str, Any]:
+    """The speedup of a pair with its interval and validity (``results.intervals``), as report columns.
+
+    ``speedup``, ``speedup_low``, ``speedup_high`` (NaN without an interval),
+    ``interval_method``, ``interval_rounds``, ``validity`` (``"reason:
+    detail"`` strings, [] when the speedup can be trusted) and
+    ``validity_details`` (``(reason, detail)`` pairs).
+    """
+    interval = intervals.speedup_interval(base, pruned, confidence, resamples, seed)
+    details = intervals.validity_details(base, pruned, interval, **dict(thresholds or {}))
+    return {"speedup": interval.point,
+            "speedup_low": math.nan if interval.low is None else interval.low,
+            "speedup_high": math.nan if interval.high is None else interval.high,
+            "interval_method": interval.method, "interval_rounds": interval.rounds,
+            "validity": [f"{k}: {d}" for k, d in details], "validity_details": details}
+
+
+def speedup_frame(records: Sequence[Mapping[str, Any]], *, with_intervals: bool = False,
+                  confidence: float = intervals.DEFAULT_CONFIDENCE, resamples: int = intervals.DEFAULT_RESAMPLES,
+                  seed: int = intervals.DEFAULT_SEED, thresholds: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per pair of :func:`pair_records`: the pruned record's fields, its base's, and the ratios.
 
     Columns added to the pruned record's: ``options`` (canonical JSON),
@@ -102,31 +126,22 @@ def speedup_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     ``entry_original``, ``job_key_original``, ``median_ms_original``,
     ``macs_original``, ``speedup`` (base median ÷ pruned median),
     ``macs_ratio`` (base MACs ÷ pruned MACs) and ``efficiency`` (speedup ÷ MACs
-    ratio). Empty (no columns) without a pair.
+    ratio); ``with_intervals`` adds the columns of :func:`interval_fields`
+    (the records then need their samples; `confidence`, `resamples`, `seed`
+    and the validity `thresholds` are passed on). Empty (no columns) without a pair.
     """
     rows = []
     for i, j in pair_indices(records):
         pruned, base = records[i], records[j]
         speedup = float(base["median_ms"]) / float(pruned["median_ms"])
         macs_ratio = _ratio(base.get("macs"), pruned.get("macs"))
-        rows.append({**pruned, "options": options_text(pruned.get("runtime_options")), "record_index": i,
-                     "base_index": j, "entry_original": base.get("entry"), "job_key_original": base.get("job_key"),
-                     "median_ms_original": float(base["median_ms"]), "macs_original": base.get("macs"),
-                     "speedup": speedup, "macs_ratio": macs_ratio,
-                     "efficiency": speedup / macs_ratio if macs_ratio else math.nan})
+        row = {**pruned, "options": options_text(pruned.get("runtime_options")), "record_index": i,
+               "base_index": j, "entry_original": base.get("entry"), "job_key_original": base.get("job_key"),
+               "median_ms_original": float(base["median_ms"]), "macs_original": base.get("macs"),
+               "speedup": speedup, "macs_ratio": macs_ratio,
+               "efficiency": speedup / macs_ratio if macs_ratio else math.nan}
+        if with_intervals:
+            row.update(interval_fields(base, pruned, confidence=confidence, resamples=resamples, seed=seed,
+                                       thresholds=thresholds))
+        rows.append(row)
     return pd.DataFrame(rows)
-
-
-def speedup_markdown(records: Sequence[Mapping[str, Any]]) -> str:
-    """The sweep's closing table (markdown): original vs pruned per device and runtime."""
-    pairs = speedup_frame(records)
-    if pairs.empty:
-        return "(no original/pruned pair measured successfully: no speedup to show)"
-    header = ["model", "variant", "device", "runtime (format)", "batch", "original ms", "pruned ms", "speedup",
-              "MACs ratio", "efficiency"]
-    rows = [[p.model, p.variant, p.device, f"{p.runtime} (.{p.format})",
-             p.batch_size, f"{p.median_ms_original:.2f}", f"{p.median_ms:.2f}", f"{p.speedup:.2f}x",
-             "" if math.isnan(p.macs_ratio) else f"{p.macs_ratio:.2f}x",
-             "" if math.isnan(p.efficiency) else f"{p.efficiency:.2f}"]
-            for p in pairs.itertuples(index=False)]
-    return markdown_table(header, rows, ["left"] * 4 + ["right"] * 6)

@@ -45,7 +45,7 @@ kind (version 3, `RUN_KINDS`: ``sweep`` for ``bench sweep`` / ``bench nightly``,
 
 ``records``: the columns of ``results.records.RECORD_FIELDS`` (flat columns for
 everything tables and plots filter on; JSON text for runtime_options,
-input_shape, samples_ns, providers, env, warnings, extra), plus ``id`` and
+input_shape, samples_ns, providers, env, warnings, sample_rounds, extra), plus ``id`` and
 ``inserted``; UNIQUE(run_id, job_key).
 
 Version 3 added the record columns entry, base_entry, label, device_label and
@@ -56,6 +56,12 @@ base, and speedups fall back to the original of the same timm model), the run
 kind from ``config.command`` ("... (latency profile)" -> ``latency-profile``,
 "... (verification)" -> ``latency-verify``, any other command -> ``other``,
 none -> ``sweep``).
+
+Version 4 added the record columns of agent protocol 2 (interleaved rounds,
+cold start, memory): group_key, rounds, sample_rounds (JSON list, as long as
+samples_ns), load_s, build_s, first_inference_ms, peak_rss_mb, gpu_peak_mb and
+throughput_ips.  Rows already there keep NULL in all of them: statistics read
+such a record as one round holding every sample (``results.intervals``).
 
 ``latency_profiles`` (version 2): measured latency against MACs of one model
 along one ratio pattern on one device, runtime, format and runtime options
@@ -81,7 +87,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from results.records import JSON_FIELDS, RECORD_FIELDS, STATUSES
+from results.records import JSON_FIELDS, RECORD_FIELDS, SAMPLE_FIELDS, STATUSES
 
 DEFAULT_PATH = Path("runs") / "bench.sqlite"
 DEFAULT_BUSY_TIMEOUT_S = 30.0
@@ -214,6 +220,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
                WHEN json_extract(config, '$.command') LIKE '%verification%' THEN 'latency-verify'
                ELSE 'other' END""",
         "CREATE INDEX runs_kind ON runs (kind, created)",
+    ),
+    (
+        # interleaved rounds (agent protocol 2), cold start and memory; old rows keep NULL
+        "ALTER TABLE records ADD COLUMN group_key TEXT",
+        "ALTER TABLE records ADD COLUMN rounds INTEGER",
+        "ALTER TABLE records ADD COLUMN sample_rounds TEXT",
+        "ALTER TABLE records ADD COLUMN load_s REAL",
+        "ALTER TABLE records ADD COLUMN build_s REAL",
+        "ALTER TABLE records ADD COLUMN first_inference_ms REAL",
+        "ALTER TABLE records ADD COLUMN peak_rss_mb REAL",
+        "ALTER TABLE records ADD COLUMN gpu_peak_mb REAL",
+        "ALTER TABLE records ADD COLUMN throughput_ips REAL",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -517,10 +535,10 @@ class Store:
                 *, with_samples: bool = True) -> list[dict[str, Any]]:
         """Records matching every given filter, in insertion order, JSON columns decoded.
 
-        ``with_samples=False`` leaves ``samples_ns`` out (the bulk of a row) for
-        tables that need only the statistics.
+        ``with_samples=False`` leaves ``samples_ns`` and ``sample_rounds`` out
+        (the bulk of a row) for reports that need only the statistics.
         """
-        columns = ["id", *(f for f in RECORD_FIELDS if with_samples or f != "samples_ns"), "inserted"]
+        columns = ["id", *(f for f in RECORD_FIELDS if with_samples or f not in SAMPLE_FIELDS), "inserted"]
         where, params = _where(run_id=run_id, status=status, device=device)
         return [_decode_record(r) for r in
                 self._query(f"SELECT {', '.join(columns)} FROM records{where} ORDER BY id", params)]

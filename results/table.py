@@ -24,15 +24,29 @@ Layout
   paper, e.g. ``Raspberry Pi 4B (.onnx)``; TorchScript shows as ``.pt``.  When
   one device has two runtimes or option sets for one format, the runtime and
   then the options are added to the label.
-* **Cells**: ``median ms (speedup×)`` where the speedup is the base model's
-  median ÷ this record's median on the same device, runtime, options, format,
-  batch size and input shape (``results.speedup.pair_records``, the one
-  pairing the sweep's closing table and the figures use too).  The original's
-  own cell has no speedup; a cell whose original failed or was not measured
-  shows the median alone; a combination never measured shows ``–``.
+* **Cells**: ``median ms · speedup× (low–high)``, e.g. ``81.6 · 1.70× (1.66–1.74)``,
+  where the speedup is the base model's median ÷ this record's median on the
+  same device, runtime, options, format, batch size and input shape
+  (``results.speedup.pair_records``, the one pairing the figures and exports
+  use too) and ``low–high`` its 95 % confidence interval
+  (``results.intervals.speedup_interval``: a paired bootstrap over the
+  interleaved rounds both were timed in; a block bootstrap of the samples for
+  records without rounds).  ``plain`` (``--plain``) gives the paper's layout,
+  ``median ms (speedup×)``, with the same markers.  The original's own cell
+  has no speedup; a cell whose original failed or was not measured shows the
+  median alone; a combination never measured shows ``–``.
 * ``--efficiency`` adds a ``MACs ratio`` column and, after the latency
   columns, one ``eff. <column>`` column each: speedup ÷ MACs ratio (1.0 means
   every saved MAC became saved time).
+* ``--cold`` adds, per latency column, the cold start and memory of each
+  record (agent protocol 2: each model loaded once in a fresh process):
+  ``load s`` (load time: session creation / engine deserialisation),
+  ``1st inference ms``, ``peak RSS MiB``, ``GPU peak MiB`` (only where some
+  runtime reported it) and, for batch sizes above 1, ``img/s`` (throughput,
+  batch ÷ median seconds).  Records made before schema 4 leave them empty.
+
+The whole table of a stored run, exactly as ``bench table`` prints it (and the
+sweep's closing table), is :func:`render_run`.
 
 Footnotes
 =========
@@ -41,19 +55,33 @@ A cell is marked when its record should not be trusted blindly, one marker
 per reason, and a footnote per reason lists every marked cell with the detail:
 
 =====  ==============================================================================
-``†``  throttling seen: a ``*_now`` flag in the environment snapshot before or after
-       the measurement (Raspberry Pi ``vcgencmd get_throttled``), a ``*_occurred``
-       flag that appeared during it, or the agent's own throttling warning
+``†``  throttling, clock or power-mode change: a ``*_now`` flag in the environment
+       snapshot before or after the measurement (Raspberry Pi ``vcgencmd
+       get_throttled``), a ``*_occurred`` flag that appeared during it, the agent's own
+       throttling warning, or a power mode, clock limit or governor that differs
+       between the snapshots (``results.intervals.environment_changes``); a pruned
+       cell is marked too when its original's measurement saw it
 ``‡``  CV (std / mean of the samples) above the threshold (default 0.05)
 ``§``  fewer samples than asked, or less time than ``min_seconds`` (the agent's
-       warnings say so; also when ``n`` is below the iterations asked)
+       warnings say so; also when ``n`` is below the iterations asked); a pruned
+       cell is marked too when its original is short
+``◇``  the speedup's confidence interval is wider than ``max_width`` (default 10 %
+       of the speedup), or there is none (fewer than 10 samples)
+``♭``  the original's per-round medians drift (a monotone trend or a wide spread
+       across the rounds; thresholds in ``results.intervals``), marked on its
+       pruned cells
 ``¶``  the onnxruntime execution provider fell back (``provider_fallback``)
 ``‖``  any other agent warning (only with ``all_warnings``: e.g. a cpufreq
        governor other than ``performance``, which most desktops report)
 ``*``  the job failed: the cell reads ``error``; the footnote gives stage and message
 =====  ==============================================================================
 
-LaTeX uses ``\\dag``, ``\\ddag``, ``\\S``, ``\\P``, ``$\\|$`` and ``*`` as superscripts.
+LaTeX uses ``\\dag``, ``\\ddag``, ``\\S``, ``$\\diamond$``, ``$\\flat$``, ``\\P``, ``$\\|$`` and ``*``
+as superscripts.
+
+The ``◇``, ``♭`` reasons and the pair part of ``†`` and ``§`` are the speedup's
+validity (``results.intervals.validity``); the thresholds are ``thresholds``
+of :func:`build_tables`.
 
 Renderers
 =========
@@ -63,7 +91,8 @@ booktabs rules, every text escaped, inside a ``table`` float with caption and th
 as a ``\\footnotesize`` block; needs ``\\usepackage{booktabs}``), ``html``
 (``DataFrame.to_html``, escaped, notes in a ``<ul>``), ``csv`` (``to_csv``:
 numbers, not formatted text: per latency column ``… median_ms``, ``… speedup``,
-``… efficiency`` with ``--efficiency``, and ``… notes`` with the reasons as
+``… speedup_low``, ``… speedup_high``, ``… efficiency`` with ``--efficiency``,
+the cold-start fields with ``--cold``, and ``… notes`` with the reasons as
 text).
 """
 
@@ -79,11 +108,25 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from formats import display_format, format_order
+from results.intervals import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MAX_WIDTH,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    environment_changes,
+    first_line,
+    is_environment_warning,
+    is_sample_warning,
+    sample_shortfall,
+)
 from results.markdown import markdown_table
 from results.records import options_key
 from results.speedup import options_text, speedup_frame
+from results.store import Store, UnknownRunError
 
 DEFAULT_CV_THRESHOLD = 0.05
+#: Record columns of the ``cold`` option: cold start, memory, throughput (``results.records``).
+COLD_FIELDS = ("load_s", "first_inference_ms", "peak_rss_mb", "gpu_peak_mb", "throughput_ips")
 RENDERERS = ("md", "latex", "csv", "html")
 _CRITERION_NAMES = {"snp": "SNP", "l2": "L2"}
 MISSING = "–"
@@ -98,9 +141,11 @@ class Reason:
 
 
 REASONS: tuple[Reason, ...] = (
-    Reason("throttling", "†", r"\dag", "throttling seen during the measurement"),
+    Reason("throttling", "†", r"\dag", "throttling, clock or power-mode change during the measurement"),
     Reason("cv", "‡", r"\ddag", "high variation: CV above {cv:g}"),
     Reason("samples", "§", r"\S", "fewer samples than asked"),
+    Reason("wide", "◇", r"$\diamond$", "speedup interval wider than {width:g} % of the speedup"),
+    Reason("drift", "♭", r"$\flat$", "the original's latency drifted across the rounds"),
     Reason("fallback", "¶", r"\P", "execution provider fell back"),
     Reason("warning", "‖", r"$\|$", "other warnings of the device agent"),
     Reason("error", "*", "*", "the job failed"),
@@ -116,31 +161,10 @@ class TableError(ValueError):
 # Why a record is marked
 # --------------------------------------------------------------------------
 
-def throttle_flags(env: Mapping[str, Any] | None) -> list[str]:
-    """Throttling the environment snapshots show: ``*_now`` flags, or ``*_occurred`` ones new during the run."""
-    env = env or {}
-    before = ((env.get("before") or {}).get("pi_throttled") or {}).get("flags") or []
-    after = ((env.get("after") or {}).get("pi_throttled") or {}).get("flags") or []
-    flags = [f for f in [*before, *after] if f.endswith("_now")]
-    flags += [f for f in after if f.endswith("_occurred") and f not in before]
-    return list(dict.fromkeys(flags))
-
-
-def _first_line(text: Any, limit: int = 160) -> str:
-    line = (str(text or "").strip().splitlines() or [""])[0]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def _after(prefix: str, warning: str) -> str:
     """The warning without its category prefix (the footnote's title says it already)."""
     rest = warning[len(prefix):].lstrip(" :") if warning.startswith(prefix) else warning
-    return _first_line(rest or warning)
-
-
-def _asked_iterations(record: Mapping[str, Any]) -> int | None:
-    settings = (record.get("extra") or {}).get("settings") or {}
-    asked = (settings.get("measure") or {}).get("iterations")
-    return asked if isinstance(asked, int) and not isinstance(asked, bool) else None
+    return first_line(rest or warning)
 
 
 def record_reasons(record: Mapping[str, Any], cv_threshold: float = DEFAULT_CV_THRESHOLD,
@@ -148,37 +172,47 @@ def record_reasons(record: Mapping[str, Any], cv_threshold: float = DEFAULT_CV_T
     """``(reason key, detail)`` for each reason the record's cell is marked, in :data:`REASONS` order."""
     if record.get("status") != "ok":
         stage = record.get("error_stage") or "unknown"
-        return [("error", f"{stage}: {_first_line(record.get('error_message'))}")]
+        return [("error", f"{stage}: {first_line(record.get('error_message'))}")]
     warnings = [str(w) for w in record.get("warnings") or []]
     used: set[str] = set()
     found: dict[str, str] = {}
 
-    def claim(*prefixes: str, contains: str | None = None) -> list[str]:
-        hits = [w for w in warnings if w.startswith(prefixes) or (contains is not None and contains in w)]
+    def claim(*prefixes: str) -> list[str]:
+        hits = [w for w in warnings if w.startswith(prefixes)]
         used.update(hits)
         return hits
 
-    flags = throttle_flags(record.get("env"))
-    said = claim("throttling seen")
-    if flags or said:
-        found["throttling"] = ", ".join(flags) if flags else _first_line(said[0])
+    used.update(w for w in warnings if is_environment_warning(w))
+    changes = environment_changes(record)
+    if changes:
+        found["throttling"] = "; ".join(changes)
     cv = record.get("cv")
     claim("high variation")  # the agent's own cv warning (its threshold); ours decides
     if cv is not None and not math.isnan(cv) and cv > cv_threshold:
         found["cv"] = f"cv={cv:.3f}"
-    said = claim("fewer samples than asked", contains="less than min_seconds")
-    asked, n = _asked_iterations(record), record.get("n") or 0
-    if said:
-        found["samples"] = "; ".join(_after("fewer samples than asked", w) for w in said)
-    elif asked is not None and n < asked:
-        found["samples"] = f"{n} of {asked} samples"
+    used.update(w for w in warnings if is_sample_warning(w))
+    short = sample_shortfall(record)
+    if short:
+        found["samples"] = short
     said = claim("provider fallback")
     if record.get("provider_fallback") or said:
         found["fallback"] = _after("provider fallback", said[0]) if said else f"providers {record.get('providers')}"
     if all_warnings:
         rest = [w for w in warnings if w not in used]
         if rest:
-            found["warning"] = "; ".join(_first_line(w) for w in rest)
+            found["warning"] = "; ".join(first_line(w) for w in rest)
+    return [(r.key, found[r.key]) for r in REASONS if r.key in found]
+
+
+#: What a speedup's validity reason (``results.intervals.validity``) marks: the same marker as the record reason.
+VALIDITY_MARKS = {"wide": "wide", "drift": "drift", "environment": "throttling", "samples": "samples"}
+
+
+def _cell_reasons(cell: Mapping[str, Any], cv_threshold: float, all_warnings: bool) -> list[tuple[str, str]]:
+    """The record's reasons, plus its speedup's validity reasons not already marked, in :data:`REASONS` order."""
+    found = dict(record_reasons(cell, cv_threshold, all_warnings))
+    for key, detail in cell.get("validity_details") or []:
+        found.setdefault(VALIDITY_MARKS[key], detail)
     return [(r.key, found[r.key]) for r in REASONS if r.key in found]
 
 
@@ -205,6 +239,10 @@ class SpeedupTable:
     notes: list[Note] = field(default_factory=list)
     cv_threshold: float = DEFAULT_CV_THRESHOLD
     efficiency: bool = False
+    plain: bool = False       # cells without the interval (the paper's layout)
+    cold: bool = False        # cold start, memory and throughput columns
+    max_width: float = DEFAULT_MAX_WIDTH
+    confidence: float = DEFAULT_CONFIDENCE
 
     @property
     def has_top1(self) -> bool:
@@ -217,12 +255,18 @@ class SpeedupTable:
             hits = [n for n in self.notes if n.reason == reason.key]
             if hits:
                 body = "; ".join(f"{n.cell}: {n.detail}" for n in hits)
-                out.append((reason, reason.title.format(cv=self.cv_threshold), body))
+                out.append((reason, reason.title.format(cv=self.cv_threshold, width=self.max_width * 100), body))
         return out
 
     def caption(self) -> str:
-        return (f"Median latency in ms (speedup over the unpruned original on the same device, runtime and batch "
-                f"size), batch size {self.batch_size}, run {self.run_id}.")
+        return f"{self.description()}, batch size {self.batch_size}, run {self.run_id}."
+
+    def description(self) -> str:
+        """What a cell holds, in words (the caption and the markdown heading)."""
+        speedup = "speedup over the unpruned original on the same device, runtime and batch size"
+        if not self.plain:
+            speedup += f", {self.confidence * 100:g} % confidence interval in parentheses"
+        return f"Median latency in ms ({speedup})"
 
 
 def _pruned_name(variant: str) -> str:
@@ -260,14 +304,21 @@ def _order(values: Iterable[str], preferred: Sequence[str] | None) -> dict[str, 
 def build_tables(records: Sequence[Mapping[str, Any]], run_id: str = "", *,
                  cv_threshold: float = DEFAULT_CV_THRESHOLD, efficiency: bool = False, all_warnings: bool = False,
                  labels: Mapping[str, str] | None = None, model_order: Sequence[str] | None = None,
-                 device_order: Sequence[str] | None = None, batches: Sequence[int] | None = None
-                 ) -> list[SpeedupTable]:
+                 device_order: Sequence[str] | None = None, batches: Sequence[int] | None = None,
+                 plain: bool = False, cold: bool = False, confidence: float = DEFAULT_CONFIDENCE,
+                 resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                 thresholds: Mapping[str, float] | None = None) -> list[SpeedupTable]:
     """One :class:`SpeedupTable` per batch size of ``records`` (one run's records, ok and error).
 
     ``labels`` maps ``bench.toml`` model entry names to display labels;
     ``model_order`` (entry names) and ``device_order`` (device names) give the
     row and column order (the run's config lists them); ``batches`` keeps only
-    those batch sizes.
+    those batch sizes.  Speedup intervals and validity come from
+    ``results.intervals`` (``confidence``, ``resamples``, ``seed``, and
+    ``thresholds``: keyword arguments of ``results.intervals.validity_details``)
+    and need the records' samples; records read without them get the plain
+    speedup.  ``plain`` leaves the intervals out of the cells, ``cold`` adds the
+    cold-start, memory and throughput columns.
     """
     if not records:
         raise TableError(f"run {run_id or '?'} has no records")
@@ -278,10 +329,15 @@ def build_tables(records: Sequence[Mapping[str, Any]], run_id: str = "", *,
         raise TableError(f"run {run_id or '?'} has no records for batch size(s) {', '.join(map(str, batches))}")
     df = pd.DataFrame(kept)
     # speedups: the one pairing rule (results.speedup), joined back by position
-    pairs = speedup_frame(kept)
-    for col in ("speedup", "macs_ratio", "efficiency"):
+    pairs = speedup_frame(kept, with_intervals=True, confidence=confidence, resamples=resamples, seed=seed,
+                          thresholds=thresholds)
+    for col in ("speedup", "speedup_low", "speedup_high", "macs_ratio", "efficiency"):
         df[col] = pd.Series(dtype=float) if pairs.empty else pd.Series(
             pairs[col].to_numpy(), index=pairs["record_index"].to_numpy(), dtype=float)
+    validity = {} if pairs.empty else dict(zip(pairs["record_index"], pairs["validity_details"]))
+    df["validity_details"] = [validity.get(i, []) for i in range(len(kept))]
+    for col in COLD_FIELDS:
+        df[col] = pd.to_numeric(pd.Series([r.get(col) for r in kept], dtype=object), errors="coerce")
     df["group"] = _groups(kept)
     df["entry"] = [r.get("entry") or r["model"] for r in kept]
     df["device_label"] = [r.get("device_label") or r["device"] for r in kept]
@@ -293,8 +349,11 @@ def build_tables(records: Sequence[Mapping[str, Any]], run_id: str = "", *,
     device_pos = _order(df["device"], device_order)
     tables = []
     for batch, part in df.groupby("batch_size", sort=True):
-        tables.append(_one_table(part.copy(), run_id, int(batch), cv_threshold, efficiency, all_warnings,
-                                 entry_pos, device_pos))
+        table = _one_table(part.copy(), run_id, int(batch), cv_threshold, efficiency, all_warnings,
+                           entry_pos, device_pos)
+        table.plain, table.cold, table.confidence = plain, cold, confidence
+        table.max_width = float(dict(thresholds or {}).get("max_width", DEFAULT_MAX_WIDTH))
+        tables.append(table)
     return tables
 
 
@@ -362,7 +421,7 @@ def _one_table(df: pd.DataFrame, run_id: str, batch: int, cv_threshold: float, e
     df["column"] = [labels[(d, r, f, o)] for d, r, f, o in
                     zip(df["device"], df["runtime"], df["format"], df["options"])]
     df = df.sort_values("id" if "id" in df else "job_key").drop_duplicates(["row", "column"], keep="last")
-    reasons = [record_reasons(r, cv_threshold, all_warnings) for r in df.to_dict("records")]
+    reasons = [_cell_reasons(r, cv_threshold, all_warnings) for r in df.to_dict("records")]
     df["reasons"] = [[k for k, _ in rs] for rs in reasons]
     df["details"] = ["; ".join(f"{k}: {d}" for k, d in rs) for rs in reasons]
     notes = [Note(key, f"{who}, {col}", detail)
@@ -370,8 +429,9 @@ def _one_table(df: pd.DataFrame, run_id: str, batch: int, cv_threshold: float, e
                                         key=lambda t: (columns.index(t[1]), t[0]))
              for key, detail in rs]
     notes.sort(key=lambda n: [r.key for r in REASONS].index(n.reason))
-    cells = df[["row", "column", "median_ms", "speedup", "efficiency", "status", "reasons", "details"]].reset_index(drop=True)
-    for col in ("speedup", "efficiency", "median_ms"):
+    cells = df[["row", "column", "median_ms", "speedup", "speedup_low", "speedup_high", "efficiency", *COLD_FIELDS,
+                "status", "reasons", "details"]].reset_index(drop=True)
+    for col in ("speedup", "speedup_low", "speedup_high", "efficiency", "median_ms", *COLD_FIELDS):
         cells[col] = pd.to_numeric(cells[col], errors="coerce")
     return SpeedupTable(run_id=run_id, batch_size=batch, rows=row_keys.set_index("row"), columns=columns,
                         cells=cells, notes=notes, cv_threshold=cv_threshold, efficiency=efficiency)
@@ -396,29 +456,56 @@ class _Style:
     indent: str
     missing: str
     marker: Callable[[Reason], str]
+    sep: str = "·"
+    dash: str = "–"
 
 
 _PLAIN = _Style(times="×", indent="", missing=MISSING, marker=lambda r: r.symbol)
 _HTML = _Style(times="×", indent="\u00a0\u00a0", missing=MISSING, marker=lambda r: r.symbol)
 # LaTeX: tokens that survive escaping, replaced by markup after to_latex (see _LATEX_TOKENS)
-_LATEX = _Style(times="@@times@@", indent="@@indent@@", missing="@@missing@@", marker=lambda r: f"@@mark-{r.key}@@")
-_LATEX_TOKENS = {"@@times@@": r"$\times$", "@@indent@@": r"\quad{}", "@@missing@@": "--",
-                 **{f"@@mark-{r.key}@@": rf"\textsuperscript{{{r.latex}}}" for r in REASONS}}
+_LATEX = _Style(times="@@times@@", indent="@@indent@@", missing="@@missing@@", marker=lambda r: f"@@mark-{r.key}@@",
+                sep="@@sep@@", dash="@@dash@@")
+_LATEX_TOKENS = {"@@times@@": r"$\times$", "@@indent@@": r"\quad{}", "@@missing@@": "--", "@@sep@@": r"$\cdot$",
+                 "@@dash@@": "--", **{f"@@mark-{r.key}@@": rf"\textsuperscript{{{r.latex}}}" for r in REASONS}}
 
 
-def _cell_text(cell: Mapping[str, Any], style: _Style) -> str:
+def _cell_text(cell: Mapping[str, Any], style: _Style, plain: bool = False) -> str:
+    """``81.6 · 1.70× (1.66–1.74)`` (plain: ``81.6 (1.70×)``), the original's ``139.1``, or ``error``; markers."""
     marks = "".join(style.marker(REASON_BY_KEY[k]) for k in cell["reasons"])
     if cell["status"] != "ok":
         return "error" + marks
     text = fmt_ms(cell["median_ms"])
-    if not pd.isna(cell["speedup"]):
-        text += f" ({cell['speedup']:.2f}{style.times})"
+    if pd.isna(cell["speedup"]):
+        return text + marks
+    if plain:
+        return f"{text} ({cell['speedup']:.2f}{style.times}){marks}"
+    text += f" {style.sep} {cell['speedup']:.2f}{style.times}"
+    if not (pd.isna(cell["speedup_low"]) or pd.isna(cell["speedup_high"])):
+        text += f" ({cell['speedup_low']:.2f}{style.dash}{cell['speedup_high']:.2f})"
     return text + marks
+
+
+def _fmt_number(value: float) -> str:
+    """Three significant digits, no exponent below a million: 0.412, 12.5, 212, 1530."""
+    return "" if value is None or pd.isna(value) else (fmt_ms(value) if value < 100 else f"{value:.0f}")
+
+
+#: (record field, column heading prefix) of the ``cold`` columns; GPU memory only where some record has it,
+#: throughput only for batch sizes above 1 (at batch 1 it is 1000 / the median).
+_COLD_COLUMNS = (("load_s", "load s"), ("first_inference_ms", "1st inference ms"), ("peak_rss_mb", "peak RSS MiB"),
+                 ("gpu_peak_mb", "GPU peak MiB"), ("throughput_ips", "img/s"))
+
+
+def _cold_columns(table: SpeedupTable) -> list[tuple[str, str]]:
+    cells = table.cells
+    return [(f, h) for f, h in _COLD_COLUMNS
+            if not (f == "gpu_peak_mb" and not cells[f].notna().any())
+            and not (f == "throughput_ips" and table.batch_size == 1)]
 
 
 def display_frame(table: SpeedupTable, style: _Style = _PLAIN) -> pd.DataFrame:
     """The table as text cells, one column per header: model, variant, [Top-1], GMACs, Params (M), latencies, ..."""
-    cells = table.cells.assign(text=[_cell_text(c, style) for c in table.cells.to_dict("records")])
+    cells = table.cells.assign(text=[_cell_text(c, style, table.plain) for c in table.cells.to_dict("records")])
     latency = cells.pivot(index="row", columns="column", values="text").reindex(
         index=table.rows.index, columns=table.columns)
     rows = table.rows
@@ -438,6 +525,12 @@ def display_frame(table: SpeedupTable, style: _Style = _PLAIN) -> pd.DataFrame:
             index=table.rows.index, columns=table.columns)
         for col in table.columns:
             out[f"eff. {col}"] = eff[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    if table.cold:
+        for field_name, heading in _cold_columns(table):
+            wide = table.cells.pivot(index="row", columns="column", values=field_name).reindex(
+                index=table.rows.index, columns=table.columns)
+            for col in table.columns:
+                out[f"{heading} {col}"] = wide[col].map(_fmt_number)
     return out.reset_index(drop=True)
 
 
@@ -452,9 +545,12 @@ def numeric_frame(table: SpeedupTable) -> pd.DataFrame:
         out["macs_ratio"] = rows["macs_ratio"].astype(float)
     cells = table.cells.assign(
         median=table.cells["median_ms"].where(table.cells["status"] == "ok"))
-    quantities = [("median_ms", "median"), ("speedup", "speedup")]
+    quantities = [("median_ms", "median"), ("speedup", "speedup"), ("speedup_low", "speedup_low"),
+                  ("speedup_high", "speedup_high")]
     if table.efficiency:
         quantities.append(("efficiency", "efficiency"))
+    if table.cold:
+        quantities += [(f, f) for f in COLD_FIELDS]
     quantities += [("status", "status"), ("notes", "details")]
     for name, source in quantities:
         wide = cells.pivot(index="row", columns="column", values=source).reindex(
@@ -471,7 +567,8 @@ def latex_escape(text: str) -> str:
     """Escape LaTeX's special characters in running text (captions, footnotes)."""
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-            "†": r"\dag{}", "‡": r"\ddag{}", "§": r"\S{}", "¶": r"\P{}", "×": r"$\times$", "–": "--", "…": r"\dots{}"}
+            "†": r"\dag{}", "‡": r"\ddag{}", "§": r"\S{}", "¶": r"\P{}", "×": r"$\times$", "–": "--", "…": r"\dots{}",
+            "◇": r"$\diamond$", "♭": r"$\flat$", "·": r"$\cdot$", "ρ": r"$\rho$"}
     return re.sub("|".join(re.escape(k) for k in repl), lambda m: repl[m.group(0)], text)
 
 
@@ -489,8 +586,8 @@ def render_markdown(tables: Sequence[SpeedupTable]) -> str:
     for t in tables:
         frame = display_frame(t, _PLAIN)
         align = ["left", "left"] + ["right"] * (frame.shape[1] - 2)
-        parts.append(f"**Batch size {t.batch_size}** (run {t.run_id}): median latency in ms "
-                     f"(speedup over the unpruned original on the same device, runtime and batch size)")
+        parts.append(f"**Batch size {t.batch_size}** (run {t.run_id}): {t.description()[0].lower()}"
+                     f"{t.description()[1:]}")
         parts.append(markdown_table(list(frame.columns), frame.itertuples(index=False), align))
         notes = [f"- {_md_escape(r.symbol)} {title}: {body}" for r, title, body in t.note_lines()]
         if notes:
@@ -543,3 +640,38 @@ def render(tables: Sequence[SpeedupTable], fmt: str = "md") -> str:
     if fmt not in renderers:
         raise TableError(f"unknown table format {fmt!r}; choose one of: {', '.join(RENDERERS)}")
     return renderers[fmt](tables)
+
+
+def render_records(records: Sequence[Mapping[str, Any]], run_id: str = "", fmt: str = "md", *,
+                   run_config: Mapping[str, Any] | None = None, labels: Mapping[str, str] | None = None,
+                   **options: Any) -> str:
+    """The tables of one run's records as ``fmt`` text; rows and columns in the order ``run_config`` lists.
+
+    ``run_config`` is the run's ``config`` (``Store.get_run``): its ``models``
+    and ``devices`` give the row and column order; ``options`` are those of
+    :func:`build_tables`.  Raises :class:`TableError` when there is nothing
+    to tabulate.
+    """
+    config = run_config or {}
+    tables = build_tables(records, run_id, labels=labels, model_order=config.get("models"),
+                          device_order=config.get("devices"), **options)
+    return render(tables, fmt)
+
+
+def render_run(store: Store, run_id: str, fmt: str = "md", *, labels: Mapping[str, str] | None = None,
+               **options: Any) -> str:
+    """The table of a stored run exactly as ``bench table`` prints it (the sweep's closing table calls this too).
+
+    ``store`` is a :class:`results.store.Store`; every record of the run is
+    read with its samples (the intervals need them); ``labels`` maps
+    ``bench.toml`` entry names to display labels (records made since schema 3
+    carry their own); ``options`` are those of :func:`build_tables` (``plain``,
+    ``cold``, ``efficiency``, ``cv_threshold``, ``all_warnings``, ``batches``,
+    ...).  An unknown run raises ``results.store.UnknownRunError``, a run
+    without records :class:`TableError`.
+    """
+    info = store.get_run(run_id)
+    if info is None:
+        raise UnknownRunError(f"no run {run_id!r} in {store.path}")
+    return render_records(store.records(run_id), run_id, fmt, run_config=info.get("config"), labels=labels,
+                          **options)

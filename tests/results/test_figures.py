@@ -19,6 +19,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
+from matplotlib.container import ErrorbarContainer
 from matplotlib.patches import Rectangle
 
 from harness import config as harness_config
@@ -233,6 +234,14 @@ def test_speedup_bars_are_stored_median_ratios(drawn, ok):
         assert got[k] == pytest.approx((s, mr), rel=1e-12)
     (marks,) = [c for c in ax.collections if c.get_gid() == "macs_ratio"]
     assert sorted(np.round(marks.get_offsets()[:, 1], 9)) == sorted(round(mr, 9) for _, mr in expected.values())
+    # each bar's 95 % interval (results.intervals) as an error bar from low to high, around the bar's top
+    assert (result.data["speedup_low"] <= result.data["speedup"]).all()
+    assert (result.data["speedup"] <= result.data["speedup_high"]).all()
+    errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errorbars) == len(bars)
+    spans = sorted(tuple(np.round(seg[:, 1], 9)) for c in errorbars for seg in c.lines[2][0].get_segments())
+    assert spans == sorted((round(lo, 9), round(hi, 9)) for lo, hi in
+                           result.data[["speedup_low", "speedup_high"]].itertuples(index=False))
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.get_lines())  # the 1.0x reference
     assert ax.get_ylabel() == "speedup over original (×)"
     assert [t.get_text() for t in ax.get_xticklabels()] == [

@@ -150,6 +150,52 @@ def test_false_positive_rate_on_100_same_distribution_pairs(store):
     assert max(p.block_baseline for p in cmp.pairs) > 3  # the correlated runs got blocks
 
 
+def with_rounds(result: dict, rounds: int, group: str = "g") -> dict:
+    """The result of a protocol-2 member: its samples in `rounds` interleaved rounds (in time order)."""
+    n = len(result["samples_ns"])
+    return {**result, "rounds": rounds, "group_key": group, "sample_rounds": [k * rounds // n for k in range(n)]}
+
+
+def round_latencies(rng: np.random.Generator, rounds: int, per_round: int, median_ms: float,
+                    round_sd: float = 0.02, cv: float = 0.02) -> np.ndarray:
+    """Samples whose rounds differ by `round_sd` (the device's state from round to round), in round order."""
+    shift = np.exp(rng.normal(0.0, round_sd, rounds))
+    return np.concatenate([latencies_ms(rng, per_round, median_ms * s, cv) for s in shift])
+
+
+def test_records_with_rounds_resample_rounds(store):
+    """Round-to-round variation (2 %) is what a run really has: resampling rounds sees it, blocks of samples do not.
+
+    40 jobs measured twice from one distribution with round effects: at threshold 0 (a bare significance
+    test) the rounds keep to the nominal error rate (0 of 40 here) where the block bootstrap of the same samples
+    errs often (8 of 40). A 10 % slowdown is still flagged."""
+    rng = np.random.default_rng(11)
+    runs = [new_run(store, [(job(batch=i + 1), with_rounds(ok_result(round_latencies(rng, 10, 50, 20.0 + i)), 10,
+                                                           group=f"{r}-{i}")) for i in range(40)]) for r in range(2)]
+    cmp = regression.compare_runs(store, *runs, threshold=0.0)
+    assert {p.method for p in cmp.pairs} == {"rounds"} and {p.rounds_baseline for p in cmp.pairs} == {10}
+    assert all(p.block_baseline is None for p in cmp.pairs) and "resampled rounds (10/10)" in cmp.pairs[0].notes
+    significant = sum(p.verdict != "unchanged" for p in cmp.pairs)
+    assert significant / 40 <= 0.1, significant
+    blocks = 0
+    by_key = {r["job_key"]: r for r in store.records(runs[0])}
+    for r in store.records(runs[1]):
+        change = regression.relative_change(np.asarray(by_key[r["job_key"]]["samples_ns"]) / 1e6,
+                                            np.asarray(r["samples_ns"]) / 1e6, rng=np.random.default_rng(0),
+                                            resamples=500)
+        blocks += change.ci_low > 0 or change.ci_high < 0
+    assert blocks > 2 * significant, (blocks, significant)
+
+    slow = [new_run(store, [(job(), with_rounds(ok_result(round_latencies(rng, 10, 100, m)), 10))])
+            for m in (80.0, 88.0)]
+    (p,) = regression.compare_runs(store, *slow).pairs
+    assert p.method == "rounds" and p.verdict == "regressed" and p.ci_low < 0.1 < p.ci_high
+    # one record with rounds, one without (an old baseline): the block bootstrap, as before
+    old = new_run(store, [(job(), ok_result(round_latencies(rng, 10, 100, 80.0)))])
+    (p,) = regression.compare_runs(store, old, slow[1]).pairs
+    assert p.method == "blocks" and p.block_baseline is not None
+
+
 def test_block_bootstrap_keeps_correlated_noise_honest():
     """AR(1) bursts (rho 0.9) fool an i.i.d. bootstrap into 'significant' differences; blocks do not."""
     iid = blocks = 0

@@ -30,8 +30,9 @@ if str(ROOT) not in sys.path:  # the repository may not be pip-installed
     sys.path.insert(0, str(ROOT))
 
 from devices.transport import LocalTransport, error_result, sha256_file  # noqa: E402
+from harness.jobs import member_result  # noqa: E402
 from results import store as store_module  # noqa: E402
-from results.export import export  # noqa: E402
+from results.export import SPEEDUP_COLUMNS, export  # noqa: E402
 from results.records import RECORD_FIELDS, RecordError, job_key, job_key_of, make_record  # noqa: E402
 from results.runs import is_sweep, pick_run  # noqa: E402
 from results.store import DuplicateRecordError, SchemaTooNewError, Store, UnknownRunError  # noqa: E402
@@ -137,15 +138,18 @@ def real_results(tmp_path_factory) -> dict:
     job["input_shape"] = [2, 16]
     job["job_key"] = job_key_of(job)
     with LocalTransport(tmp / "device") as transport:
-        agent_job = {"protocol": 1, "job_id": job["job_key"], "runtime": "onnxruntime", "options": {"threads": 1},
-                     "artifact": {"path": transport.ensure_blob(path, sha), "sha256": sha, "format": "onnx"},
-                     "input": {"shape": [2, 16], "dtype": "float32"}, "warmup": {"iterations": 2},
-                     "measure": {"iterations": 20, "min_seconds": 0}, "timeout_s": 60,
-                     "workdir": str(transport.workdir)}
-        ok = transport.run_agent(agent_job, timeout_s=90)
-        bad_job = json.loads(json.dumps(agent_job))
-        bad_job["artifact"]["sha256"] = "f" * 64
-        bad = transport.run_agent(bad_job, timeout_s=60)
+        blob = transport.ensure_blob(path, sha)
+        member = {"artifact": {"path": blob, "sha256": sha, "format": "onnx"},
+                  "input": {"shape": [2, 16], "dtype": "float32"}}
+        group = {"protocol": 2, "job_id": "group-1", "runtime": "onnxruntime", "options": {"threads": 1},
+                 "workdir": str(transport.workdir), "timeout_s": 60,
+                 "members": [{"id": job["job_key"], **member},
+                             {"id": "bad", **member, "artifact": {**member["artifact"], "sha256": "f" * 64}}],
+                 "warmup": {"iterations": 2, "seconds": 0}, "rounds": 4, "seed": 0, "rewarm": {"iterations": 1},
+                 "measure": {"iterations": 20, "min_seconds": 0, "max_iterations": 1000, "max_seconds": None},
+                 "isolate": False, "cooldown": {"max_temp_c": None, "max_wait_s": 0}}
+        result = transport.run_agent(group, timeout_s=90)
+    ok, bad = member_result(result, job["job_key"]), member_result(result, "bad")
     assert ok["status"] == "ok", ok.get("error")
     return {"job": job, "ok": ok, "error": bad}
 
@@ -169,6 +173,14 @@ def test_record_from_the_real_agent(real_results):
     assert record["extra"]["transport"]["name"] == "local" and "stderr_tail" not in record["extra"]["transport"]
     assert record["extra"]["artifact_manifest"] == {"opset": 17}
     assert "timings_s" in record["extra"] and record["extra"]["timer"] == "perf_counter"
+    # protocol 2: the rounds of the samples, the group, cold start and memory, throughput
+    assert record["group_key"] == "group-1" and record["rounds"] == 4
+    assert len(record["sample_rounds"]) == 20 and set(record["sample_rounds"]) == {0, 1, 2, 3}
+    assert record["load_s"] > 0 and record["first_inference_ms"] > 0 and record["peak_rss_mb"] > 10
+    assert record["gpu_peak_mb"] is None  # onnxruntime on the CPU reports none
+    assert record["throughput_ips"] == pytest.approx(2 / (record["median_ms"] / 1e3))
+    assert len(record["extra"]["round_orders"]) == 4 and record["extra"]["seed"] == 0
+    assert "cold" not in record["extra"] and "sample_rounds" not in record["extra"]
     json.dumps(record)  # a record is plain JSON
 
 
@@ -179,6 +191,7 @@ def test_error_record_from_the_real_agent(real_results):
     assert "[agent" in record["stderr_tail"]  # the agent's log, from the transport
     assert record["n"] == 0 and record["median_ms"] is None and record["samples_ns"] == []
     assert record["extra"]["error_traceback"]
+    assert record["throughput_ips"] is None and record["group_key"] == "group-1"
 
 
 # ----- records ------------------------------------------------------------------------
@@ -306,6 +319,9 @@ def test_baseline_is_the_last_marked_run(store):
 # ----- report fields, run kinds, run selection, the schema 2 -> 3 migration ---------------------------
 
 REPORT_FIELDS = ("entry", "base_entry", "label", "device_label", "top1")
+#: The record columns schema 4 added (agent protocol 2: rounds, cold start, memory, throughput).
+ROUND_FIELDS = ("group_key", "rounds", "sample_rounds", "load_s", "build_s", "first_inference_ms", "peak_rss_mb",
+                "gpu_peak_mb", "throughput_ips")
 
 
 def test_report_fields_are_columns_not_extra():
@@ -365,23 +381,29 @@ def test_pick_run_latest_sweep_baseline_or_id(store):
     assert all(r in message for r in (first, second, profile))
 
 
-def _schema2_store(path: pathlib.Path, runs: list[tuple[str, dict]], records: list[dict]) -> None:
-    """A store as the code of schema version 2 wrote it: report fields inside extra.job, no run kind."""
+def _old_store(path: pathlib.Path, version: int, runs: list[tuple[str, dict]], records: list[dict],
+               missing: tuple[str, ...]) -> None:
+    """A store as the code of schema `version` wrote it: its migrations only, records without the `missing` columns."""
     conn = sqlite3.connect(path)
-    for statement in (*store_module.MIGRATIONS[0], *store_module.MIGRATIONS[1]):
+    for statement in (s for migration in store_module.MIGRATIONS[:version] for s in migration):
         conn.execute(statement)
     conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
-    conn.executemany("INSERT INTO schema_version VALUES (?, ?)", [(1, "2026"), (2, "2026")])
+    conn.executemany("INSERT INTO schema_version VALUES (?, ?)", [(v, "2026") for v in range(1, version + 1)])
     for run_id, config in runs:
         conn.execute("INSERT INTO runs (run_id, created, git_rev, config) VALUES (?, ?, ?, ?)",
                      (run_id, run_id, GIT_REV, json.dumps(config)))
-    old_fields = [f for f in RECORD_FIELDS if f not in REPORT_FIELDS]
+    old_fields = [f for f in RECORD_FIELDS if f not in missing]
     for record in records:
         values = [json.dumps(record[f]) if f in store_module.JSON_FIELDS else record[f] for f in old_fields]
         conn.execute(f"INSERT INTO records ({', '.join(old_fields)}, inserted) "
                      f"VALUES ({', '.join('?' for _ in old_fields)}, '2026')", values)
     conn.commit()
     conn.close()
+
+
+def _schema2_store(path: pathlib.Path, runs: list[tuple[str, dict]], records: list[dict]) -> None:
+    """A store as the code of schema version 2 wrote it: report fields inside extra.job, no run kind."""
+    _old_store(path, 2, runs, records, REPORT_FIELDS + ROUND_FIELDS)
 
 
 def _as_schema2(record: dict, job_fields: dict) -> dict:
@@ -409,7 +431,7 @@ def test_migration_from_schema_2_backfills_columns_and_kinds(tmp_path):
     _schema2_store(path, runs, records)
 
     with Store(path) as s:
-        assert s.schema_version() == store_module.SCHEMA_VERSION == 3
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 4
         got = {r["job_key"]: r for r in s.records()}
         a, b, c = got[full["job_key"]], got[labelled["job_key"]], got[bare["job_key"]]
         assert {f: a[f] for f in REPORT_FIELDS} == {"entry": "deit_tiny", "base_entry": None, "label": "DeiT-T",
@@ -429,7 +451,71 @@ def test_migration_from_schema_2_backfills_columns_and_kinds(tmp_path):
                                  GIT_REV))
         assert s.records(run_id)[0]["base_entry"] == "b"
     with Store(path) as s:  # reopening migrates nothing twice
-        assert s.schema_version() == 3 and len(s.records()) == 4
+        assert s.schema_version() == 4 and len(s.records()) == 4
+
+
+def test_migration_from_schema_3_adds_round_columns_and_old_records_still_tabulate(tmp_path):
+    from results.table import build_tables, render_run
+
+    path, run_id = tmp_path / "v3.sqlite", "20260101-000000-aaaa"
+    orig = make_record(run_id, {**make_job(variant="original"), "entry": "orig"}, ok_result(samples_for(0, 200)),
+                       GIT_REV)
+    pruned = make_record(run_id, {**make_job(variant="snp:paper", sha=SHA_B), "entry": "pruned", "base": "orig"},
+                         ok_result([s // 2 for s in samples_for(1, 200)], sha=SHA_B), GIT_REV)
+    _old_store(path, 3, [(run_id, {"models": ["orig", "pruned"], "devices": ["pi"]})], [orig, pruned], ROUND_FIELDS)
+    with Store(path) as s:
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 4
+        columns = {r[1] for r in s._query("PRAGMA table_info(records)")}
+        assert set(ROUND_FIELDS) <= columns
+        got = s.records(run_id)
+        assert all(r[f] is None for r in got for f in ROUND_FIELDS)  # old rows keep NULL
+        assert [r["samples_ns"] for r in got] == [orig["samples_ns"], pruned["samples_ns"]]
+        (table,) = build_tables(got, run_id)
+        speedup = table.cells.dropna(subset=["speedup"]).iloc[0]
+        assert speedup["speedup"] == pytest.approx(orig["median_ms"] / pruned["median_ms"])
+        assert speedup["speedup_low"] < speedup["speedup"] < speedup["speedup_high"]  # block bootstrap fallback
+        text = render_run(s, run_id, cold=True)
+        assert "× (" in text and "load s" in text
+        # and a new record, with rounds, goes into the migrated store
+        new_run = s.new_run({}, GIT_REV)
+        result = {**ok_result(samples_for(2, 20)), "sample_rounds": [k % 4 for k in range(20)], "rounds": 4,
+                  "group_key": "g"}
+        s.add_record(make_record(new_run, make_job(), result, GIT_REV))
+        (back,) = s.records(new_run)
+        assert back["sample_rounds"] == result["sample_rounds"] and back["rounds"] == 4
+        assert "sample_rounds" not in s.records(new_run, with_samples=False)[0]
+
+
+def test_records_of_protocol_2_members(tmp_path):
+    samples = samples_for(0, 12)
+    result = {**ok_result(samples), "sample_rounds": [k % 3 for k in range(12)], "rounds": 3, "group_key": "grp",
+              "round_orders": [["a", "b"], ["b", "a"], ["a", "b"]], "seed": 7, "cooldown": [],
+              "cold": {"load_s": 0.25, "build_s": 0.0, "first_inference_ns": 12_500_000,
+                       "peak_rss_bytes": 300 * 2 ** 20, "gpu_peak_bytes": None, "child_pid": 42}}
+    record = make_record("r", make_job(batch_size=1), result, GIT_REV)
+    assert record["status"] == "ok"
+    assert (record["group_key"], record["rounds"], record["sample_rounds"]) == ("grp", 3, result["sample_rounds"])
+    assert (record["load_s"], record["build_s"], record["first_inference_ms"], record["peak_rss_mb"],
+            record["gpu_peak_mb"]) == (0.25, 0.0, 12.5, 300.0, None)
+    assert record["throughput_ips"] == pytest.approx(1e3 / record["median_ms"])
+    assert record["extra"]["round_orders"] == result["round_orders"] and record["extra"]["seed"] == 7
+    assert record["extra"]["cooldown"] == [] and record["extra"]["cold"] == {"child_pid": 42}
+    # the old agent shape: every new field None
+    old = make_record("r", make_job(), ok_result(samples), GIT_REV)
+    assert all(old[f] is None for f in ROUND_FIELDS if f != "throughput_ips") and old["throughput_ips"] > 0
+    # rounds that do not match the samples: an error record at stage "record", samples kept
+    for bad, says in (([0] * 11, "12 samples but 11 round indices"), ([0] * 11 + [3], "0..2"),
+                      ([0] * 11 + [1.5], "0..2"), ("0,1", "not a list")):
+        broken = make_record("r", make_job(), {**result, "sample_rounds": bad}, GIT_REV)
+        assert (broken["status"], broken["error_stage"]) == ("error", "record"), bad
+        assert says in broken["error_message"] and broken["samples_ns"] == samples
+        assert broken["throughput_ips"] is None
+    with Store(tmp_path / "s.sqlite") as s:  # the store keeps every new field as it is
+        run_id = s.new_run({}, GIT_REV)
+        record["run_id"] = run_id
+        s.add_record(record)
+        (back,) = s.records(run_id)
+        assert {f: back[f] for f in ROUND_FIELDS} == {f: record[f] for f in ROUND_FIELDS}
 
 
 def test_records_survive_reopening(tmp_path):
@@ -639,7 +725,8 @@ def test_export_jsonl(filled_store, tmp_path):
     out = tmp_path / "a.jsonl"
     assert export(store, run_a, "jsonl", out) == 5
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert lines == store.records(run_a)  # lossless
+    assert [{k: v for k, v in line.items() if k not in SPEEDUP_COLUMNS} for line in lines] == store.records(run_a)
+    assert all(line[c] is None for line in lines for c in SPEEDUP_COLUMNS)  # no pruned record: no speedup
     frame = pd.read_json(out, lines=True)
     ok = frame[frame["status"] == "ok"]
     assert dict(zip(ok["job_key"], ok["median_ms"])) == {k: v for k, v in _medians(store.records(run_a)).items()
@@ -663,6 +750,33 @@ def test_export_parquet(filled_store, tmp_path):
             assert pd.isna(row["median_ms"])
         assert json.loads(row["runtime_options"]) == record["runtime_options"]
     assert export(store, run_b, "parquet", out) == 1 and len(pd.read_parquet(out)) == 1
+
+
+def test_exports_carry_speedups_with_intervals_and_validity(store, tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    run_id = store.new_run({}, GIT_REV)
+    rounds = {"sample_rounds": [k % 5 for k in range(50)], "rounds": 5, "group_key": "g"}
+    orig = make_record(run_id, {**make_job(variant="original"), "entry": "o"}, {**ok_result(samples_for(0)), **rounds},
+                       GIT_REV)
+    pruned_samples = [s // 2 for s in samples_for(1)]
+    pruned = make_record(run_id, {**make_job(variant="snp:x", sha=SHA_B), "entry": "p", "base": "o"},
+                         {**ok_result(pruned_samples, sha=SHA_B), **rounds}, GIT_REV)
+    for record in (orig, pruned):
+        store.add_record(record)
+    speedup = orig["median_ms"] / pruned["median_ms"]
+    for fmt in ("csv", "jsonl", "parquet"):
+        out = tmp_path / f"x.{fmt}"
+        export(store, run_id, fmt, out)
+        frame = (pd.read_csv(out) if fmt == "csv" else pd.read_json(out, lines=True) if fmt == "jsonl"
+                 else pd.read_parquet(out)).set_index("variant")
+        assert pd.isna(frame.loc["original", "speedup"]) and pd.isna(frame.loc["original", "speedup_low"])
+        row = frame.loc["snp:x"]
+        assert row["speedup"] == pytest.approx(speedup)
+        assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
+        validity = json.loads(row["validity"]) if fmt == "csv" else list(row["validity"])
+        assert validity == [], validity  # 5 shared rounds, a tight interval, no warning
+        assert ("sample_rounds" in frame.columns) == (fmt != "csv")
 
 
 def test_export_rejects_unknown_formats_and_runs(filled_store, tmp_path):

@@ -24,10 +24,12 @@ from helpers import local_device, tiny_sweep_toml
 from results.records import make_record
 from results.runs import pick_run
 from results.store import Store, StoreError
-from results.table import build_tables, fmt_ms, record_reasons, render
+from results.table import build_tables, display_frame, fmt_ms, record_reasons, render, render_run
 
 
-CELL = re.compile(r"^(?P<ms>[\d.]+)(?: \((?P<speedup>[\d.]+)×\))?(?P<marks>[†‡§¶‖*]*)$")
+CELL = re.compile(r"^(?P<ms>[\d.]+)(?: · (?P<speedup>[\d.]+)×(?: \((?P<low>[\d.]+)–(?P<high>[\d.]+)\))?)?"
+                  r"(?P<marks>[†‡§◇♭¶‖*]*)$")
+PLAIN_CELL = re.compile(r"^(?P<ms>[\d.]+)(?: \((?P<speedup>[\d.]+)×\))?(?P<marks>[†‡§◇♭¶‖*]*)$")
 
 
 # --------------------------------------------------------------------------
@@ -50,14 +52,21 @@ def swept(tmp_path_factory):
 
 
 def agent_result(median_ms: float, *, n: int = 10, cv: float = 0.01, warnings=(), fallback=None, env=None,
-                 iterations: int = 10) -> dict:
-    samples = [int(median_ms * 1e6)] * n
+                 iterations: int = 10, group: str | None = None, rounds: int = 5) -> dict:
+    """An ok member result: n samples spread ±0.5 % symmetrically around the median (so the median is exact),
+    in `rounds` interleaved rounds of comparison group `group` (None: no rounds, the protocol-1 shape)."""
     ns = int(median_ms * 1e6)
-    return {"status": "ok", "samples_ns": samples,
-            "stats": {"n": n, "min_ns": ns, "median_ns": ns, "mean_ns": ns, "max_ns": ns, "p90_ns": ns,
-                      "p99_ns": ns, "std_ns": int(ns * cv), "cv": cv},
-            "env": env or {"cpu": "test", "before": {}, "after": {}}, "warnings": list(warnings),
-            "provider_fallback": fallback, "settings": {"measure": {"iterations": iterations, "min_seconds": 0}}}
+    offsets = [(2 * k - (n - 1)) / max(n - 1, 1) for k in range(n)]  # -1 .. 1, symmetric
+    order = sorted(range(n), key=lambda k: (k * 7919) % n)  # a fixed shuffle: no trend over the rounds
+    samples = [round(ns * (1 + 0.005 * offsets[k])) for k in order]
+    result = {"status": "ok", "samples_ns": samples,
+              "stats": {"n": n, "min_ns": min(samples), "median_ns": ns, "mean_ns": ns, "max_ns": max(samples),
+                        "p90_ns": ns, "p99_ns": ns, "std_ns": int(ns * cv), "cv": cv},
+              "env": env or {"cpu": "test", "before": {}, "after": {}}, "warnings": list(warnings),
+              "provider_fallback": fallback, "settings": {"measure": {"iterations": iterations, "min_seconds": 0}}}
+    if group is not None:
+        result.update(group_key=group, rounds=rounds, sample_rounds=[k % rounds for k in range(n)])
+    return result
 
 
 def error_result(stage: str, message: str) -> dict:
@@ -89,11 +98,11 @@ def synthetic_records(run_id: str) -> list[dict]:
                                            top1=72.2 if variant == "original" else 70.2),
                                result, "rev"))
 
-    add("original", PI, agent_result(139.1, n=3, warnings=["fewer samples than asked: 3 of 10 (stopped at timeout)"]),
-        1_254_000_000)
-    add("snp:paper", PI, agent_result(81.6, cv=0.08), 638_000_000)
-    add("original", XEON, agent_result(34.7, env=throttled), 1_254_000_000)
-    add("snp:paper", XEON, agent_result(25.3, fallback=True,
+    add("original", PI, agent_result(139.1, n=3, warnings=["fewer samples than asked: 3 of 10 (stopped at timeout)"],
+                                     group="g-pi", rounds=3), 1_254_000_000)
+    add("snp:paper", PI, agent_result(81.6, cv=0.08, group="g-pi", rounds=3), 638_000_000)
+    add("original", XEON, agent_result(34.7, env=throttled, group="g-xeon"), 1_254_000_000)
+    add("snp:paper", XEON, agent_result(25.3, fallback=True, group="g-xeon",
                                         warnings=["provider fallback: requested CUDAExecutionProvider but ..."]),
         638_000_000)
     add("original", PI, error_result("load", "out of memory {&}"), 4_600_000_000, model="other_vit", entry="o2")
@@ -156,8 +165,15 @@ def test_markdown_speedups_recomputed_from_store(swept, capsys):
         assert o["speedup"] is None  # the original's own cell has no speedup
         assert o["ms"] == fmt_ms(orig["median_ms"]) and p["ms"] == fmt_ms(pruned["median_ms"])
         assert float(p["speedup"]) == pytest.approx(round(orig["median_ms"] / pruned["median_ms"], 2), abs=1e-9)
+        # the interval of the speedup, from the rounds both were timed in (one comparison group)
+        assert orig["group_key"] == pruned["group_key"] and orig["rounds"] == pruned["rounds"] >= 1
+        assert float(p["low"]) <= float(p["speedup"]) <= float(p["high"])
         for rec, m in ((orig, o), (pruned, p)):  # the real records' cv decides the ‡ marker
             assert ("‡" in m["marks"]) == (rec["cv"] > 0.05)
+    # the paper's layout, on request
+    rc, out, _ = cli(capsys, "--config", cfg, "--plain")
+    _, rows = markdown_cells(out)
+    assert all(PLAIN_CELL.match(c) for r in rows for c in r[5:]), rows
 
 
 def test_efficiency_and_csv_numbers(swept, capsys):
@@ -226,13 +242,28 @@ def test_markdown_marks_and_footnotes(synthetic, capsys):
     cells = {(r[0], h): c for r in rows for h, c in zip(header, r)}
     assert [r[0] for r in rows] == [MODEL, "+ SNP", "other_vit"]
     assert cells[MODEL, "Raspberry Pi 4B (.onnx)"] == "139.1§"
-    assert cells["+ SNP", "Raspberry Pi 4B (.onnx)"] == "81.6 (1.70×)‡"
+    # its original has 3 samples: no interval (◇), and the original's shortfall marks the speedup too (§)
+    assert cells["+ SNP", "Raspberry Pi 4B (.onnx)"] == "81.6 · 1.70×‡§◇"
     assert cells[MODEL, "Xeon_4210R & co (.pt)"] == "34.7†"
-    assert cells["+ SNP", "Xeon_4210R & co (.pt)"] == "25.3 (1.37×)¶"
+    # one group, one device: the throttling its original saw marks the speedup (†)
+    xeon = CELL.match(cells["+ SNP", "Xeon_4210R & co (.pt)"])
+    assert xeon and xeon["speedup"] == "1.37" and xeon["marks"] == "†¶", cells["+ SNP", "Xeon_4210R & co (.pt)"]
+    assert float(xeon["low"]) - 0.005 <= 34.7 / 25.3 <= float(xeon["high"]) + 0.005  # two decimals shown
+    assert float(xeon["high"]) - float(xeon["low"]) < 0.05
     assert cells["other_vit", "Raspberry Pi 4B (.onnx)"] == "error*"
     assert cells["other_vit", "Xeon_4210R & co (.pt)"] == "53.4"  # cv 0.04 is under the default 0.05
     notes = [ln for ln in out.splitlines() if ln.startswith("- ")]
-    assert [n.split()[1] for n in notes] == ["†", "‡", "§", "¶", "\\*"]  # "- *" would nest a markdown list
+    assert [n.split()[1] for n in notes] == ["†", "‡", "§", "◇", "¶", "\\*"]  # "- *" would nest a markdown list
+    assert ("◇ speedup interval wider than 10 % of the speedup: my_vit_100% snp:paper, Raspberry Pi 4B (.onnx): "
+            "no confidence interval (fewer than 10 samples)") in out
+    assert "my_vit_100% snp:paper, Raspberry Pi 4B (.onnx): original: 3 of 10 (stopped at timeout)" in out
+    assert "my_vit_100% snp:paper, Xeon_4210R & co (.pt): throttled_now" in out
+    # --plain: the paper's cells, the same markers
+    rc, out, _ = cli(capsys, "--store", path, "--plain")
+    header, rows = markdown_cells(out)
+    cells = {(r[0], h): c for r in rows for h, c in zip(header, r)}
+    assert cells["+ SNP", "Raspberry Pi 4B (.onnx)"] == "81.6 (1.70×)‡§◇"
+    assert cells["+ SNP", "Xeon_4210R & co (.pt)"] == "25.3 (1.37×)†¶"
     assert "‡ high variation: CV above 0.05: my_vit_100% snp:paper, Raspberry Pi 4B (.onnx): cv=0.080" in out
     assert "\\* the job failed: other_vit, Raspberry Pi 4B (.onnx): load: out of memory {&}" in out
     assert "¶ execution provider fell back: my_vit_100% snp:paper, Xeon_4210R & co (.pt): requested CUDA" in out
@@ -250,8 +281,13 @@ def test_csv_keeps_numbers_and_reasons(synthetic, capsys):
     pi = "Raspberry Pi 4B (.onnx)"
     assert df[f"{pi} median_ms"].tolist()[:2] == pytest.approx([139.1, 81.6]) and pd.isna(df[f"{pi} median_ms"][2])
     assert df[f"{pi} status"].tolist() == ["ok", "ok", "error"]
-    assert df[f"{pi} notes"][1] == "cv: cv=0.080" and df[f"{pi} notes"][2].startswith("error: load:")
+    assert df[f"{pi} notes"][1] == ("cv: cv=0.080; samples: original: 3 of 10 (stopped at timeout); "
+                                    "wide: no confidence interval (fewer than 10 samples)")
+    assert df[f"{pi} notes"][2].startswith("error: load:")
     assert df["top1"].tolist() == [72.2, 70.2, 72.2]
+    xeon = "Xeon_4210R & co (.pt)"
+    assert pd.isna(df[f"{xeon} speedup_low"][0]) and pd.isna(df[f"{pi} speedup_low"][1])  # original; no interval
+    assert df[f"{xeon} speedup_low"][1] <= df[f"{xeon} speedup"][1] <= df[f"{xeon} speedup_high"][1]
 
 
 def test_html_escapes_and_lists_notes(synthetic, capsys):
@@ -283,10 +319,72 @@ def test_one_table_per_batch_size():
     assert [t.batch_size for t in tables] == [1, 8]
     md = render(tables, "md")
     assert "**Batch size 1**" in md and "**Batch size 8**" in md
-    assert "5.00 (2.00×)" in md and "40.0 (1.50×)" in md
+    assert "5.00 · 2.00×" in md and "40.0 · 1.50×" in md
+    assert "5.00 (2.00×)" in render(build_tables(recs, run, plain=True), "md")
     csv = pd.read_csv(io.StringIO(render(tables, "csv")))
     assert csv["batch_size"].tolist() == [1, 1, 8, 8]
     assert build_tables(recs, run, batches=[8])[0].batch_size == 8
+
+
+def group_records(run: str, batch: int, drift: float = 0.0, noisy: bool = False) -> list[dict]:
+    """An original and its pruned model timed together in 10 interleaved rounds (agent protocol 2), with cold
+    start and memory; the original's rounds drift by `drift` in all, `noisy` gives the pair 10 % round effects."""
+    import numpy as np
+
+    rng = np.random.default_rng(batch)
+    out = []
+    for variant, ms, macs in (("original", 20.0, 200), ("snp:paper", 10.0, 100)):
+        trend = np.linspace(0, drift if variant == "original" else 0.0, 10)
+        own = rng.normal(0, 0.10 if noisy else 0.002, 10)
+        samples = [int(ms * 1e6 * np.exp(trend[r] + own[r] + rng.normal(0, 0.01))) for r in range(10) for _ in range(30)]
+        a = np.asarray(samples, dtype=float)
+        result = {"status": "ok", "samples_ns": samples, "sample_rounds": [r for r in range(10) for _ in range(30)],
+                  "rounds": 10, "group_key": f"g{batch}",
+                  "stats": {"n": a.size, "median_ns": float(np.median(a)), "min_ns": int(a.min()), "max_ns": int(a.max()),
+                            "mean_ns": float(a.mean()), "std_ns": float(a.std()), "cv": 0.01},
+                  "cold": {"load_s": 0.5 * macs / 100, "build_s": 0.0, "first_inference_ns": int(3 * ms * 1e6),
+                           "peak_rss_bytes": macs * 2 ** 20, "gpu_peak_bytes": None},
+                  "env": {"before": {}, "after": {}}, "warnings": []}
+        out.append(make_record(run, job("m", variant, "pi", "onnx", "onnxruntime", macs, variant, "Pi", batch=batch),
+                               result, "r"))
+    return out
+
+
+def test_intervals_validity_and_cold_columns():
+    run = "20260101-000000-abcd"
+    (quiet,) = build_tables(group_records(run, 1), run)
+    cell = quiet.cells.dropna(subset=["speedup"]).iloc[0]
+    assert cell["speedup_low"] < cell["speedup"] < cell["speedup_high"] and cell["reasons"] == []
+    (drifting,) = build_tables(group_records(run, 1, drift=0.08), run)
+    (noisy,) = build_tables(group_records(run, 1, noisy=True), run)
+    assert drifting.cells.dropna(subset=["speedup"]).iloc[0]["reasons"] == ["drift"]
+    assert "wide" in noisy.cells.dropna(subset=["speedup"]).iloc[0]["reasons"]
+    md = render([drifting], "md")
+    assert "- ♭ the original's latency drifted across the rounds: m snp:paper, Pi (.onnx): original: trend +" in md
+    assert "◇" not in render(build_tables(group_records(run, 1, noisy=True), run, thresholds={"max_width": 5.0}), "md")
+
+    tables = build_tables(group_records(run, 1) + group_records(run, 8), run, cold=True)
+    frames = [display_frame(t) for t in tables]
+    assert [c for c in frames[0].columns if c.endswith("(.onnx)")] == [
+        "Pi (.onnx)", "load s Pi (.onnx)", "1st inference ms Pi (.onnx)", "peak RSS MiB Pi (.onnx)"]
+    assert frames[0]["load s Pi (.onnx)"].tolist() == ["1.00", "0.500"]
+    assert frames[0]["peak RSS MiB Pi (.onnx)"].tolist() == ["200", "100"]
+    assert "img/s Pi (.onnx)" not in frames[0]  # batch 1: throughput is 1000 / the median already shown
+    pruned_ms = tables[1].cells.set_index("row")["median_ms"][1]
+    assert float(frames[1]["img/s Pi (.onnx)"][1]) == pytest.approx(8 / (pruned_ms / 1e3), rel=5e-3)
+    csv = pd.read_csv(io.StringIO(render(tables, "csv")))
+    assert csv["Pi (.onnx) peak_rss_mb"].tolist() == [200.0, 100.0, 200.0, 100.0]
+    assert csv["Pi (.onnx) throughput_ips"].notna().all()
+
+
+def test_render_run_is_the_table_command(synthetic, capsys):
+    path, store, run_id, _ = synthetic
+    rc, out, _ = cli(capsys, "--store", path, "--run", run_id)
+    assert rc == 0 and out == render_run(store, run_id)
+    rc, out, _ = cli(capsys, "--store", path, "--run", run_id, "--plain", "--format", "latex")
+    assert out == render_run(store, run_id, "latex", plain=True)
+    with pytest.raises(StoreError):
+        render_run(store, "nope")
 
 
 # --------------------------------------------------------------------------
@@ -317,7 +415,7 @@ def check_latex(text: str) -> list[str]:
     assert not re.search(r"(?<!\\)[_%#]", body), "unescaped special character"
     outside = re.sub(r"\\begin\{tabular\}.*?\\end\{tabular\}", "", body, flags=re.S)
     assert not re.search(r"(?<!\\)&", outside), "unescaped & in caption or notes"
-    assert "†" not in body and "×" not in body and "–" not in body
+    assert not re.search("[†‡§◇♭¶×–·ρ]", body), "a character LaTeX's default fonts lack"
     return rows
 
 
@@ -328,7 +426,9 @@ def test_latex_structure_and_escaping(synthetic, swept, capsys):
     rows = check_latex(out)
     assert r"\toprule" in out and r"\midrule" in out and r"\bottomrule" in out
     assert r"my\_vit\_100\%" in out and r"Xeon\_4210R \& co (.pt)" in out
-    assert r"\quad{}+ SNP" in out and r"81.6 (1.70$\times$)\textsuperscript{\ddag}" in out
+    assert r"\quad{}+ SNP" in out
+    assert r"81.6 $\cdot$ 1.70$\times$\textsuperscript{\ddag}\textsuperscript{\S}\textsuperscript{$\diamond$}" in out
+    assert re.search(r"25\.3 \$\\cdot\$ 1\.37\$\\times\$ \(1\.\d\d--1\.\d\d\)\\textsuperscript", out)
     assert r"error\textsuperscript{*}" in out and r"\footnotesize" in out
     assert r"out of memory \{\&\}" in out
     assert len(rows) == 4  # header + 3 model rows
