@@ -3,8 +3,9 @@
 Every job of the candidate run is compared with the same job of the baseline
 run (same job key: model entry, variant, format, device, runtime, options,
 batch size): change of the median latency with a bootstrap confidence
-interval, classified as regressed / improved / unchanged against a relative
-threshold (see ``results/regression.py`` for the statistics and the rule).
+interval (over each record's interleaved rounds when both have them, else over
+blocks of samples), classified as regressed / improved / unchanged against a
+relative threshold (see ``results/regression.py`` for the statistics and the rule).
 Writes ``report.md`` and ``report.html`` (figures embedded) into ``--out``
 (default: ``runs/<CANDIDATE>/`` under the current directory), prints
 the summary, and exits with status 1 when anything regressed (a slower job,

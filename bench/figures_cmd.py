@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figures", help="draw latency, accuracy, speedup and distribution figures of a run",
                        description="Draw the paper's figures from a run of the record store, as PNG (200 dpi) and "
                                    "PDF: latency vs params, top-1 vs latency (when bench.toml gives top1), speedup "
-                                   "bars with the MACs ratio, and the latency distribution of every measurement.",
+                                   "bars with their 95 % confidence intervals and the MACs ratio, and the latency "
+                                   "distribution of every measurement.",
                        formatter_class=HelpFormatter)
     add_store_options(p)
     add_run_option(p)

@@ -2,8 +2,9 @@
 
 The command fills a `harness.runner.SweepRequest` and calls `harness.runner.run_sweep`
 (plan, export, run on every device in parallel, each record stored as it
-arrives); then it prints the speedup table of each pruned model against its
-original and one line per failed job.
+arrives); then it prints the run's table, the same one ``bench table
+--efficiency`` prints (speedups with their intervals, marked where they cannot
+be trusted), and one line per failed job.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import argparse
 
 from harness import config as harness_config
 from harness.runner import Outcome, SweepRequest, run_sweep
-from results import speedup
 from results.store import Store
+from results.table import TableError, render_run
 
 from .options import HelpFormatter
 from .progress import SweepBars
@@ -66,8 +67,11 @@ def sweep_with_bars(cfg: harness_config.Config, store: Store, request: SweepRequ
 
 
 def print_outcome(outcome: Outcome, store: Store) -> None:
-    """The speedup table, one line per failed job, and the closing summary line."""
-    print(speedup.speedup_markdown(outcome.records))
+    """The run's table (exactly ``bench table --efficiency``), one line per failed job, and a summary line."""
+    try:
+        print(render_run(store, outcome.run_id, efficiency=True), end="")
+    except TableError as exc:
+        print(f"(no table: {exc})")
     for r in outcome.errors:
         print(f"error: {r['device']} {r['model']} {r['variant']} {r['format']} bs{r['batch_size']}: "
               f"[{r['error_stage']}] {r['error_message']}")

@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness import config as harness_config
+from results.intervals import DEFAULT_MAX_WIDTH
 from results.runs import pick_run
-from results.table import (
-    DEFAULT_CV_THRESHOLD,
-    RENDERERS,
-    TableError,
-    build_tables,
-    render,
-)
+from results.store import Store
+from results.table import DEFAULT_CV_THRESHOLD, RENDERERS, TableError, render_run
 
 from .options import HelpFormatter
 from .runs import add_run_option, add_store_options, open_store
@@ -34,18 +31,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "table", help="latency and speedup table of a run (markdown, LaTeX, CSV, HTML)",
         description="The paper's benchmark table from the record store: one row per model (the original, then its "
-                    "pruned variants), one column per device and format, each cell 'median ms (speedup×)' against "
-                    "the unpruned original on the same device, runtime and batch size; one table per batch size. "
-                    "Cells whose record warns (throttling, high CV, fewer samples, provider fallback) or failed "
-                    "are marked and footnoted.",
+                    "pruned variants), one column per device and format, each cell 'median ms · speedup× (95 % "
+                    "interval)' against the unpruned original on the same device, runtime and batch size; one table "
+                    "per batch size. Cells whose record warns (throttling, high CV, fewer samples, provider fallback) "
+                    "or failed, and speedups that cannot be trusted (wide interval, a drifting original) are marked "
+                    "and footnoted.",
         formatter_class=HelpFormatter)
     add_store_options(p)
     add_run_option(p)
     p.add_argument("--format", choices=RENDERERS, default="md", help="output format")
+    p.add_argument("--plain", action="store_true",
+                   help="the paper's plain cells, 'median ms (speedup×)', without the confidence interval")
     p.add_argument("--efficiency", action="store_true",
                    help="add the MACs ratio and one speedup-efficiency column (speedup / MACs ratio) per latency column")
+    p.add_argument("--cold", action="store_true",
+                   help="add cold start (load time, first inference), peak memory and, for batch > 1, throughput "
+                        "columns per latency column")
     p.add_argument("--cv-threshold", type=float, default=DEFAULT_CV_THRESHOLD,
                    help="mark cells whose coefficient of variation exceeds this")
+    p.add_argument("--max-width", type=float, default=DEFAULT_MAX_WIDTH,
+                   help="mark speedups whose confidence interval is wider than this fraction of the speedup")
     p.add_argument("--all-warnings", action="store_true",
                    help="also mark cells for any other agent warning (e.g. cpufreq governor not 'performance')")
     p.add_argument("--batch", type=_batches, help="only these batch sizes, e.g. 1,8 (default: every one measured)")
@@ -63,25 +68,32 @@ def _config(args: argparse.Namespace) -> harness_config.Config | None:
         return None
 
 
+def table_text(cfg: harness_config.Config | None, store: Store, run_id: str, fmt: str = "md", **options: Any) -> str:
+    """The table of a run exactly as ``bench table`` prints it (``bench sweep``'s closing table calls this too).
+
+    ``cfg`` gives the model labels (None: the records' own); ``options`` are
+    those of ``results.table.build_tables``.  Raises ``results.table.TableError``
+    when the run has no records.
+    """
+    labels = {name: m.label for name, m in cfg.models.items() if m.label} if cfg else {}
+    return render_run(store, run_id, fmt, labels=labels, **options)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     store = open_store(args, cfg)
     info = pick_run(store, args.run)
-    run_config = info.get("config") or {}
-    labels = {name: m.label for name, m in cfg.models.items() if m.label} if cfg else {}
     try:
-        tables = build_tables(store.records(info["run_id"], with_samples=False), info["run_id"],
-                              cv_threshold=args.cv_threshold, efficiency=args.efficiency,
-                              all_warnings=args.all_warnings, labels=labels,
-                              model_order=run_config.get("models"), device_order=run_config.get("devices"),
-                              batches=args.batch)
+        text = table_text(cfg, store, info["run_id"], args.format, plain=args.plain, cold=args.cold,
+                          cv_threshold=args.cv_threshold, efficiency=args.efficiency,
+                          all_warnings=args.all_warnings, batches=args.batch,
+                          thresholds={"max_width": args.max_width})
     except TableError as exc:
         raise harness_config.ConfigError(str(exc)) from None
-    text = render(tables, args.format)
     if args.out is None:
         sys.stdout.write(text)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.format} table of run {info['run_id']} ({len(tables)} batch size(s)) to {args.out}")
+    print(f"wrote {args.format} table of run {info['run_id']} to {args.out}")
     return 0

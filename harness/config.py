@@ -100,17 +100,21 @@ models = ["deit_tiny", "deit_tiny_snp"]
 formats = ["onnx", "torchscript"]
 batch = [1]
 
-[measure]           # the paper: 200 warm-up runs, then 1000 timed runs
+[measure]           # the paper: 200 warm-up runs, then >= 1000 timed runs and >= 10 s per model in total
 warmup_iterations = 200
 iterations = 1000
 min_seconds = 10.0
 timeout_s = 1800
+rounds = 10         # interleaved rounds: each visits every model of a comparison group once, in a seeded order
+rewarm_iterations = 20
 
 [measure.quick]     # --quick
 warmup_iterations = 20
 iterations = 100
 min_seconds = 2.0
 timeout_s = 600
+rounds = 5
+rewarm_iterations = 5
 
 [devices.local]
 kind = "local"
@@ -177,11 +181,31 @@ class ModelSpec:
 
 @dataclass
 class Measure:
+    """``[measure]``: how every model is timed. Counts and seconds are per model, over all rounds.
+
+    A comparison group (the models one device times with one runtime, options,
+    format and batch size) is measured together: `rounds` rounds, each visiting
+    every model once in an order drawn from `seed`, with `rewarm_iterations`
+    untimed runs before each model's block; `isolate` loads one model at a time.
+    `cold_start` first loads each model in a fresh process on the device: load
+    time, first inference and peak memory that the other members cannot hide.
+    Between rounds the device may cool down below `cooldown_temp_c` (waiting at
+    most `cooldown_max_wait_s`). `timeout_s` is per model: a group gets it once
+    per member.
+    """
+
     warmup_iterations: int
     iterations: int
     min_seconds: float
     timeout_s: float
     grace_s: float = 60.0   # the transport kills an agent this long after timeout_s (start-up, imports, report)
+    rounds: int = 10
+    rewarm_iterations: int = 20
+    isolate: bool = False
+    cold_start: bool = True
+    seed: int = 0
+    cooldown_temp_c: float | None = None
+    cooldown_max_wait_s: float = 120.0
 
 
 @dataclass
@@ -282,13 +306,35 @@ def _parse_model(name: str, table: object) -> ModelSpec:
     return ModelSpec(name=name, **table) if "timm" in table else ModelSpec(name=name, timm="", **table)
 
 
+#: ``[measure]`` keys: (type, smallest value or None). Everything else in the table is refused by name.
+_MEASURE_KEYS: dict[str, tuple[type, float | None]] = {
+    "warmup_iterations": (int, 0), "iterations": (int, 1), "min_seconds": (float, 0), "timeout_s": (float, 1),
+    "grace_s": (float, 0), "rounds": (int, 1), "rewarm_iterations": (int, 0), "isolate": (bool, None),
+    "cold_start": (bool, None),
+    "seed": (int, None), "cooldown_temp_c": (float, None), "cooldown_max_wait_s": (float, 0),
+}
+
+
 def _parse_measure(table: dict, where: str) -> Measure:
-    try:
-        return Measure(int(table["warmup_iterations"]), int(table["iterations"]), float(table["min_seconds"]),
-                       float(table["timeout_s"]), float(table.get("grace_s", 60.0)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"bench.toml [{where}]: needs warmup_iterations, iterations, min_seconds, timeout_s "
-                          f"as numbers ({exc})") from None
+    where = f"bench.toml [{where}]"
+    unknown = sorted(set(table) - set(_MEASURE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(_MEASURE_KEYS)}")
+    missing = [k for k in ("warmup_iterations", "iterations", "min_seconds", "timeout_s") if k not in table]
+    if missing:
+        raise ConfigError(f"{where}: needs {', '.join(missing)}")
+    values = {}
+    for key, value in table.items():
+        kind, least = _MEASURE_KEYS[key]
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, int) and not isinstance(value, bool) if kind is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok or (least is not None and value < least):
+            wanted = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+            bound = f" >= {least:g}" if least is not None else ""
+            raise ConfigError(f"{where}: {key} must be {wanted}{bound}, got {value!r}")
+        values[key] = float(value) if kind is float else value
+    return Measure(**values)
 
 
 def load(path: Path | None = None) -> Config:

@@ -4,10 +4,14 @@
    runtime takes, for every model and batch size (`harness.jobs.plan_jobs`).
 2. Prepare: build (and prune) the models and export the artifacts on the host,
    cached by content (`harness.prepare`); a failed export becomes error records.
-3. Run: devices in parallel (one thread each), each device's jobs one at a
-   time; every result, ok or error, is written to the store the moment it
-   arrives, so a killed sweep loses nothing and a resumed run (`SweepRequest.resume`)
-   runs only what is missing.
+3. Run: devices in parallel (one thread each); on each device its comparison
+   groups (`harness.jobs.Group`: the jobs sharing runtime, options, format and
+   batch size) one at a time, each group's members timed together by one agent
+   run in interleaved rounds (``[measure] rounds``), so that the device's drift
+   hits every member alike. Every result, ok or error, is written to the store
+   the moment it arrives, so a killed sweep loses nothing and a resumed run
+   (`SweepRequest.resume`) runs only what is missing (members timed again then
+   form a new group: their records' ``group_key`` says which were measured together).
 
 Nothing here prints: what happens is told to a `Progress` object (the command
 line draws bars from it), and the result is an `Outcome`.
@@ -20,18 +24,18 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import exporters
 import formats
 from devices.config import DeviceSpec, open_transport
-from devices.transport import error_result
+from devices.transport import Transport, error_result
 from results import records
 from results.runs import is_sweep, pick_run
 from results.store import Store
 
 from .config import Config, ConfigError, Measure, ModelSpec
-from .jobs import Job, agent_job, job_spec, plan_jobs
+from .jobs import Group, Job, group_job, group_jobs, job_spec, job_stub, member_result, plan_jobs
 from .prepare import ArtifactKey, ExportFailure, export_all
 
 log = logging.getLogger(__name__)
@@ -116,7 +120,10 @@ class DeviceRun:
 
 
 def run_device(device: DeviceSpec, jobs: list[Job], ctx: DeviceRun) -> int:
-    """Run one device's jobs in order; every job ends as a record, whatever fails. Returns bytes uploaded."""
+    """Run one device's jobs, one comparison group at a time; every job ends as a record, whatever fails.
+
+    Returns the bytes uploaded to the device.
+    """
     def record(job: Job, result: dict) -> None:
         art = ctx.artifacts[job.artifact_key]
         spec = job_spec(job, None, art.input_shape) if isinstance(art, ExportFailure) else job_spec(job, art)
@@ -124,14 +131,17 @@ def run_device(device: DeviceSpec, jobs: list[Job], ctx: DeviceRun) -> int:
         ctx.store.add_record(stored)
         ctx.progress.recorded(device.name, stored)
 
-    pending = []
-    for job in jobs:  # a job without an artifact never reaches the device
-        art = ctx.artifacts[job.artifact_key]
-        if isinstance(art, ExportFailure):
-            record(job, error_result(agent_job(job, None, "", "", ctx.measure), "export", art.message,
-                                     error_type="ExportError"))
-        else:
-            pending.append(job)
+    pending: list[Group] = []
+    for group in group_jobs(jobs):  # a job without an artifact never reaches the device
+        exported = []
+        for job in group.jobs:
+            art = ctx.artifacts[job.artifact_key]
+            if isinstance(art, ExportFailure):
+                record(job, error_result(job_stub(job, None), "export", art.message, error_type="ExportError"))
+            else:
+                exported.append(job)
+        if exported:
+            pending.append(Group(exported))
     if not pending:
         ctx.progress.device_done(device.name)
         return 0
@@ -143,22 +153,14 @@ def run_device(device: DeviceSpec, jobs: list[Job], ctx: DeviceRun) -> int:
         transport.ensure_agent()
         workdir = transport.device_workdir()
         while pending:
-            job = pending[0]
-            art = ctx.artifacts[job.artifact_key]
-            job_doc = agent_job(job, art, "", workdir, ctx.measure)
-            try:
-                job_doc["artifact"]["path"] = transport.ensure_blob(art.path, art.sha256)
-                result = transport.run_agent(job_doc, timeout_s=ctx.measure.timeout_s + ctx.measure.grace_s)
-            except Exception as exc:  # an upload failure ends this job, not the device's sweep
-                result = error_result(job_doc, "transport", f"{type(exc).__name__}: {exc}")
+            _run_group(transport, pending[0], workdir, ctx, record)
             pending.pop(0)
-            record(job, result)
     except Exception as exc:  # unreachable device, refused host key, ...: every remaining job gets an error record
         message = f"{type(exc).__name__}: {exc}"
         log.error("device %s: %s", device.name, message)
-        for job in pending:
-            record(job, error_result(agent_job(job, ctx.artifacts[job.artifact_key], "", "", ctx.measure),
-                                     "connect", message))
+        for group in pending:
+            for job in group.jobs:
+                record(job, error_result(job_stub(job, ctx.artifacts[job.artifact_key]), "connect", message))
     finally:
         uploaded = 0
         if transport is not None:
@@ -171,6 +173,25 @@ def run_device(device: DeviceSpec, jobs: list[Job], ctx: DeviceRun) -> int:
             transport.close()
         ctx.progress.device_done(device.name)
     return uploaded
+
+
+def _run_group(transport: Transport, group: Group, workdir: str, ctx: DeviceRun,
+               record: Callable[[Job, dict], None]) -> None:
+    """Upload a group's artifacts, time them together, record every member (an upload failure ends that member)."""
+    members: dict[str, tuple[str, exporters.Artifact]] = {}
+    for job in group.jobs:
+        art = ctx.artifacts[job.artifact_key]
+        try:
+            members[job.key] = (transport.ensure_blob(art.path, art.sha256), art)
+        except Exception as exc:  # an upload failure ends this job, not the group's or the device's sweep
+            record(job, error_result(job_stub(job, art), "transport", f"{type(exc).__name__}: {exc}"))
+    if not members:
+        return
+    doc = group_job(Group([j for j in group.jobs if j.key in members]), members, workdir, ctx.measure)
+    result = transport.run_agent(doc, timeout_s=doc["timeout_s"] + ctx.measure.grace_s)
+    for job in group.jobs:
+        if job.key in members:
+            record(job, member_result(result, job.key))
 
 
 def _formats(cfg: Config, selection: dict) -> list[str]:

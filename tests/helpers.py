@@ -125,3 +125,15 @@ kind = "local"
 workdir = {json.dumps(str(workdir))}
 runtimes = {{ onnxruntime = {{ threads = 1 }}, torch = {{ threads = 1 }} }}
 """
+
+
+def load_agent(module_name: str):
+    """Import devices/agent.py from its path under `module_name`, the way nothing else in the project may
+    (on a device it is a standalone file)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "devices" / "agent.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,6 +7,7 @@ paths are the ones a full DeiT sweep takes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -49,12 +50,25 @@ def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
     cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev") + hooks)
     r = bench("sweep", "--config", str(cfg), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "| deit_tiny_patch16_224 | l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5 | local" in r.stdout
-    assert "onnxruntime (.onnx)" in r.stdout and "torch (.torchscript)" in r.stdout
+    # the closing table is `bench table --efficiency`: speedups with their intervals, both formats
+    assert re.search(r"\| \+ L2 \| l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5 \|.*· [0-9.]+× \([0-9.]+–[0-9.]+\)", r.stdout)
+    assert "local (.onnx)" in r.stdout and "local (.pt)" in r.stdout
+    table = bench("table", "--config", str(cfg), "--efficiency", cwd=tmp_path)
+    assert table.returncode == 0 and table.stdout in r.stdout
     rows = Store(tmp_path / "bench.sqlite").records()
     assert len(rows) == 4 and all(r["status"] == "ok" and r["n"] >= 5 for r in rows)
     assert {r["variant"] for r in rows} == {"original", "l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5"}
     assert all(len(r["samples_ns"]) == r["n"] and r["macs"] and r["env"]["cpu"] for r in rows)
+    # each format's original and pruned model were timed together, in 10 interleaved rounds, after a cold start
+    assert all(r["rounds"] == 10 and sorted(set(r["sample_rounds"])) == list(range(10)) for r in rows)
+    assert all(r["load_s"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    groups = {fmt: {r["group_key"] for r in rows if r["format"] == fmt} for fmt in ("onnx", "torchscript")}
+    assert all(len(keys) == 1 for keys in groups.values()) and groups["onnx"] != groups["torchscript"]
+    # each format's original and pruned model were timed together, in 10 interleaved rounds, after a cold start
+    assert all(r["rounds"] == 10 and sorted(set(r["sample_rounds"])) == list(range(10)) for r in rows)
+    assert all(r["load_s"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    groups = {fmt: {r["group_key"] for r in rows if r["format"] == fmt} for fmt in ("onnx", "torchscript")}
+    assert all(len(keys) == 1 for keys in groups.values()) and groups["onnx"] != groups["torchscript"]
     assert (tmp_path / "hooks.log").read_text() == "pre\npost\n"  # the device's pre/post commands ran once each
 
     r = bench("results", "--config", str(cfg), "export", "--format", "csv", "--out", str(tmp_path / "x.csv"),
@@ -114,6 +128,7 @@ def test_faults_leave_error_records_and_other_devices_finish(tmp_path, artifacts
     cfg = harness_config.load(write_config(tmp_path, artifacts, devices, iterations=100000, min_seconds=0.0,
                                          timeout=3, grace=2))
     cfg.measure.iterations = 5  # only "killed" must run long: give it its own, slower settings below
+    cfg.measure.cold_start = False  # a cold start imports the runtime again per model: more than 3 s for torch
     outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["good", "unreachable", "badkey", "hangs"]))
     by_device: dict[str, list[dict]] = {}
     for r in outcome.records:
