@@ -137,3 +137,14 @@ def load_agent(module_name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def onnx_job(path: str, sha256: str, shape: list[int], **overrides) -> dict:
+    """A one-member protocol-2 agent job (devices/agent.py) timing a tiny .onnx with onnxruntime, 1 thread."""
+    job = {"protocol": 2, "job_id": "test-job",
+           "members": [{"id": "tiny", "artifact": {"path": path, "sha256": sha256, "format": "onnx"},
+                        "input": {"shape": list(shape), "dtype": "float32"}}],
+           "runtime": "onnxruntime", "options": {"threads": 1}, "warmup": {"iterations": 2},
+           "measure": {"iterations": 10, "min_seconds": 0}, "rounds": 2, "timeout_s": 60}
+    job.update(overrides)
+    return job

@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+from helpers import onnx_job
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the repository may not be pip-installed
@@ -62,22 +63,8 @@ def transport(tmp_path):
 def make_job(transport: LocalTransport, model: pathlib.Path, **overrides) -> dict:
     """A one-member protocol-2 job (devices/agent.py) for the tiny model."""
     sha = sha256_file(model)
-    job = {
-        "protocol": 2,
-        "job_id": "transport-test",
-        "members": [{"id": "tiny", "artifact": {"path": transport.ensure_blob(model, sha), "sha256": sha,
-                                                "format": "onnx"},
-                     "input": {"shape": [1, 16], "dtype": "float32"}}],
-        "runtime": "onnxruntime",
-        "options": {"threads": 1},
-        "warmup": {"iterations": 2},
-        "measure": {"iterations": 10, "min_seconds": 0},
-        "rounds": 2,
-        "timeout_s": 60,
-        "workdir": str(transport.workdir),
-    }
-    job.update(overrides)
-    return job
+    return onnx_job(transport.ensure_blob(model, sha), sha, [1, 16],
+                    **{"job_id": "transport-test", "workdir": str(transport.workdir), **overrides})
 
 
 # ----- content-addressed store ------------------------------------------------

@@ -17,6 +17,8 @@ import threading
 import time
 
 import pytest
+from helpers import onnx_job
+from sshd import NetnsLab, SSHServer, free_port, make_keypair, ssh_config_block
 
 from devices.ssh import (
     HostKeyError,
@@ -26,7 +28,6 @@ from devices.ssh import (
     parse_jump_spec,
     remote_command,
 )
-from sshd import NetnsLab, SSHServer, free_port, make_keypair, ssh_config_block
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 AGENT = REPO / "devices" / "agent.py"
@@ -562,8 +563,8 @@ def test_device_side_snippets_are_python36_compatible(tmp_path: pathlib.Path) ->
 
 def _tiny_onnx(path: pathlib.Path) -> None:
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
     import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
     graph = helper.make_graph(
@@ -586,18 +587,8 @@ def test_end_to_end_job_with_the_real_agent(sshd_server: SSHServer, tmp_path: pa
     t = transport(sshd_server, tmp_path / "dev")
     try:
         path = t.ensure_blob(model, sha)
-        job = {
-            "protocol": 2,
-            "job_id": "e2e",
-            "members": [{"id": "tiny", "artifact": {"path": path, "sha256": sha, "format": "onnx"},
-                         "input": {"shape": [1, 8], "dtype": "float32"}}],
-            "runtime": "onnxruntime",
-            "options": {"threads": 1},
-            "warmup": {"iterations": 3},
-            "measure": {"iterations": 20, "min_seconds": 0},
-            "rounds": 4,
-            "timeout_s": 60,
-        }
+        job = onnx_job(path, sha, [1, 8], job_id="e2e", warmup={"iterations": 3},
+                       measure={"iterations": 20, "min_seconds": 0}, rounds=4)
         result = t.run_agent(job, timeout_s=90)
         assert result["status"] == "ok", result.get("error")
         member = result["members"][0]
