@@ -18,8 +18,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m bench sweep
 
+# one worker per core (2 on CI), a test file per worker: module fixtures (a sweep, an sshd) are built once
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

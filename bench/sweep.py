@@ -14,11 +14,12 @@ import argparse
 from harness import config as harness_config
 from harness.runner import Outcome, SweepRequest, run_sweep
 from results.store import Store
-from results.table import TableError, render_run
+from results.table import TableError
 
 from .options import HelpFormatter
 from .progress import SweepBars
 from .runs import add_store_options
+from .table_cmd import table_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,10 +67,10 @@ def sweep_with_bars(cfg: harness_config.Config, store: Store, request: SweepRequ
         progress.close()
 
 
-def print_outcome(outcome: Outcome, store: Store) -> None:
+def print_outcome(outcome: Outcome, cfg: harness_config.Config, store: Store) -> None:
     """The run's table (exactly ``bench table --efficiency``), one line per failed job, and a summary line."""
     try:
-        print(render_run(store, outcome.run_id, efficiency=True), end="")
+        print(table_text(cfg, store, outcome.run_id, efficiency=True), end="")
     except TableError as exc:
         print(f"(no table: {exc})")
     for r in outcome.errors:
@@ -89,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     selection.pop("threshold", None)  # a nightly setting; a plain sweep compares nothing
     request = SweepRequest(**selection, resume=args.resume, trust_new_hosts=args.trust_new_hosts)
     outcome = sweep_with_bars(cfg, store, request)
-    print_outcome(outcome, store)
+    print_outcome(outcome, cfg, store)
     return 1 if outcome.errors else 0
 

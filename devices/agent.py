@@ -71,6 +71,8 @@ leaks into ``ps`` and there is no quoting to get wrong).  Fields:
                 (per block: load, re-warm, time, close), for devices that
                 cannot hold every member in memory.  The full warm-up is then
                 done in each member's first block, after its first load.
+                False still isolates when the members would not fit: see
+                "Memory" below (the result's ``isolated`` says what was done).
 ``cold_start``  bool, optional (default true): measure each member's cold start
                 and memory in a fresh child process first (see below); false
                 skips it (``cold`` null), e.g. where importing the runtime
@@ -118,6 +120,15 @@ it (torch on CUDA: ``torch.cuda.max_memory_allocated`` after the first
 inference; null for onnxruntime and TensorRT).  A child that fails leaves
 ``cold`` null with a member warning; the member is still timed.
 
+Memory.  Before loading the group the agent estimates what each member adds
+to the timing process: its cold child's peak RSS less the child's peak RSS
+before it loaded anything (``base_rss_bytes``), or, without a cold start,
+twice the artifact's size (the weights, plus the runtime's copy while it
+builds its session).  When the members together need more than MEMORY_SHARE (0.8) of
+the device's ``MemAvailable`` (/proc/meminfo), the group is isolated as if
+``isolate`` were true, with a group warning that gives both figures; a device
+that reports no MemAvailable is never isolated for memory.
+
 The result is ONE JSON object on stdout.  The agent redirects file descriptor 1
 to stderr while it works, so a runtime that prints on stdout (TensorRT, C++
 loggers) cannot corrupt the document.  Group fields:
@@ -126,8 +137,9 @@ loggers) cannot corrupt the document.  Group fields:
 failed as a whole; then "error" and ``error`` says why), ``runtime``,
 ``settings`` (the job with defaults filled in), ``env`` (see ``capture_env``;
 ``before`` / ``after``: ``snapshot`` right before round 0 and after the last
-round), ``rounds``, ``seed``, ``round_orders`` (one list of member ids per
-round), ``cooldown`` (one ``{"round", "waited_s", "temp_c"}`` per round
+round), ``rounds``, ``seed``, ``isolated`` (true when the members were loaded
+one at a time: asked, or for memory), ``round_orders`` (one list of member ids
+per round), ``cooldown`` (one ``{"round", "waited_s", "temp_c"}`` per round
 boundary when cool-down is on and a temperature is readable, else []),
 ``warnings`` (group warnings: unknown options, cool-down, environment changes
 between ``before`` and ``after`` such as throttling), ``error`` (null, or
@@ -157,7 +169,7 @@ interpolate linearly between order statistics like numpy's default),
 ``round_iterations`` / ``round_seconds`` per round, ``rewarm_iterations``,
 ``rewarm_seconds``, ``loads``, ``load_s`` and ``build_s`` of the timing
 process), ``cold`` (``load_s``, ``build_s``, ``first_inference_ns``,
-``peak_rss_bytes``, ``gpu_peak_bytes``, or null), ``warnings`` (few samples,
+``peak_rss_bytes``, ``base_rss_bytes``, ``gpu_peak_bytes``, or null), ``warnings`` (few samples,
 high cv, provider fallback, ...) and ``error`` (null or as above).  A member
 that fails (verify, load, build, warm-up, a run raising, no sample before the
 timeout) is an error member with no samples; the others go on.  Error
@@ -964,9 +976,8 @@ def snapshot():
         snap["loadavg"] = list(os.getloadavg())
     except (OSError, AttributeError):
         snap["loadavg"] = None
-    meminfo = read_text("/proc/meminfo") or ""
-    m = re.search(r"MemAvailable:\s+(\d+)", meminfo)
-    snap["mem_available_kb"] = int(m.group(1)) if m else None
+    available = mem_available_bytes()
+    snap["mem_available_kb"] = None if available is None else available // 1024
     return snap
 
 
@@ -1890,6 +1901,7 @@ def run_cold(text):
         member = job["members"][0]
         doc["id"] = member["id"]
         progress.stage = "load"
+        base_rss = peak_rss_bytes()  # the interpreter and the agent, before the runtime and the model
         backend = BACKENDS[job["runtime"]](member_job(job, member), doc["warnings"])
         t0 = time.monotonic()
         backend.load(progress)
@@ -1899,7 +1911,7 @@ def run_cold(text):
             first = backend.first_run_ns()
         doc["cold"] = {"load_s": loaded - backend.build_s, "build_s": backend.build_s,
                        "first_inference_ns": first, "peak_rss_bytes": peak_rss_bytes(),
-                       "gpu_peak_bytes": _safe(backend.gpu_peak_bytes)}
+                       "base_rss_bytes": base_rss, "gpu_peak_bytes": _safe(backend.gpu_peak_bytes)}
         doc["status"] = "ok"
     except (Exception, KeyboardInterrupt, Terminated) as exc:
         doc["error"] = error_info(progress.stage, exc)
@@ -1955,7 +1967,8 @@ TIMING_PHASES = ("lock_wait", "verify", "cold", "load", "build", "warmup", "rewa
 def new_result():
     return {
         "protocol": PROTOCOL, "agent_version": AGENT_VERSION, "job_id": None, "status": "error",
-        "runtime": None, "settings": None, "env": None, "rounds": None, "seed": None, "round_orders": [],
+        "runtime": None, "settings": None, "env": None, "rounds": None, "seed": None, "isolated": None,
+        "round_orders": [],
         "cooldown": [], "warnings": [], "error": None, "timings_s": {}, "started_utc": utc_now(),
         "finished_utc": None, "members": [],
     }
@@ -2117,6 +2130,40 @@ def _fill_gpu_from_backend(env, backend):
         env["gpu"].update(dict((k, v) for k, v in extra.items() if v is not None))
 
 
+#: Share of the device's MemAvailable the members of a group may need together before they are isolated.
+MEMORY_SHARE = 0.8
+
+
+def mem_available_bytes():
+    """MemAvailable of /proc/meminfo in bytes, or None (not Linux, or a kernel older than 3.14)."""
+    m = re.search(r"MemAvailable:\s+(\d+)", read_text("/proc/meminfo") or "")
+    return int(m.group(1)) * 1024 if m else None
+
+
+def member_footprint(member):
+    """Bytes a member adds to the timing process once loaded (see "Memory" in the module docstring)."""
+    cold = member.cold or {}
+    peak, base = cold.get("peak_rss_bytes"), cold.get("base_rss_bytes")
+    if peak and base is not None and peak > base:
+        return peak - base
+    try:
+        return 2 * os.path.getsize(member.spec["artifact"]["path"])
+    except OSError:
+        return 0
+
+
+def memory_isolation(members, available):
+    """None when the members fit in memory together, else the warning that says why they are isolated."""
+    if len(members) < 2 or not available:
+        return None
+    need = sum(member_footprint(m) for m in members)
+    if need <= MEMORY_SHARE * available:
+        return None
+    return ("loading one member at a time: the %d members need about %.0f MiB together, more than %.0f %% of the "
+            "%.0f MiB this device has available" % (len(members), need / 2.0 ** 20, MEMORY_SHARE * 100,
+                                                    available / 2.0 ** 20))
+
+
 def run_group(job, members, result, progress, deadline):
     """Under the lock: verify, cold starts, load, warm up, then the rounds (see the module docstring)."""
     timings = result["timings_s"]
@@ -2143,7 +2190,15 @@ def run_group(job, members, result, progress, deadline):
                 log("member %s: %s" % (m.id, warning))
 
     result["env"] = capture_env()
-    if not job["isolate"]:
+    isolate = job["isolate"]
+    if not isolate:
+        why = memory_isolation([m for m in members if m.ok], mem_available_bytes())
+        if why:
+            isolate = True
+            result["warnings"].append(why)
+            log(why)
+    result["isolated"] = isolate
+    if not isolate:
         for m in members:
             if m.ok and member_step(m, progress, "load", load_member, m, progress):
                 note_gpu(m)
@@ -2171,7 +2226,7 @@ def run_group(job, members, result, progress, deadline):
             m = by_id[member_id]
             if not m.ok:
                 continue
-            if job["isolate"]:
+            if isolate:
                 if deadline.work_left() <= 0:  # no time left to time it: do not pay for a load
                     m.blocks.append({"iterations": 0, "seconds": 0.0, "stop_reason": "timeout", "round": r})
                     continue
@@ -2181,7 +2236,7 @@ def run_group(job, members, result, progress, deadline):
                 if m.warmup is None and not member_step(m, progress, "warmup", warm_member, m, job, deadline):
                     continue
             member_step(m, progress, "measure", time_block, m, r, job, progress, deadline)
-            if job["isolate"]:
+            if isolate:
                 m.close()
     after = snapshot()
     result["env"]["after"] = after

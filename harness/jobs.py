@@ -137,7 +137,7 @@ def group_job(group: Group, members: dict[str, tuple[str, exporters.Artifact]], 
 
 #: Keys of a protocol-2 result that describe the whole group and are handed to every member's record.
 _GROUP_KEYS = ("protocol", "agent_version", "runtime", "settings", "env", "timings_s", "started_utc",
-               "finished_utc", "rounds", "seed", "round_orders", "cooldown")
+               "finished_utc", "rounds", "seed", "isolated", "round_orders", "cooldown")
 
 
 def member_result(result: dict[str, Any], key: str) -> dict[str, Any]:

@@ -94,7 +94,8 @@ extra              dict       everything else, kept so nothing is lost: job_id, 
                               backend, warmup, measure, timings_s, transport (name,
                               returncode, wall_s), the error traceback, the group's round
                               design (``round_orders``: the member ids in the order each round
-                              visited them, ``seed``, ``cooldown``: the waits between rounds),
+                              visited them, ``seed``, ``isolated``: loaded one at a time,
+                              ``cooldown``: the waits between rounds),
                               cold-start keys without a column (under ``cold``), unknown fields
                               (unknown job keys under ``job``)
 =================  =========  ==================================================================

@@ -17,7 +17,14 @@ records qualify (records of several runs), the last one given wins.
 
 The speedup efficiency (docs/design.md §3) is speedup ÷ MACs ratio: 1.0 means every
 saved MAC became saved time.  A speedup's confidence interval and the reasons
-not to trust it come from ``results.intervals`` (:func:`interval_fields`).
+not to trust it come from ``results.intervals`` (:func:`interval_fields`), plus
+one reason that needs the MACs and so lives here: ``superlinear``, an
+efficiency above :data:`MAX_EFFICIENCY` (the pruned model got faster than its
+MACs explain).  That happens for real (a smaller model whose weights now fit a
+cache, a kernel that suits the new widths better), but far more often because
+the device changed state between the two models (a block design on a loaded
+machine gave 1.76 in ``make demo``), so such a cell is never shown unmarked:
+its footnote gives the efficiency and the interval, and the reader decides.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from results import intervals
+
+#: Efficiency above this marks the speedup ``superlinear`` (module doc).
+MAX_EFFICIENCY = 1.0
 
 #: Record fields that must be equal for two records to be compared (measured the same way).
 MEASURE_KEYS = ("device", "runtime", "runtime_options", "format", "batch_size", "input_shape")
@@ -96,6 +106,21 @@ def _ratio(num: Any, den: Any) -> float:
     return num / den if den and not math.isnan(den) else math.nan
 
 
+def superlinear_detail(base: Mapping[str, Any], pruned: Mapping[str, Any],
+                       interval: intervals.Interval | None = None) -> str | None:
+    """Why the pair's efficiency (speedup ÷ MACs ratio) above :data:`MAX_EFFICIENCY` is suspect; None when it is not."""
+    macs_ratio = _ratio(base.get("macs"), pruned.get("macs"))
+    if math.isnan(macs_ratio):
+        return None
+    speedup = interval.point if interval is not None else float(base["median_ms"]) / float(pruned["median_ms"])
+    efficiency = speedup / macs_ratio
+    if not efficiency > MAX_EFFICIENCY:
+        return None
+    bounds = "" if interval is None or interval.low is None else f" ({interval.low:.2f}–{interval.high:.2f})"
+    return (f"efficiency {efficiency:.2f}: speedup {speedup:.2f}×{bounds} above the MACs ratio {macs_ratio:.2f}×; "
+            f"the device's state may have changed between the models, or the smaller model fits a cache")
+
+
 def interval_fields(base: Mapping[str, Any], pruned: Mapping[str, Any], *,
                     confidence: float = intervals.DEFAULT_CONFIDENCE, resamples: int = intervals.DEFAULT_RESAMPLES,
                     seed: int = intervals.DEFAULT_SEED, thresholds: Mapping[str, float] | None = None
@@ -109,6 +134,9 @@ def interval_fields(base: Mapping[str, Any], pruned: Mapping[str, Any], *,
     """
     interval = intervals.speedup_interval(base, pruned, confidence, resamples, seed)
     details = intervals.validity_details(base, pruned, interval, **dict(thresholds or {}))
+    superlinear = superlinear_detail(base, pruned, interval)
+    if superlinear:
+        details = [*details, ("superlinear", superlinear)]
     return {"speedup": interval.point,
             "speedup_low": math.nan if interval.low is None else interval.low,
             "speedup_high": math.nan if interval.high is None else interval.high,

@@ -70,16 +70,21 @@ per reason, and a footnote per reason lists every marked cell with the detail:
 ``♭``  the original's per-round medians drift (a monotone trend or a wide spread
        across the rounds; thresholds in ``results.intervals``), marked on its
        pruned cells
+``↑``  the efficiency (speedup ÷ MACs ratio) is above 1.0: the pruned model got
+       faster than its saved MACs explain (``results.speedup``: usually the
+       device's state changed between the models, sometimes a cache effect); the
+       mark is on the speedup and on its efficiency, whether or not the table
+       shows efficiencies
 ``¶``  the onnxruntime execution provider fell back (``provider_fallback``)
 ``‖``  any other agent warning (only with ``all_warnings``: e.g. a cpufreq
        governor other than ``performance``, which most desktops report)
 ``*``  the job failed: the cell reads ``error``; the footnote gives stage and message
 =====  ==============================================================================
 
-LaTeX uses ``\\dag``, ``\\ddag``, ``\\S``, ``$\\diamond$``, ``$\\flat$``, ``\\P``, ``$\\|$`` and ``*``
-as superscripts.
+LaTeX uses ``\\dag``, ``\\ddag``, ``\\S``, ``$\\diamond$``, ``$\\flat$``, ``$\\uparrow$``, ``\\P``,
+``$\\|$`` and ``*`` as superscripts.
 
-The ``◇``, ``♭`` reasons and the pair part of ``†`` and ``§`` are the speedup's
+The ``◇``, ``♭``, ``↑`` reasons and the pair part of ``†`` and ``§`` are the speedup's
 validity (``results.intervals.validity``); the thresholds are ``thresholds``
 of :func:`build_tables`.
 
@@ -146,6 +151,7 @@ REASONS: tuple[Reason, ...] = (
     Reason("samples", "§", r"\S", "fewer samples than asked"),
     Reason("wide", "◇", r"$\diamond$", "speedup interval wider than {width:g} % of the speedup"),
     Reason("drift", "♭", r"$\flat$", "the original's latency drifted across the rounds"),
+    Reason("superlinear", "↑", r"$\uparrow$", "speedup above the MACs ratio (efficiency above 1.0)"),
     Reason("fallback", "¶", r"\P", "execution provider fell back"),
     Reason("warning", "‖", r"$\|$", "other warnings of the device agent"),
     Reason("error", "*", "*", "the job failed"),
@@ -205,7 +211,8 @@ def record_reasons(record: Mapping[str, Any], cv_threshold: float = DEFAULT_CV_T
 
 
 #: What a speedup's validity reason (``results.intervals.validity``) marks: the same marker as the record reason.
-VALIDITY_MARKS = {"wide": "wide", "drift": "drift", "environment": "throttling", "samples": "samples"}
+VALIDITY_MARKS = {"wide": "wide", "drift": "drift", "environment": "throttling", "samples": "samples",
+                  "superlinear": "superlinear"}
 
 
 def _cell_reasons(cell: Mapping[str, Any], cv_threshold: float, all_warnings: bool) -> list[tuple[str, str]]:
@@ -521,10 +528,14 @@ def display_frame(table: SpeedupTable, style: _Style = _PLAIN) -> pd.DataFrame:
             lambda v: "" if v is None or pd.isna(v) else f"{v:.2f}{style.times}")
     out = out.join(latency.fillna(style.missing))
     if table.efficiency:
-        eff = table.cells.pivot(index="row", columns="column", values="efficiency").reindex(
+        # an efficiency above 1.0 carries the same mark as its speedup (results.speedup: superlinear)
+        mark = style.marker(REASON_BY_KEY["superlinear"])
+        eff_text = [("" if pd.isna(v) else f"{v:.2f}" + (mark if "superlinear" in reasons else ""))
+                    for v, reasons in zip(table.cells["efficiency"], table.cells["reasons"])]
+        eff = table.cells.assign(eff_text=eff_text).pivot(index="row", columns="column", values="eff_text").reindex(
             index=table.rows.index, columns=table.columns)
         for col in table.columns:
-            out[f"eff. {col}"] = eff[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+            out[f"eff. {col}"] = eff[col].fillna("")
     if table.cold:
         for field_name, heading in _cold_columns(table):
             wide = table.cells.pivot(index="row", columns="column", values=field_name).reindex(

@@ -111,11 +111,11 @@ def assert_ok(result: dict) -> None:
         assert m["status"] == "ok", json.dumps(m.get("error"), indent=1)
 
 
-GROUP_KEYS = {"protocol", "agent_version", "job_id", "status", "runtime", "settings", "env", "rounds", "seed",
+GROUP_KEYS = {"protocol", "agent_version", "job_id", "status", "runtime", "settings", "env", "rounds", "seed", "isolated",
               "round_orders", "cooldown", "warnings", "error", "timings_s", "started_utc", "finished_utc", "members"}
 MEMBER_KEYS = {"id", "status", "format", "artifact_sha256", "backend", "providers", "provider_fallback", "timer",
                "samples_ns", "sample_rounds", "stats", "warmup", "measure", "cold", "warnings", "error"}
-COLD_KEYS = {"load_s", "build_s", "first_inference_ns", "peak_rss_bytes", "gpu_peak_bytes"}
+COLD_KEYS = {"load_s", "build_s", "first_inference_ns", "peak_rss_bytes", "base_rss_bytes", "gpu_peak_bytes"}
 
 
 def check_samples_and_stats(m: dict, expected_n: int, rounds: int | None = None) -> None:

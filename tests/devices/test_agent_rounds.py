@@ -23,6 +23,7 @@ import time
 
 import pytest
 from helpers import load_agent
+from results.intervals import speedup_interval, validity_details
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 AGENT = ROOT / "devices" / "agent.py"
@@ -200,7 +201,37 @@ def test_interleaved_rounds_measure_the_models(monkeypatch, artifacts, tmp_path,
     assert visits(clock) == _collapse(["base", "pruned"] + [mid for order in result["round_orders"] for mid in order])
     ratio = median_speedup(result)
     assert abs(ratio / TRUE_SPEEDUP - 1) < 0.02, ratio
-    print(f"20 rounds, seed {seed}: median speedup {ratio:.4f} (true {TRUE_SPEEDUP})")
+    # the interval the reports give this pair (paired bootstrap over the 20 rounds) covers the truth
+    interval = speedup_interval(*(as_record(result, mid) for mid in ("base", "pruned")))
+    assert interval.method == "paired-rounds" and interval.rounds == 20
+    assert interval.low <= TRUE_SPEEDUP <= interval.high, interval
+    # honest about it: the interval is wide (a resample with more rounds before the clock step than after
+    # puts the pooled medians in the other regime) and the cell would be marked for the drift
+    reasons = [k for k, _ in validity_details(*(as_record(result, mid) for mid in ("base", "pruned")), interval)]
+    assert "drift" in reasons, reasons
+    print(f"20 rounds, seed {seed}: median speedup {ratio:.4f} ({interval.low:.4f}-{interval.high:.4f}), "
+          f"true {TRUE_SPEEDUP}")
+
+
+def test_rounds_under_a_ramp_alone_give_a_narrow_interval_around_the_truth(monkeypatch, artifacts, tmp_path):
+    """Without the clock step (the +50 % ramp only) the pooled medians are stable: the interval covers 1.6 and
+    is narrow (under 5 % of the speedup), so the width above is the step's, not the method's."""
+    job = group_job(artifacts, tmp_path, rounds=20, seed=0)
+    clock = DriftingClock(total_runs(job), step=1.0)
+    install(monkeypatch, clock)
+    result = run(job)
+    interval = speedup_interval(*(as_record(result, mid) for mid in ("base", "pruned")))
+    assert abs(interval.point / TRUE_SPEEDUP - 1) < 0.02, interval
+    assert interval.low <= TRUE_SPEEDUP <= interval.high and (interval.high - interval.low) / interval.point < 0.05, \
+        interval
+    print(f"20 rounds, ramp only: median speedup {interval.point:.4f} ({interval.low:.4f}-{interval.high:.4f})")
+
+
+def as_record(result: dict, member_id: str) -> dict:
+    """The fields of a member's record that ``results.intervals`` reads (harness.jobs.member_result's)."""
+    m = members(result)[member_id]
+    return {"samples_ns": m["samples_ns"], "sample_rounds": m["sample_rounds"], "group_key": "g",
+            "median_ms": m["stats"]["median_ns"] / 1e6}
 
 
 def visits(clock: DriftingClock) -> list[str]:
@@ -293,6 +324,40 @@ def test_isolate_loads_one_member_at_a_time(monkeypatch, artifacts, tmp_path):
     assert len(opened) == 2 * 4 and not any(backend.open for backend in opened)
     # One member in memory at a time: each backend was closed before the next one was loaded.
     # (The scripted backend asserts it is open whenever it runs.)
+
+
+@pytest.mark.parametrize("available_mib, isolated", [(150, True), (10_000, False), (None, False)])
+def test_members_that_do_not_fit_in_memory_are_isolated(monkeypatch, artifacts, tmp_path, available_mib, isolated):
+    """Each member adds 100 MiB (its cold child's peak RSS less its RSS before loading): 200 MiB do not fit in
+    80 % of 150 MiB, so the group is isolated with a warning giving both figures; 10 GiB, or a device that
+    reports no MemAvailable, loads both at once."""
+    job = group_job(artifacts, tmp_path, rounds=3, measure={"iterations": 30, "min_seconds": 0})
+    install(monkeypatch, DriftingClock(total_runs(job)))
+    cold = dict(STUB_COLD, peak_rss_bytes=160 * 2 ** 20, base_rss_bytes=60 * 2 ** 20)
+    monkeypatch.setattr(agent, "measure_cold", lambda job, member, deadline: (dict(cold), None))
+    monkeypatch.setattr(agent, "mem_available_bytes",
+                        lambda: None if available_mib is None else available_mib * 2 ** 20)
+    result = run(job)
+    assert result["status"] == "ok" and result["isolated"] is isolated
+    assert [m["measure"]["loads"] for m in result["members"]] == [3 if isolated else 1] * 2
+    said = [w for w in result["warnings"] if w.startswith("loading one member at a time")]
+    if isolated:
+        assert said == ["loading one member at a time: the 2 members need about 200 MiB together, more than "
+                        "80 % of the 150 MiB this device has available"]
+    else:
+        assert said == []
+
+
+def test_footprint_without_a_cold_start_is_twice_the_artifact(artifacts, tmp_path):
+    job = agent.parse_job(json.dumps(group_job(artifacts, tmp_path)))
+    member = agent.Member(job["members"][0], job)
+    assert agent.member_footprint(member) == 2 * artifacts["base"].stat().st_size
+    member.cold = dict(STUB_COLD, peak_rss_bytes=300, base_rss_bytes=100)
+    assert agent.member_footprint(member) == 200
+
+
+def test_memory_figures_of_this_process():
+    assert 10 * 2 ** 20 < agent.peak_rss_bytes() and agent.mem_available_bytes() > 0
 
 
 # ----- cool-down -------------------------------------------------------------------

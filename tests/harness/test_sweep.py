@@ -64,11 +64,6 @@ def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
     assert all(r["load_s"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     groups = {fmt: {r["group_key"] for r in rows if r["format"] == fmt} for fmt in ("onnx", "torchscript")}
     assert all(len(keys) == 1 for keys in groups.values()) and groups["onnx"] != groups["torchscript"]
-    # each format's original and pruned model were timed together, in 10 interleaved rounds, after a cold start
-    assert all(r["rounds"] == 10 and sorted(set(r["sample_rounds"])) == list(range(10)) for r in rows)
-    assert all(r["load_s"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
-    groups = {fmt: {r["group_key"] for r in rows if r["format"] == fmt} for fmt in ("onnx", "torchscript")}
-    assert all(len(keys) == 1 for keys in groups.values()) and groups["onnx"] != groups["torchscript"]
     assert (tmp_path / "hooks.log").read_text() == "pre\npost\n"  # the device's pre/post commands ran once each
 
     r = bench("results", "--config", str(cfg), "export", "--format", "csv", "--out", str(tmp_path / "x.csv"),

@@ -73,7 +73,7 @@ def test_same_input_shape_other_kwargs_pair_by_entry():
 
 def test_pruned_entry_pairs_with_its_differently_named_base():
     records = [record("my_base", "original", 120.0), record("deit_tiny", "original", 100.0),
-               record("deit_tiny_snp", "snp:paper", 60.0, base="my_base")]
+               record("deit_tiny_snp", "snp:paper", 60.0, base="my_base", macs=500_000_000)]
     assert pairs_by_entry(records) == {"deit_tiny_snp": "my_base"}
     assert speedup_frame(records)["speedup"].tolist() == [pytest.approx(2.0)]
 
@@ -106,14 +106,15 @@ def test_table_rows_per_entry_with_their_own_speedups():
     frame = display_frame(table)
     assert frame["model"].tolist() == [f"{TIMM} (tiny224)", "+ SNP", f"{TIMM} (tiny384)", "+ SNP"]
     cells = frame["Raspberry Pi 4B (.onnx)"].tolist()
-    # 5 samples each: too few for an interval, so the speedups are marked (◇)
-    assert cells == ["100.0", "50.0 (2.00×)◇", "400.0", "100.0 (4.00×)◇"]
+    # 5 samples each: too few for an interval, so the speedups are marked (◇); 4× for 3× fewer MACs is also
+    # faster than the MACs explain (↑)
+    assert cells == ["100.0", "50.0 (2.00×)◇", "400.0", "100.0 (4.00×)◇↑"]
     assert table.rows["macs_ratio"].tolist()[1::2] == [pytest.approx(2.0), pytest.approx(3.0)]
 
 
 def test_table_puts_a_pruned_entry_under_its_base():
     records = [record("deit_tiny", "original", 100.0), record("my_base", "original", 120.0),
-               record("deit_tiny_snp", "snp:paper", 60.0, base="my_base")]
+               record("deit_tiny_snp", "snp:paper", 60.0, base="my_base", macs=500_000_000)]
     (table,) = build_tables(records, "r", model_order=["deit_tiny", "deit_tiny_snp", "my_base"], plain=True)
     frame = display_frame(table)
     assert frame["model"].tolist() == [f"{TIMM} (deit_tiny)", f"{TIMM} (my_base)", "+ SNP"]

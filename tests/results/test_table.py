@@ -28,8 +28,8 @@ from results.table import build_tables, display_frame, fmt_ms, record_reasons, r
 
 
 CELL = re.compile(r"^(?P<ms>[\d.]+)(?: · (?P<speedup>[\d.]+)×(?: \((?P<low>[\d.]+)–(?P<high>[\d.]+)\))?)?"
-                  r"(?P<marks>[†‡§◇♭¶‖*]*)$")
-PLAIN_CELL = re.compile(r"^(?P<ms>[\d.]+)(?: \((?P<speedup>[\d.]+)×\))?(?P<marks>[†‡§◇♭¶‖*]*)$")
+                  r"(?P<marks>[†‡§◇♭↑¶‖*]*)$")
+PLAIN_CELL = re.compile(r"^(?P<ms>[\d.]+)(?: \((?P<speedup>[\d.]+)×\))?(?P<marks>[†‡§◇♭↑¶‖*]*)$")
 
 
 # --------------------------------------------------------------------------
@@ -326,14 +326,16 @@ def test_one_table_per_batch_size():
     assert build_tables(recs, run, batches=[8])[0].batch_size == 8
 
 
-def group_records(run: str, batch: int, drift: float = 0.0, noisy: bool = False) -> list[dict]:
-    """An original and its pruned model timed together in 10 interleaved rounds (agent protocol 2), with cold
-    start and memory; the original's rounds drift by `drift` in all, `noisy` gives the pair 10 % round effects."""
+def group_records(run: str, batch: int, drift: float = 0.0, noisy: bool = False, pruned_ms: float = 10.5
+                  ) -> list[dict]:
+    """An original (20 ms, 200 MACs) and its pruned model (`pruned_ms`, 100 MACs) timed together in 10 interleaved
+    rounds (agent protocol 2), with cold start and memory; the original's rounds drift by `drift` in all, `noisy`
+    gives the pair 10 % round effects."""
     import numpy as np
 
     rng = np.random.default_rng(batch)
     out = []
-    for variant, ms, macs in (("original", 20.0, 200), ("snp:paper", 10.0, 100)):
+    for variant, ms, macs in (("original", 20.0, 200), ("snp:paper", pruned_ms, 100)):
         trend = np.linspace(0, drift if variant == "original" else 0.0, 10)
         own = rng.normal(0, 0.10 if noisy else 0.002, 10)
         samples = [int(ms * 1e6 * np.exp(trend[r] + own[r] + rng.normal(0, 0.01))) for r in range(10) for _ in range(30)]
@@ -375,6 +377,24 @@ def test_intervals_validity_and_cold_columns():
     csv = pd.read_csv(io.StringIO(render(tables, "csv")))
     assert csv["Pi (.onnx) peak_rss_mb"].tolist() == [200.0, 100.0, 200.0, 100.0]
     assert csv["Pi (.onnx) throughput_ips"].notna().all()
+
+
+def test_efficiency_above_one_is_never_shown_unmarked():
+    """A speedup beyond the MACs ratio (here 2.5× for 2× fewer MACs) is marked ↑ in its cell, its efficiency
+    and the footnote, which names the efficiency and the interval; an efficiency below 1.0 is not marked."""
+    run = "20260101-000000-abcd"
+    (fast,) = build_tables(group_records(run, 1, pruned_ms=8.0), run, efficiency=True)
+    cell = fast.cells.dropna(subset=["speedup"]).iloc[0]
+    assert cell["efficiency"] == pytest.approx(1.25, rel=0.02) and cell["reasons"] == ["superlinear"]
+    frame = display_frame(fast)
+    assert frame["eff. Pi (.onnx)"].tolist() == ["", "1.25↑"]
+    assert CELL.match(frame["Pi (.onnx)"][1])["marks"] == "↑"
+    md = render([fast], "md")
+    assert re.search(r"- ↑ speedup above the MACs ratio \(efficiency above 1.0\): m snp:paper, Pi \(.onnx\): "
+                     r"efficiency 1.2\d: speedup 2.5\d× \(2.\d\d–2.\d\d\) above the MACs ratio 2.00×", md), md
+    (slow,) = build_tables(group_records(run, 1, pruned_ms=11.0), run, efficiency=True)
+    assert display_frame(slow)["eff. Pi (.onnx)"].tolist() == ["", "0.91"]
+    assert "↑" not in render([slow], "md")
 
 
 def test_render_run_is_the_table_command(synthetic, capsys):
