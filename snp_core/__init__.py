@@ -1,19 +1,25 @@
 """snp_core: SNP (Structured Neuron-level Pruning, ECCV 2024) for timm Vision Transformers.
 
-Typical use::
+Typical use (docs/api.md has more, each example run by the tests)::
 
     import snp_core
+    pruned, plan = snp_core.compress("deit_tiny_patch16_224", ratios="paper", calib="imagenet/train",
+                                     weights="pretrained")
+    snp_core.save("out", pruned, plan)
+    again = snp_core.load("out")          # plan.json + model.safetensors, no pickles
+
+Step by step (what `compress` does)::
+
     model = snp_core.create("deit_tiny_patch16_224", weights="pretrained")
     calib = snp_core.calibration.load("imagenet/train", model, num_images=64)
-    plan = snp_core.make_plan(model, "deit_tiny_patch16_224", snp_core.ratios.resolve("paper", "deit_tiny_patch16_224"),
-                              snp_core.get_criterion("snp"), calib.images, calib.info())
+    plan = snp_core.make_plan(model, ratios="paper", criterion="snp", images=calib.images,
+                              calibration_info=calib.info())
     pruned = snp_core.prune(model, plan)
-    snp_core.save(Path("out"), pruned, plan)
-    again = snp_core.load("out")          # plan.json + model.safetensors, no pickles
 """
 
 from . import calibration, models, ratios
 from .adapters import ADAPTERS, PrunedAttention, adapter_for
+from .compress import Compressed, compress
 from .errors import (CalibrationError, PlanError, RatioError, SNPError, UnknownModelError,
                      UnsupportedModelError)
 from .flops import count_macs, count_params
@@ -26,9 +32,9 @@ from .pruner import kept_widths, load, make_plan, prune, save, score_groups, sel
 __version__ = "0.1.0"
 
 __all__ = [
-    "ADAPTERS", "CRITERIA", "CalibrationError", "HEAD_CRITERIA", "HeadImportance", "Importance", "Plan", "PlanError",
+    "ADAPTERS", "CRITERIA", "CalibrationError", "Compressed", "HEAD_CRITERIA", "HeadImportance", "Importance", "Plan", "PlanError",
     "PrunedAttention", "RatioError", "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for",
-    "calibration", "count_macs", "count_params", "create", "criterion_from_options", "get_criterion",
+    "calibration", "compress", "count_macs", "count_params", "create", "criterion_from_options", "get_criterion",
     "get_head_criterion", "kept_widths", "load", "make_plan", "models", "prune", "ratios", "save", "score_groups",
     "select", "summary",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models import split_model_name_tag
 from torch import nn
 
 from .errors import PlanError, UnknownModelError
@@ -44,6 +45,59 @@ def create(name: str, weights: str = "random", **kwargs) -> nn.Module:
     if weights not in ("random", "pretrained"):
         model.load_state_dict(read_state_dict(Path(weights)))
     return model.eval()
+
+
+def base_name(name: str) -> str:
+    """A timm name without its pretrained tag: ``deit_tiny_patch16_224.fb_in1k`` -> ``deit_tiny_patch16_224``.
+
+    Tags name weights, not architectures: ratios, plans and adapters are made per architecture.
+    """
+    return split_model_name_tag(name)[0]
+
+
+def name_of(model: nn.Module) -> str | None:
+    """The timm architecture `model` was created as (its ``pretrained_cfg``), or None for a hand-built one."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    architecture = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return architecture if isinstance(architecture, str) and architecture else None
+
+
+def resolve_name(model: nn.Module, name: str | None = None, model_kwargs: dict | None = None) -> str:
+    """The architecture name to record for `model`: `name` if given and it fits, else the model's own.
+
+    A wrong name is refused here, not trusted: a plan records it, and ``load``
+    rebuilds *that* architecture, cut to the plan's widths.  Cut to the same
+    widths, DeiT-S's weights would even load into a DeiT-T plan (6 heads instead
+    of 3, same shapes).  A timm model knows its architecture (``pretrained_cfg``),
+    and the name must be that one, tag aside.  A model that does not (built by
+    hand) is compared parameter by parameter with the named architecture built
+    with `model_kwargs` on the meta device (no memory, ~0.1 s).
+    """
+    own = name_of(model)
+    if name is None:
+        if own is None:
+            raise PlanError(f"cannot tell which timm model this {type(model).__name__} is (it has no "
+                            "pretrained_cfg): pass its timm name, e.g. model_name='deit_tiny_patch16_224'")
+        return own
+    if not timm.is_model(name):
+        create(name)  # raises the UnknownModelError with its suggestions
+    if own is not None:
+        if base_name(own) != base_name(name):
+            raise PlanError(f"model name {name!r} does not match the model, a {own!r}: pass {own!r} or leave the "
+                            "name out")
+        return name
+    with torch.device("meta"):
+        reference = timm.create_model(name, pretrained=False, **(model_kwargs or {}))
+    theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if theirs != ours:
+        key = next((k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)))
+        kwargs = f" with model_kwargs {model_kwargs}" if model_kwargs else ""
+        raise PlanError(f"model name {name!r}{kwargs} does not match the model: {key} is "
+                        f"{list(ours[key]) if key in ours else 'missing'} in the model but "
+                        f"{list(theirs[key]) if key in theirs else 'missing'} in {name!r}; pass the model's own "
+                        "name and the model_kwargs it was created with")
+    return name
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

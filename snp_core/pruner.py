@@ -23,7 +23,7 @@ from .errors import PlanError
 from .flops import count_macs, count_params
 from .groups import Group
 from .head_importance import HeadImportance, get_head_criterion
-from .importance import Importance
+from .importance import Importance, get_criterion
 from .plan import PLAN_FILE, WEIGHTS_FILE, Plan
 
 log = logging.getLogger(__name__)
@@ -128,21 +128,34 @@ def select(groups: list[Group], scores: Mapping[str, torch.Tensor], widths: Mapp
     return keep
 
 
-def make_plan(model: nn.Module, model_name: str, ratios: Mapping[str, float], criterion: Importance,
-              images: torch.Tensor | None = None, calibration_info: dict | None = None,
-              round_to: int | None = None, batch_size: int = 16, progress: Progress | None = None,
-              model_kwargs: dict | None = None, head_criterion: str = "proj_l1",
+def make_plan(model: nn.Module, model_name: str | None = None, ratios: ratio_sources.RatioSpec | None = None,
+              criterion: Importance | str = "snp", images: torch.Tensor | None = None,
+              calibration_info: dict | None = None, round_to: int | None = None, batch_size: int = 16,
+              progress: Progress | None = None, model_kwargs: dict | None = None,
+              head_criterion: HeadImportance | str = "proj_l1",
               scores: Mapping[str, torch.Tensor] | None = None) -> Plan:
     """Score `model` with `criterion` and keep, per group, the neurons `ratios` leave.
 
-    `head_criterion` ranks whole heads (`head_importance`); it only matters, and is
-    only recorded in the plan, when a ``heads`` ratio is non-zero. `scores`: this
-    model's `score_groups` output for `criterion` and `head_criterion`, computed
-    earlier (a search that scored once and tried many ratios); `images` is then unused.
+    `model_name` is the timm architecture (a tag such as ``.fb_in1k`` is dropped);
+    None takes the model's own (timm models know it), and a name that does not
+    fit the model (with `model_kwargs`) is refused (`models.resolve_name`).
+    `ratios`: a mapping of group name -> fraction removed (`ratios.uniform`
+    makes one from ratios per kind), or a spec string: "paper" (the default, the
+    paper's file for the model), a shipped config name or a JSON file path.
+    `criterion` and `head_criterion` are objects or names (`get_criterion`,
+    `get_head_criterion`). `head_criterion` ranks whole heads (`head_importance`);
+    it only matters, and is only recorded in the plan, when a ``heads`` ratio is
+    non-zero. `scores`: this model's `score_groups` output for `criterion` and
+    `head_criterion`, computed earlier (a search that scored once and tried many
+    ratios); `images` is then unused.
     """
+    model_name = models.base_name(models.resolve_name(model, model_name, model_kwargs))
+    if isinstance(criterion, str):
+        criterion = get_criterion(criterion)
     adapter = adapter_for(model, model_name)
     groups = adapter.groups()
-    ratios = ratio_sources.validate(ratios, groups)
+    ratios = (ratio_sources.validate(ratios, groups) if isinstance(ratios, Mapping)
+              else ratio_sources.from_spec(ratios, model_name, groups))
     widths = kept_widths(groups, ratios, round_to)
     if scores is None:
         scores = score_groups(model, adapter, criterion, images, head_criterion, batch_size, progress)
@@ -167,10 +180,11 @@ def prune(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     return model.eval()
 
 
-def save(out_dir: Path, model: nn.Module, plan: Plan) -> Path:
+def save(out_dir: str | Path, model: nn.Module, plan: Plan) -> Path:
     """Write ``plan.json`` and ``model.safetensors`` into `out_dir` (created)."""
     from safetensors.torch import save_file
 
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan.write(out_dir / PLAN_FILE)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS_FILE),

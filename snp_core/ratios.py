@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from timm.models import split_model_name_tag
+
 from .errors import RatioError
 from .groups import KINDS, Group, check_ratio
 
@@ -63,7 +65,13 @@ def paper_config_for(model_name: str) -> str:
 
 
 def resolve(spec: str, model_name: str) -> Ratios:
-    """Ratios from `spec`: "paper", a shipped config name, or a JSON file path."""
+    """Ratios from `spec`: "paper", a shipped config name, or a JSON file path.
+
+    `model_name` may carry a timm pretrained tag (``deit_tiny_patch16_224.fb_in1k``):
+    ratios belong to the architecture.  A document that names the model it was
+    made for (``"model"`` of snp-ratios/1) is refused for another one.
+    """
+    model_name = split_model_name_tag(model_name)[0]
     if spec == "paper":
         spec = paper_config_for(model_name)
     path = Path(spec)
@@ -74,8 +82,14 @@ def resolve(spec: str, model_name: str) -> Ratios:
             doc = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RatioError(f"ratio file {spec!r} is not valid JSON ({exc})") from None
-        return from_document(doc, str(path))
-    return from_document(load_config(spec), spec)
+        where = str(path)
+    else:
+        doc, where = load_config(spec), spec
+    made_for = doc.get("model") if isinstance(doc, dict) and doc.get("format") == "snp-ratios/1" else None
+    if isinstance(made_for, str) and split_model_name_tag(made_for)[0] != model_name:
+        raise RatioError(f"ratios {where!r} were made for {made_for!r}, not {model_name!r}; use the ratios of "
+                         f"{model_name!r} ('paper' picks them) or uniform ratios")
+    return from_document(doc, where)
 
 
 def from_spec(spec: RatioSpec | None, model_name: str, groups: list[Group]) -> Ratios:

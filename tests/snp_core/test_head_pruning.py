@@ -14,14 +14,18 @@ import torch
 import snp_core
 from helpers import randomize_norms, tiny_vit
 from snp_core import ratios as ratio_sources
+from snp_core.adapters import VitAdapter
 from snp_core.errors import PlanError, RatioError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def plan_for(model, criterion: str = "l2", head_criterion: str = "proj_l1", **ratios) -> snp_core.Plan:
+    """A plan for a `tiny_vit` (hand-built: its timm name and kwargs are given)."""
     groups = snp_core.adapter_for(model).groups()
-    return snp_core.make_plan(model, "tiny", ratio_sources.uniform(groups, **ratios), snp_core.get_criterion(criterion), head_criterion=head_criterion)
+    name, kwargs = VitAdapter.tiny
+    return snp_core.make_plan(model, name, ratio_sources.uniform(groups, **ratios), criterion,
+                              head_criterion=head_criterion, model_kwargs=dict(kwargs, mlp_ratio=4.0))
 
 
 @pytest.mark.parametrize("head_criterion", ["proj_l1", "qk_sum"])
