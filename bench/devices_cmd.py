@@ -44,4 +44,6 @@ def run(args: argparse.Namespace) -> int:
         results = list(pool.map(lambda d: check_device(d, args.trust_new_hosts), devices))
     for d, result in zip(devices, results):
         print(f"{d.name:12s} {line(result)}")
+        for warning in result.warnings:
+            print(f"{'':12s}   warning: {warning}")
     return 0 if all(r.ok for r in results) else 1

@@ -7,6 +7,7 @@ Jetson, a Xeon box, a GPU workstation) and run there as
     <python> agent.py --probe [--workdir DIR]                  (health check)
     <python> agent.py --version
     <python> agent.py --cold     < member.json > cold.json     (internal: see below)
+    <python> agent.py --probe-runtime NAME                     (internal: see "Probe")
 
 It must run on Python >= 3.6 with only the standard library plus the runtime it
 times (onnxruntime, torch or tensorrt, each imported lazily by the backend that
@@ -93,6 +94,20 @@ leaks into ``ps`` and there is no quoting to get wrong).  Fields:
                 is ``<workdir>/agent.lock`` and TensorRT engines are cached in
                 ``<workdir>/engines/``.  Every client of one device must use the
                 same workdir, otherwise the lock does not protect anything.
+``watch_stdin`` bool, optional (default false): the cancellation watchdog.
+                False: the job is all of stdin, read to EOF (the transport
+                closes stdin once the job is written).  True: the transport
+                writes the job as ONE line (``json.dumps(job) + "\n"``, no
+                newline inside) and keeps stdin open while it waits for the
+                result; the agent takes the first line as the job and a daemon
+                thread reads (and drops) the rest of stdin.  EOF there means the
+                transport gave up (timeout, Ctrl-C, a dead harness or a dropped
+                SSH connection): the agent stops as on SIGTERM (the job ends in
+                error, "cancelled: stdin closed ..."), writes its result if stdout
+                still leads anywhere, releases the lock and exits.  A job that
+                says true but did not come as one newline-ended line is a parse
+                error.  Not part of ``settings``; the ``--cold`` child never
+                watches (its parent gives it its job and closes its stdin).
 
 Round design.  Round r (0..R-1, always all of them) visits every member once,
 in the order ``random.Random(seed * 1000003 + r).shuffle`` gives the member ids
@@ -191,9 +206,29 @@ synchronous there, so host time is valid), else plain ``session.run``.
 
 TensorRT buffers come from pycuda when it is installed, else from torch CUDA
 tensors (torch's allocator, streams and events); one of the two is needed.
+
+Diagnostics.  ``faulthandler`` is enabled (to stderr) at start, so a fatal
+signal (SIGSEGV or SIGBUS in a runtime, SIGABRT, SIGFPE, SIGILL) dumps every
+thread's Python traceback before the process dies; and every stage change is
+logged as one stderr line ("stage load member base", "stage measure member
+base round 3"), so the stderr tail a transport keeps says where an agent that
+died without a result was.
+
+Probe.  ``--probe`` reports the Python, the environment (``capture_env`` and a
+``snapshot``) and each runtime in ``runtimes``: ``importable``, ``version``,
+details (onnxruntime ``providers``, torch ``cuda_available`` ...) or
+``error``.  Each runtime is imported in its own child process
+(``agent.py --probe-runtime NAME``, one after the other), so a runtime whose
+import crashes the interpreter costs only its own entry ("import crashed:
+killed by SIGSEGV", with the child's ``stderr_tail``).  With ``--workdir``
+and the device lock held by a job, nothing is imported (it would disturb
+that job's timing): ``busy`` is true, ``lock_holder`` is what the lock file
+records (``pid``, ``job_id``, ``since_utc``) and ``busy_reason`` says "busy:
+lock held by job <job_id> since <time>, pid <pid>".
 """
 
 import argparse
+import faulthandler
 import fcntl
 import glob
 import hashlib
@@ -208,6 +243,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -276,10 +312,49 @@ class Terminated(BaseException):
 
 
 class Progress(object):
-    """Which stage the agent is in, so an unexpected exception can be blamed on it."""
+    """Which stage the agent is in, so an unexpected exception can be blamed on it.
 
-    def __init__(self):
-        self.stage = "parse"
+    Every change is also logged as one short stderr line ("stage load member
+    base", "stage measure member base round 3"): an agent killed by a signal
+    writes no result and raises nothing, so its stderr tail (which transports
+    keep) is what says where it died.
+    """
+
+    def __init__(self, what="job"):
+        self.what = what
+        self._stage = "parse"
+        self._where = (None, None, None)
+        self._logged = None
+
+    @property
+    def stage(self):
+        return self._stage
+
+    @stage.setter
+    def stage(self, stage):
+        """A stage change within the current member and round (a backend's "build", then "load" again)."""
+        self._stage = stage
+        self._log()
+
+    def at(self, stage, member=None, round_index=None, note=None):
+        """Enter ``stage`` for ``member`` (an id) in round ``round_index``; None for the group as a whole."""
+        self._where = (member, round_index, note)
+        self.stage = stage
+
+    def _log(self):
+        member, round_index, note = self._where
+        line = "stage %s" % self._stage
+        if self.what != "job":
+            line = "%s %s" % (self.what, line)
+        if member is not None:
+            line += " member %s" % member
+        if round_index is not None:
+            line += " round %d" % round_index
+        if note:
+            line += " (%s)" % note
+        if line != self._logged:
+            self._logged = line
+            log(line)
 
 
 # --------------------------------------------------------------------------
@@ -403,6 +478,7 @@ def parse_job(text):
         raise JobError("job field job.timeout_s must be a positive number, got %r" % raw.get("timeout_s"))
     job["timeout_s"] = timeout
     job["workdir"] = os.path.expanduser(_field(raw, "workdir", "job", (str,)))
+    job["watch_stdin"] = _field(raw, "watch_stdin", "job", (bool,), False)
     return job
 
 
@@ -606,11 +682,11 @@ class DeviceLock(object):
                 except (IOError, OSError):
                     if self.deadline.work_left() <= 0:
                         raise AgentError("lock", "device busy: %s is held by %s; gave up after %.1f s (job timeout)"
-                                         % (self.path, read_lock_holder(self.path) or "another agent",
+                                         % (self.path, describe_lock_holder(read_lock_holder(self.path)),
                                             time.monotonic() - t0))
                     if not logged:
                         log("waiting for the device lock %s (held by %s)"
-                            % (self.path, read_lock_holder(self.path) or "another agent"))
+                            % (self.path, describe_lock_holder(read_lock_holder(self.path))))
                         logged = True
                     time.sleep(0.05)
         except BaseException:
@@ -635,14 +711,21 @@ class DeviceLock(object):
 
 
 def read_lock_holder(path):
-    """Text describing who holds the lock file (best effort, may be stale)."""
+    """What the lock file records (``pid``, ``job_id``, ``since_utc``), or None (best effort: the holder
+    writes it right after taking the lock, so it may be a moment late)."""
     try:
         with open(path) as f:
-            text = f.read(400).strip()
-        info = json.loads(text)
-        return "pid %s (job %s, since %s)" % (info.get("pid"), info.get("job_id"), info.get("since_utc"))
-    except Exception:
+            info = json.loads(f.read(1000).strip())
+    except (OSError, IOError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
+
+
+def describe_lock_holder(info):
+    """"job g-1 since 2026-12-01T15:00:00+00:00, pid 4242", from what ``read_lock_holder`` read."""
+    if not info:
+        return "another agent (its lock file does not say which yet)"
+    return "job %s since %s, pid %s" % (info.get("job_id"), info.get("since_utc"), info.get("pid"))
 
 
 def lock_is_held(workdir):
@@ -787,29 +870,97 @@ def _safe(fn, *args):
         return None
 
 
-def cpu_info():
-    """CPU model from /proc/cpuinfo (x86 "model name", ARM "Model"/"Hardware"), cores."""
+#: ``CPU implementer`` codes of /proc/cpuinfo on ARM (MIDR_EL1 bits 31-24), for parts not in ARM_PARTS.
+ARM_IMPLEMENTERS = {0x41: "ARM", 0x42: "Broadcom", 0x43: "Cavium", 0x48: "HiSilicon", 0x4e: "NVIDIA",
+                    0x51: "Qualcomm", 0x61: "Apple", 0xc0: "Ampere"}
+#: (implementer, ``CPU part``) -> core name, for the cores benchmark boards carry.
+ARM_PARTS = {
+    (0x41, 0xb76): "ARM1176", (0x41, 0xc07): "Cortex-A7", (0x41, 0xc0f): "Cortex-A15",
+    (0x41, 0xd03): "Cortex-A53", (0x41, 0xd04): "Cortex-A35", (0x41, 0xd05): "Cortex-A55",
+    (0x41, 0xd07): "Cortex-A57", (0x41, 0xd08): "Cortex-A72", (0x41, 0xd09): "Cortex-A73",
+    (0x41, 0xd0a): "Cortex-A75", (0x41, 0xd0b): "Cortex-A76", (0x41, 0xd0c): "Neoverse-N1",
+    (0x41, 0xd0d): "Cortex-A77", (0x41, 0xd40): "Neoverse-V1", (0x41, 0xd41): "Cortex-A78",
+    (0x41, 0xd42): "Cortex-A78AE", (0x41, 0xd46): "Cortex-A510", (0x41, 0xd47): "Cortex-A710",
+    (0x41, 0xd49): "Neoverse-N2", (0x41, 0xd4f): "Neoverse-V2",
+    (0x4e, 0x000): "Denver", (0x4e, 0x003): "Denver 2", (0x4e, 0x004): "Carmel",
+}
+_CPUINFO_KEYS = ("model name", "Model", "Hardware", "Revision", "CPU part", "CPU implementer", "Processor", "uarch")
+
+
+def _hex(text):
+    try:
+        return int(text, 16)
+    except (TypeError, ValueError):
+        return None
+
+
+def arm_core_name(implementer, part):
+    """(0x41, 0xd08) -> "Cortex-A72"; an unknown pair keeps its codes ("Qualcomm part 0x805")."""
+    if (implementer, part) in ARM_PARTS:
+        return ARM_PARTS[(implementer, part)]
+    vendor = ARM_IMPLEMENTERS.get(implementer, "implementer 0x%02x" % implementer if implementer is not None
+                                  else "unknown implementer")
+    return "%s part 0x%03x" % (vendor, part)
+
+
+def parse_cpuinfo(text, board=None):
+    """CPU facts from the text of /proc/cpuinfo (a function of the text, so tests feed it real ones).
+
+    x86 names its CPU in ``model name``.  ARM kernels do not (or say only
+    "ARMv7 Processor rev 3 (v7l)"): each processor block has ``CPU
+    implementer`` and ``CPU part`` codes, named here from ARM_PARTS, and a
+    Raspberry Pi kernel adds the board in ``Model`` (``board``, the device-tree
+    model, stands in for it elsewhere).  ``model`` is then "Raspberry Pi 4
+    Model B Rev 1.1 (4 x Cortex-A72)", "4 x Cortex-A57", or for big.LITTLE
+    "4 x Cortex-A55 + 4 x Cortex-A76".  ``cpuinfo`` keeps the first value of
+    the lines that name things, as read.
+    """
     fields = {}
-    text = read_text("/proc/cpuinfo", 1 << 20) or ""
-    for line in text.splitlines():
+    processors = []  # one dict per "processor" block
+    current = None
+    for line in (text or "").splitlines():
+        if not line.strip():
+            current = None
+            continue
         if ":" not in line:
             continue
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
-        if key in ("model name", "Model", "Hardware", "Revision", "CPU part", "CPU implementer",
-                   "Processor") and key not in fields and value:
+        if key in _CPUINFO_KEYS and key not in fields and value:
             fields[key] = value
+        if key == "processor":
+            current = {}
+            processors.append(current)
+        elif current is not None:
+            current[key] = value
+    counts = []  # [core name, count] in order of first appearance
+    for block in processors:
+        part = _hex(block.get("CPU part"))
+        if part is None:
+            continue
+        name = arm_core_name(_hex(block.get("CPU implementer")), part)
+        for entry in counts:
+            if entry[0] == name:
+                entry[1] += 1
+                break
+        else:
+            counts.append([name, 1])
+    cores = " + ".join("%d x %s" % (n, name) for name, n in counts) or None
+    board = fields.get("Model") or board
+    if cores:
+        model = "%s (%s)" % (board, cores) if board else cores
+    else:
+        model = fields.get("model name") or fields.get("Processor") or fields.get("uarch")
+    return {"model": model, "cores": cores, "board_model": board, "hardware": fields.get("Hardware"),
+            "cpuinfo": fields}
+
+
+def cpu_info():
+    """CPU model (see ``parse_cpuinfo``), board, cores."""
     board = read_text("/proc/device-tree/model") or read_text("/sys/firmware/devicetree/base/model")
-    model = fields.get("model name") or fields.get("Processor") or platform.processor() or None
-    info = {
-        "model": model,
-        "board_model": fields.get("Model") or board,  # Raspberry Pi / Jetson board name
-        "hardware": fields.get("Hardware"),
-        "cpuinfo": fields,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": None,
-        "machine": platform.machine(),
-    }
+    info = parse_cpuinfo(read_text("/proc/cpuinfo", 1 << 20), board)
+    info["model"] = info["model"] or platform.processor() or None
+    info.update({"logical_cores": os.cpu_count(), "usable_cores": None, "machine": platform.machine()})
     if hasattr(os, "sched_getaffinity"):
         try:
             info["usable_cores"] = len(os.sched_getaffinity(0))
@@ -1891,7 +2042,7 @@ def run_cold(text):
     """
     doc = {"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "mode": "cold", "id": None, "status": "error",
            "cold": None, "warnings": [], "error": None}
-    progress = Progress()
+    progress = Progress("cold")
     backend = None
     try:
         job = parse_job(text)
@@ -1900,7 +2051,7 @@ def run_cold(text):
                            % len(job["members"]))
         member = job["members"][0]
         doc["id"] = member["id"]
-        progress.stage = "load"
+        progress.at("load", member["id"])
         base_rss = peak_rss_bytes()  # the interpreter and the agent, before the runtime and the model
         backend = BACKENDS[job["runtime"]](member_job(job, member), doc["warnings"])
         t0 = time.monotonic()
@@ -1941,15 +2092,11 @@ def measure_cold(job, member, deadline):
         return None, "cold start not measured: the --cold child ran past the job timeout (%.0f s)" % budget
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return None, "cold start not measured: cannot run the --cold child: %s" % exc
-    lines = (proc.stdout or "").strip().splitlines()
-    doc = None
-    if lines:
-        try:
-            doc = json.loads(lines[-1])
-        except ValueError:
-            doc = None
-    if not isinstance(doc, dict):
-        return None, "cold start not measured: the --cold child exited with %s and wrote no result" % proc.returncode
+    doc = last_json_object(proc.stdout)
+    if doc is None:
+        how = ("was killed by %s" % signal_name(-proc.returncode) if proc.returncode < 0
+               else "exited with %s" % proc.returncode)
+        return None, "cold start not measured: the --cold child %s and wrote no result" % how
     if doc.get("status") == "ok" and isinstance(doc.get("cold"), dict):
         return doc["cold"], None
     error = doc.get("error") or {}
@@ -2081,7 +2228,7 @@ class Member(object):
 
 def member_step(member, progress, stage, fn, *args):
     """Run one step of a member; an exception makes it an error member (Terminated ends the group)."""
-    progress.stage = stage
+    progress.at(stage, member.id)
     try:
         fn(*args)
     except Exception as exc:
@@ -2112,11 +2259,11 @@ def time_block(member, r, job, progress, deadline):
     """Round r's block of a loaded member: re-warm (untimed), then time its share of the iterations."""
     backend = member.backend
     with backend.running():
-        progress.stage = "warmup"
+        progress.at("warmup", member.id, r, "re-warm")
         n, seconds = rewarm(backend, job["rewarm"]["iterations"], deadline)
         member.rewarm_n += n
         member.rewarm_s += seconds
-        progress.stage = "measure"
+        progress.at("measure", member.id, r)
         samples, done = measure(backend, block_spec(job["measure"], job["rounds"], r, len(member.samples)), deadline)
     member.samples.extend(samples)
     member.sample_rounds.extend([r] * len(samples))
@@ -2179,9 +2326,9 @@ def run_group(job, members, result, progress, deadline):
         t0 = time.monotonic()
         member_step(m, progress, "verify", verify_artifact, m.spec["artifact"]["path"], m.spec["artifact"]["sha256"])
         timings["verify"] += time.monotonic() - t0
-    progress.stage = "load"
     for m in members:
         if m.ok and job["cold_start"]:
+            progress.at("load", m.id, note="cold start child")
             t0 = time.monotonic()
             m.cold, warning = measure_cold(job, m.spec, deadline)
             timings["cold"] += time.monotonic() - t0
@@ -2206,7 +2353,7 @@ def run_group(job, members, result, progress, deadline):
             if m.ok:
                 member_step(m, progress, "warmup", warm_member, m, job, deadline)
 
-    progress.stage = "measure"
+    progress.at("measure", note="environment snapshot")
     before = snapshot()
     result["env"]["before"] = before
     _fill_gpu_from_smi(result["env"], before)
@@ -2218,7 +2365,7 @@ def run_group(job, members, result, progress, deadline):
         cooldown = None
     for r, order in enumerate(result["round_orders"]):
         if r > 0 and cooldown is not None and deadline.work_left() > 0:
-            progress.stage = "measure"
+            progress.at("measure", round_index=r, note="cool-down")
             entry = cool_down(cooldown, r, deadline)
             result["cooldown"].append(entry)
             timings["cooldown"] += entry["waited_s"]
@@ -2245,8 +2392,12 @@ def run_group(job, members, result, progress, deadline):
     result["warnings"].extend(environment_warnings(before, after))
 
 
-def run_job(text):
-    """Run the job given as JSON text and return the result document (never raises)."""
+def run_job(text, stdin_fd=None):
+    """Run the job given as JSON text and return the result document (never raises).
+
+    ``stdin_fd``: the still open stdin the job came on (first line only), to
+    watch when the job asks for it; None when stdin was read to EOF.
+    """
     t_start = time.monotonic()
     result = new_result()
     progress = Progress()
@@ -2255,24 +2406,33 @@ def run_job(text):
     members = []
     group_error = None
     try:
-        job = parse_job(text)
-        result.update({"job_id": job["job_id"], "runtime": job["runtime"], "rounds": job["rounds"],
-                       "seed": job["seed"]})
-        result["round_orders"] = round_orders([m["id"] for m in job["members"]], job["seed"], job["rounds"])
-        result["settings"] = dict((k, job[k]) for k in ("options", "members", "warmup", "measure", "rounds", "seed",
-                                                        "rewarm", "isolate", "cold_start", "cooldown", "timeout_s",
-                                                        "workdir"))
-        for name in job["options"]["unknown"]:
-            result["warnings"].append("unknown option %r for runtime %s ignored" % (name, job["runtime"]))
-        members = [Member(spec, job) for spec in job["members"]]
-        for phase in TIMING_PHASES:
-            timings[phase] = 0.0
-        deadline = Deadline(job["timeout_s"])
+        try:
+            job = parse_job(text)
+            result.update({"job_id": job["job_id"], "runtime": job["runtime"], "rounds": job["rounds"],
+                           "seed": job["seed"]})
+            if job["watch_stdin"]:
+                if stdin_fd is None:
+                    raise JobError("job field job.watch_stdin is true but the job did not come as ONE line ended "
+                                   "by a newline (stdin was read to EOF, so it cannot be watched): send "
+                                   "json.dumps(job) + \"\\n\" and keep stdin open, or leave watch_stdin out")
+                start_stdin_watch(stdin_fd)
+            result["round_orders"] = round_orders([m["id"] for m in job["members"]], job["seed"], job["rounds"])
+            result["settings"] = dict((k, job[k]) for k in ("options", "members", "warmup", "measure", "rounds",
+                                                            "seed", "rewarm", "isolate", "cold_start", "cooldown",
+                                                            "timeout_s", "workdir"))
+            for name in job["options"]["unknown"]:
+                result["warnings"].append("unknown option %r for runtime %s ignored" % (name, job["runtime"]))
+            members = [Member(spec, job) for spec in job["members"]]
+            for phase in TIMING_PHASES:
+                timings[phase] = 0.0
+            deadline = Deadline(job["timeout_s"])
 
-        progress.stage = "lock"
-        with DeviceLock(job["workdir"], deadline, job["job_id"]) as lock:
-            timings["lock_wait"] = lock.waited_s
-            run_group(job, members, result, progress, deadline)
+            progress.at("lock")
+            with DeviceLock(job["workdir"], deadline, job["job_id"]) as lock:
+                timings["lock_wait"] = lock.waited_s
+                run_group(job, members, result, progress, deadline)
+        finally:
+            disarm_stop()  # a SIGTERM or EOF from here on would only lose the result
     except (Exception, KeyboardInterrupt, Terminated) as exc:
         group_error = error_info(progress.stage, exc)
         result["error"] = group_error
@@ -2308,36 +2468,129 @@ def run_job(text):
 # Probe (health check)
 # --------------------------------------------------------------------------
 
-def probe_runtimes(do_import):
-    """Which runtimes are present; with do_import, import them and ask for details."""
+PROBED_RUNTIMES = ("onnxruntime", "torch", "tensorrt", "pycuda", "numpy")
+#: Per runtime child, and all of them together: under the transports' probe timeout (180 s), for a Pi
+#: that takes tens of seconds to import torch.
+PROBE_RUNTIME_TIMEOUT_S = 90.0
+PROBE_BUDGET_S = 150.0
+PROBE_STDERR_TAIL_CHARS = 1500
+FATAL_ERROR_LINE = "Fatal Python error"
+
+
+def describe_runtime(name):
+    """Import one runtime in this process and describe it (the body of ``--probe-runtime NAME``)."""
     import importlib
+    entry = {"importable": False, "version": None}
+    try:
+        module = importlib.import_module("pycuda.driver" if name == "pycuda" else name)
+        entry["importable"] = True
+        version = getattr(module, "__version__", None)
+        if name == "pycuda":
+            version = getattr(importlib.import_module("pycuda"), "VERSION_TEXT", None)
+        entry["version"] = str(version) if version is not None else None
+        if name == "onnxruntime":
+            entry["providers"] = list(module.get_available_providers())
+        elif name == "torch":
+            entry["cuda_available"] = bool(module.cuda.is_available())
+            entry["cuda_version"] = getattr(module.version, "cuda", None)
+            if entry["cuda_available"]:
+                entry["gpus"] = [module.cuda.get_device_name(i) for i in range(module.cuda.device_count())]
+    except Exception as exc:
+        entry["error"] = "%s: %s" % (type(exc).__name__, exc)
+    return entry
+
+
+def probe_one_runtime(name):
+    """``--probe-runtime NAME``: the document a probe child writes."""
+    return {"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "status": "ok", "runtime": name,
+            "entry": describe_runtime(name)}
+
+
+def signal_name(number):
+    """9 -> "SIGKILL" (a number the signal module does not know stays a number)."""
+    try:
+        return signal.Signals(number).name
+    except (ValueError, AttributeError):
+        return "signal %d" % number
+
+
+def last_json_object(text):
+    """The JSON object on the last line of a child's stdout, or None."""
+    lines = (text or "").strip().splitlines()
+    try:
+        doc = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def probe_runtime_child(name, timeout):
+    """Import runtime ``name`` in a child process (``--probe-runtime``) and return its entry.
+
+    A runtime whose import crashes the interpreter (a segfaulting extension,
+    an abort in a CUDA library) then costs only its own entry: its error says
+    how the child died, with the child's stderr tail (faulthandler's traceback).
+    """
+    argv = [sys.executable or "python3", os.path.abspath(__file__), "--probe-runtime", name]
+    entry = {"importable": False, "version": None}
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        entry["error"] = "import did not finish within %.0f s (probe child killed)" % timeout
+        return entry
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        entry["error"] = "cannot run the probe child: %s" % exc
+        return entry
+    doc = last_json_object(proc.stdout)
+    if doc is not None and isinstance(doc.get("entry"), dict):
+        return doc["entry"]
+    if proc.returncode < 0:
+        entry["error"] = "import crashed: killed by %s" % signal_name(-proc.returncode)
+    else:
+        entry["error"] = "import failed: the probe child exited with code %d without a result" % proc.returncode
+    entry["stderr_tail"] = crash_report(proc.stderr or "")
+    return entry
+
+
+def crash_report(stderr):
+    """What a crashed child's stderr says about its death: from faulthandler's "Fatal Python error" line on
+    (the crashing frame comes first: most recent call first), else its tail."""
+    start = stderr.rfind(FATAL_ERROR_LINE)
+    if start < 0:
+        return stderr[-PROBE_STDERR_TAIL_CHARS:]
+    return stderr[start:start + PROBE_STDERR_TAIL_CHARS]
+
+
+def _module_present(name):
+    """Whether ``name`` can be found (not imported): the probe's answer while the device is busy."""
     try:
         from importlib.util import find_spec
-    except ImportError:  # pragma: no cover - Python < 3.4
-        find_spec = None
+        return find_spec(name) is not None
+    except (ImportError, ValueError, AttributeError):
+        return False
+
+
+def probe_runtimes(busy_reason=None):
+    """Which runtimes are present; unless the device is busy, import each in its own child and ask for details.
+
+    One child per runtime, one after the other: importing torch on a Pi is
+    heavy enough without tensorrt and onnxruntime loading at the same time.
+    """
     out = {}
-    for name in ("onnxruntime", "torch", "tensorrt", "pycuda", "numpy"):
-        entry = {"importable": False, "version": None}
-        try:
-            if not do_import:
-                entry["importable"] = find_spec is not None and find_spec(name) is not None
-                entry["note"] = "not imported (device busy)"
-            else:
-                module = importlib.import_module("pycuda.driver" if name == "pycuda" else name)
-                entry["importable"] = True
-                version = getattr(module, "__version__", None)
-                if name == "pycuda":
-                    version = getattr(importlib.import_module("pycuda"), "VERSION_TEXT", None)
-                entry["version"] = str(version) if version is not None else None
-                if name == "onnxruntime":
-                    entry["providers"] = list(module.get_available_providers())
-                elif name == "torch":
-                    entry["cuda_available"] = bool(module.cuda.is_available())
-                    entry["cuda_version"] = getattr(module.version, "cuda", None)
-                    if entry["cuda_available"]:
-                        entry["gpus"] = [module.cuda.get_device_name(i) for i in range(module.cuda.device_count())]
-        except Exception as exc:
-            entry["error"] = "%s: %s" % (type(exc).__name__, exc)
+    end = time.monotonic() + PROBE_BUDGET_S
+    for name in PROBED_RUNTIMES:
+        present = _module_present(name)
+        entry = {"importable": present, "version": None}
+        if not present:
+            entry["error"] = "not installed (no module named %r)" % name
+        elif busy_reason:
+            entry["note"] = "not imported (%s)" % busy_reason
+        elif end - time.monotonic() < 1.0:
+            entry = {"importable": False, "version": None,
+                     "error": "not imported: the probe's %.0f s budget ran out" % PROBE_BUDGET_S}
+        else:
+            entry = probe_runtime_child(name, min(PROBE_RUNTIME_TIMEOUT_S, end - time.monotonic()))
         out[name] = entry
     return out
 
@@ -2346,13 +2599,16 @@ def probe(workdir=None):
     """Environment plus runtime availability, for `bench devices`.
 
     If a benchmark holds the device lock, nothing heavy is imported (importing
-    torch on a Pi would disturb the timing in progress).
+    torch on a Pi would disturb the timing in progress); ``busy_reason`` then
+    says which job holds it, since when, and its pid.
     """
-    busy = bool(workdir) and lock_is_held(os.path.expanduser(workdir))
+    workdir = os.path.expanduser(workdir) if workdir else None
+    busy = bool(workdir) and lock_is_held(workdir)
+    holder = read_lock_holder(os.path.join(workdir, "agent.lock")) if busy else None
+    reason = "busy: lock held by %s" % describe_lock_holder(holder) if busy else None
     doc = {"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "status": "ok", "busy": busy,
-           "lock_holder": read_lock_holder(os.path.join(os.path.expanduser(workdir), "agent.lock"))
-           if busy else None}
-    doc["runtimes"] = probe_runtimes(do_import=not busy)
+           "lock_holder": holder, "busy_reason": reason}
+    doc["runtimes"] = probe_runtimes(reason)
     doc["env"] = capture_env()
     snap = snapshot()
     doc["env"]["now"] = snap
@@ -2402,8 +2658,85 @@ def write_document(out, doc):
     out.flush()
 
 
+# --------------------------------------------------------------------------
+# Stopping early: SIGTERM and the stdin watchdog (job field watch_stdin)
+# --------------------------------------------------------------------------
+
+#: ``armed``: a SIGTERM raises Terminated (until the result is being written);
+#: ``raised``: it did already (once is enough: the clean-up after it must not be
+#: interrupted again); ``reason``: why, when the stdin watchdog sent it.
+_STOP = {"armed": True, "raised": False, "reason": None}
+
+STDIN_CLOSED = ("cancelled: stdin closed (watch_stdin: the transport gave up on the job, or the harness or its "
+                "connection to the device died)")
+
+
 def _on_sigterm(signum, frame):
-    raise Terminated("terminated by signal %d" % signum)
+    if not _STOP["armed"] or _STOP["raised"]:
+        log("signal %d ignored: %s" % (signum, "already stopping" if _STOP["raised"] else "writing the result"))
+        return
+    _STOP["raised"] = True
+    raise Terminated(_STOP["reason"] or "terminated by signal %d" % signum)
+
+
+def disarm_stop():
+    """The work is over: a SIGTERM or a closed stdin must not interrupt the clean-up and the result."""
+    _STOP["armed"] = False
+
+
+def _watch_stdin(fd, main_ident):
+    """Daemon thread: read (and drop) stdin until EOF, then stop the job as a SIGTERM would.
+
+    It reads the raw descriptor, not ``sys.stdin``: a daemon thread blocked
+    inside a buffered object's lock can abort the interpreter's shutdown.
+    """
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError as exc:
+        log("reading stdin failed (%s): taken as closed" % exc)
+    if not _STOP["armed"]:
+        return
+    _STOP["reason"] = STDIN_CLOSED
+    log(STDIN_CLOSED + ": stopping")
+    try:  # at the main thread, so that its blocking calls return (EINTR) and the handler runs at once
+        signal.pthread_kill(main_ident, signal.SIGTERM)
+    except (AttributeError, OSError, ValueError):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def start_stdin_watch(fd):
+    thread = threading.Thread(target=_watch_stdin, args=(fd, threading.main_thread().ident), name="stdin-watch")
+    thread.daemon = True
+    thread.start()
+
+
+def read_job(stream):
+    """The job text from stdin, and whether stdin is left open to be watched (see ``watch_stdin``).
+
+    The first line is the whole job when it is a JSON object with a
+    ``watch_stdin`` that is not false (a malformed one is then a quick parse
+    error, not a wait for an EOF the transport will not send); anything else
+    (the old protocol: a document of any layout, then EOF) is read to EOF.
+    """
+    first = stream.readline()
+    if first.endswith(b"\n"):
+        try:
+            raw = json.loads(first.decode("utf-8"))
+        except ValueError:
+            raw = None
+        if isinstance(raw, dict) and raw.get("watch_stdin") is not None and raw.get("watch_stdin") is not False:
+            return first.decode("utf-8"), True
+    return (first + stream.read()).decode("utf-8"), False
+
+
+def enable_faulthandler():
+    """A fatal signal (SIGSEGV in a runtime, SIGABRT, SIGBUS, SIGFPE, SIGILL) dumps every thread's
+    Python traceback to stderr, after the stage lines: the transport's stderr tail then says where."""
+    try:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, OSError) as exc:  # a stderr without a file descriptor
+        log("faulthandler not enabled: %s" % exc)
 
 
 def main(argv=None):
@@ -2414,10 +2747,13 @@ def main(argv=None):
     parser.add_argument("--version", action="store_true", help="print the agent version")
     parser.add_argument("--cold", action="store_true",
                         help="internal: cold start of a one-member job (run by the agent under its lock)")
+    parser.add_argument("--probe-runtime", metavar="NAME", choices=PROBED_RUNTIMES,
+                        help="internal: import one runtime and describe it (run by --probe, one child each)")
     args = parser.parse_args(argv)
     if args.version:
         print(AGENT_VERSION)
         return 0
+    enable_faulthandler()
     try:
         out = claim_stdout()
     except OSError as exc:
@@ -2425,21 +2761,25 @@ def main(argv=None):
         return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if args.probe:
+        if args.probe or args.probe_runtime:
             try:
-                doc = probe(args.workdir)
-            except Exception as exc:
+                doc = probe_one_runtime(args.probe_runtime) if args.probe_runtime else probe(args.workdir)
+            except (Exception, Terminated) as exc:
                 doc = {"protocol": PROTOCOL, "agent_version": AGENT_VERSION, "status": "error",
                        "error": error_info("probe", exc)}
         else:
             try:
-                text = sys.stdin.buffer.read().decode("utf-8")
+                if args.cold:  # its parent gives it its job and closes its stdin: never watched
+                    text, watch = sys.stdin.buffer.read().decode("utf-8"), False
+                else:
+                    text, watch = read_job(sys.stdin.buffer)
             except (Exception, KeyboardInterrupt, Terminated) as exc:
                 doc = new_result()
                 doc["error"] = error_info("parse", exc)
                 doc["finished_utc"] = utc_now()
             else:
-                doc = run_cold(text) if args.cold else run_job(text)
+                doc = run_cold(text) if args.cold else run_job(text, sys.stdin.fileno() if watch else None)
+        disarm_stop()
         write_document(out, doc)
     except Exception as exc:
         sys.stderr.write("agent: cannot write the result: %s\n" % exc)

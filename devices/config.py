@@ -28,12 +28,30 @@ Example::
 
 ``pre``/``post`` are shell commands the user wrote in their own config; they run
 on the device as written (that is their purpose). Everything the project itself
-sends to a device is quoted. Passwords have no place here: SSH uses keys or
+sends to a device is quoted. Passwords and other secrets have no place here, at
+any depth (a config file gets copied, shared and committed): SSH uses keys or
 ssh-agent only.
+
+Deadlines of an SSH device (seconds; every network operation has one):
+
+========================  =======  ================================================
+key                       default  meaning
+========================  =======  ================================================
+connect_timeout           10       one connection attempt (TCP, SSH handshake, auth)
+stall_timeout_s           60       an SFTP transfer that makes no progress this long
+                                   fails (and is resumed after a reconnect)
+keepalive_s               15       a keepalive that wants an answer is sent this
+                                   often; 3 unanswered intervals = the link is dead
+reconnect_attempts        3        a connection that was up and dropped is re-opened
+                                   this often before the device's work fails
+reconnect_backoff_max_s   30       the wait between reconnects doubles from 1 s up
+                                   to this
+========================  =======  ================================================
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +61,12 @@ import formats
 from .transport import LocalTransport, Transport
 
 KINDS = ("local", "ssh")
+#: Deadline keys and their defaults: positive numbers of seconds (see the table above).
+_SECONDS = {"connect_timeout": 10.0, "stall_timeout_s": 60.0, "keepalive_s": 15.0, "reconnect_backoff_max_s": 30.0}
 _KEYS = {"kind", "host", "user", "port", "identity_file", "python", "workdir", "label", "labels", "pre", "post",
-         "runtimes", "connect_timeout", "known_hosts", "ssh_config"}
+         "runtimes", "known_hosts", "ssh_config", "reconnect_attempts", *_SECONDS}
+#: Key names that look like a secret (api_token, db_password, client_secret, ...), at any depth.
+_SECRET_KEY = re.compile(r"pass(word|phrase|wd)|secret|token(?!s|i)|api_?key|credential|private_?key", re.IGNORECASE)
 
 
 class DeviceConfigError(ValueError):
@@ -67,6 +89,10 @@ class DeviceSpec:
     pre: list[str] = field(default_factory=list)
     post: list[str] = field(default_factory=list)
     connect_timeout: float = 10.0
+    stall_timeout_s: float = 60.0
+    keepalive_s: float = 15.0
+    reconnect_attempts: int = 3
+    reconnect_backoff_max_s: float = 30.0
     known_hosts: str | None = None   # default ~/.ssh/known_hosts
     ssh_config: str | None = None    # default ~/.ssh/config
 
@@ -88,8 +114,11 @@ def parse_device(name: str, table: object) -> DeviceSpec:
 
     if not isinstance(table, dict):
         raise bad("must be a table")
-    if any("password" in k.lower() or "passphrase" in k.lower() for k in table):
-        raise bad("passwords are not accepted here; use an SSH key (identity_file) or ssh-agent")
+    secret = _secret_key(table)
+    if secret:
+        raise bad(f"{secret}: passwords are not accepted here (nor tokens or other secrets, at any depth); "
+                  "use an SSH key (identity_file) or ssh-agent, and give runtimes their secrets through "
+                  "the device's environment")
     unknown = sorted(set(table) - _KEYS)
     if unknown:
         raise bad(f"unknown key {unknown[0]!r}; known: {', '.join(sorted(_KEYS))}")
@@ -111,6 +140,10 @@ def parse_device(name: str, table: object) -> DeviceSpec:
     for key in ("pre", "post"):
         if not isinstance(table.get(key, []), list) or not all(isinstance(c, str) for c in table.get(key, [])):
             raise bad(f"{key} must be a list of shell command strings")
+    seconds = {key: _positive(table, key, default, bad) for key, default in _SECONDS.items()}
+    attempts = table.get("reconnect_attempts", 3)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= 100:
+        raise bad(f"reconnect_attempts = {attempts!r}: must be a whole number from 0 to 100")
     default_workdir = f"runs/devices/{name}" if kind == "local" else "~/.snp-bench"
     return DeviceSpec(
         name=name, kind=kind, runtimes={r: dict(o) for r, o in runtimes.items()}, host=table.get("host", ""),
@@ -118,9 +151,35 @@ def parse_device(name: str, table: object) -> DeviceSpec:
         python=table.get("python", sys.executable if kind == "local" else "python3"),
         workdir=table.get("workdir", default_workdir), label=table.get("label", ""),
         labels={str(k): str(v) for k, v in table.get("labels", {}).items()}, pre=list(table.get("pre", [])),
-        post=list(table.get("post", [])), connect_timeout=float(table.get("connect_timeout", 10.0)),
+        post=list(table.get("post", [])), reconnect_attempts=attempts, **seconds,
         known_hosts=table.get("known_hosts"), ssh_config=table.get("ssh_config"),
     )
+
+
+def _secret_key(value: object, path: str = "") -> str:
+    """The dotted path of the first secret-looking key anywhere in ``value`` ("" if none)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _SECRET_KEY.search(str(key)):
+                return where
+            found = _secret_key(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _secret_key(item, f"{path}[{i}]")
+            if found:
+                return found
+    return ""
+
+
+def _positive(table: dict, key: str, default: float, bad) -> float:  # noqa: ANN001 - bad: parse_device's closure
+    """``table[key]`` as a positive number of seconds (``default`` when absent)."""
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+        raise bad(f"{key} = {value!r}: must be a positive number of seconds")
+    return float(value)
 
 
 def parse_devices(tables: object) -> dict[str, DeviceSpec]:
@@ -141,4 +200,6 @@ def open_transport(spec: DeviceSpec, *, trust_new_hosts: bool = False) -> Transp
     return SSHTransport(spec.name, spec.host, user=spec.user, port=spec.port, identity_file=spec.identity_file,
                         python=spec.python, workdir=spec.workdir, known_hosts=spec.known_hosts,
                         trust_new_hosts=trust_new_hosts, connect_timeout=spec.connect_timeout,
-                        ssh_config_path=spec.ssh_config)
+                        ssh_config_path=spec.ssh_config, stall_timeout_s=spec.stall_timeout_s,
+                        keepalive_s=spec.keepalive_s, reconnect_attempts=spec.reconnect_attempts,
+                        reconnect_backoff_max_s=spec.reconnect_backoff_max_s)

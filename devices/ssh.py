@@ -23,11 +23,28 @@ This is the paramiko implementation of :class:`devices.transport.Transport`
    removed later.  A blob already present is re-hashed on the device once per
    transport object before it is trusted (cheap insurance against SD-card
    corruption or a hand-edited file) and remembered afterwards.
-5. **Timeouts kill the remote agent.**  The agent is started through a tiny
-   python wrapper that puts it in its own process group and writes its PID to
-   ``<workdir>/run/<random>.pid``; on timeout a second command kills that
-   process group (SIGTERM, then SIGKILL).  Closing an SSH channel alone does
-   not stop a remote process.
+5. **Timeouts kill the remote agent.**  Every command runs under a tiny
+   ``/bin/sh`` wrapper (never the device python, which may be the thing that
+   hangs) that writes its process-group id to ``<workdir>/run/<random>.pid``;
+   on timeout the transport first closes the agent's stdin (an agent that
+   watches stdin then writes its result and frees the device lock), and only
+   if it is still running a second ``sh`` command kills that process group
+   (SIGTERM, then SIGKILL) and confirms that nothing of it is left.  Closing
+   an SSH channel alone does not stop a remote process.
+6. **Every network operation has a deadline** (docs/design.md §4): connecting
+   (``connect_timeout``), each SFTP transfer (``stall_timeout_s`` without
+   progress fails it), and a dead link is noticed while waiting for anything
+   within a few ``keepalive_s`` intervals: a keepalive request that wants an
+   answer is sent every interval and the connection is closed when
+   ``ALIVE_COUNT_MAX`` intervals pass without one.  A connection that was up
+   and dropped is re-established with bounded exponential backoff
+   (``reconnect_attempts``); an interrupted upload resumes from the verified
+   prefix of its temporary file; an agent run that was cut is reported, never
+   re-run behind the caller's back.
+7. **Login-shell noise is ignored.**  sshd runs every command through the
+   user's login shell, whose rc files may print a banner.  Each command
+   prints a random marker on stdout and stderr right before it starts, and
+   only what follows the marker is read.
 
 ``run_shell`` is the one deliberate exception to rule 3: it runs the
 ``pre``/``post`` shell commands the user wrote in ``bench.toml`` as written.
@@ -39,8 +56,10 @@ target and runs the target's SSH session over that channel.
 
 from __future__ import annotations
 
+import base64
 import errno
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -56,9 +75,10 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import paramiko
+from paramiko.auth_strategy import AuthSource, AuthStrategy, InMemoryPrivateKey, OnDiskPrivateKey
 
 from devices.transport import (
     AGENT_SOURCE,
@@ -78,6 +98,20 @@ log = logging.getLogger(__name__)
 #: Live uploads keep touching their file, so this only has to exceed the
 #: longest stall we tolerate, not the longest upload.
 STALE_TEMP_AGE_S = 15 * 60
+
+#: A dead link is one that has not answered for this many keepalive intervals
+#: (OpenSSH's ServerAliveCountMax default).
+ALIVE_COUNT_MAX = 3
+
+#: After its stdin is closed (timeout, cancel) an agent gets this long to write
+#: its result and exit by itself before its process group is killed.
+STDIN_CLOSE_GRACE_S = 3.0
+
+#: Bound on the kill command (SIGTERM grace 3 s, SIGKILL 2 s, slack for a slow device).
+KILL_TIMEOUT_S = 20.0
+
+#: SFTP write size (paramiko's own putfo chunk).
+_CHUNK = 32768
 
 #: ProxyJump chains longer than this are treated as a loop in the config.
 MAX_JUMP_DEPTH = 8
@@ -99,11 +133,27 @@ class SSHConnectError(SSHTransportError):
 
 
 class HostKeyError(SSHConnectError):
-    """The server's host key is unknown (and not trusted) or has changed."""
+    """The server's host key is unknown (and not trusted) or has changed (never retried)."""
+
+
+class SSHAuthError(SSHConnectError):
+    """The server refused every key offered (never retried: trying again cannot help)."""
+
+
+class SSHLinkError(SSHTransportError):
+    """The connection was lost while a command ran (``reason`` without the device name; retryable)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.reason = reason
+
+
+class WorkdirError(SSHTransportError):
+    """The device's workdir cannot be created or written (read-only file system, permissions)."""
 
 
 class BlobUploadError(SSHTransportError):
-    """An upload failed (connection lost, disk full, no rename, no hasher)."""
+    """An upload failed (stalled, connection lost, disk full, no rename, no hasher)."""
 
 
 class BlobMismatchError(BlobUploadError, ValueError):
@@ -120,9 +170,11 @@ class AgentRunError(SSHTransportError):
 
 
 # --------------------------------------------------------------------------
-# Small programs run by the *device* python.  They must work on Python >= 3.6
-# with the standard library only (docs/design.md §4), and they receive every path
-# as an argument - nothing is ever interpolated into their source.
+# Programs run on the device.  The shell ones run under /bin/sh (POSIX sh,
+# dash and busybox included), so that a hanging device python cannot stop a
+# kill; the hasher needs Python >= 3.6 and the standard library only
+# (docs/design.md §4).  All receive every path as an argument - nothing is
+# ever interpolated into their source.
 # --------------------------------------------------------------------------
 
 #: Fallback hasher when the device has no ``sha256sum`` (argv[1] = file).
@@ -135,55 +187,72 @@ with open(sys.argv[1], "rb") as f:
 print(h.hexdigest())
 """
 
-#: Puts a program in its own process group, records its PID (= the group id)
-#: and execs it, so that a timeout can kill it and anything it spawned.
-#: argv: pidfile, program, args...
-_WRAPPER_SRC = """\
-import os, sys
-try:
-    os.setpgid(0, 0)
-except OSError:
-    pass  # already a process-group leader (sshd made us a session leader)
-with open(sys.argv[1], "w") as f:
-    f.write(str(os.getpid()))
-os.execvp(sys.argv[2], sys.argv[2:])
+#: ``sh -c _MARKED_SH <marker> argv...``: print the marker on stdout and
+#: stderr, then become the command.  Whatever the login shell's rc files
+#: printed comes before the marker and is cut off (:func:`_after_marker`).
+_MARKED_SH = 'printf "%s\\n" "$0"; printf "%s\\n" "$0" >&2; exec "$@"'
+
+#: ``sh -c _WRAPPER_SH <marker> <pidfile> argv...``: like ``_MARKED_SH``, and
+#: records the process-group id first.  sshd makes each session its own group
+#: (setsid) and the login shell execs us, so the group is the command and
+#: everything it starts; /proc says which group it is if the shell forked.
+_WRAPPER_SH = """\
+printf '%s\\n' "$0"; printf '%s\\n' "$0" >&2
+pidfile=$1; shift
+pgid=$$
+if read -r stat 2>/dev/null < "/proc/$$/stat"; then
+    pgid=$(set -- ${stat##*") "}; printf '%s' "$3")
+fi
+printf '%s\\n' "$pgid" > "$pidfile" || exit 125
+exec "$@"
 """
 
-#: Kills the process group recorded by ``_WRAPPER_SRC``: SIGTERM first (the
-#: agent then still writes its report), SIGKILL to the whole group once the
-#: leader has exited or after a grace period.  A zombie counts as exited:
-#: its reaper (sshd, or a lazy init for orphans) may take its time.
-#: argv: pidfile.
-_KILL_SRC = """\
-import os, signal, sys, time
-try:
-    with open(sys.argv[1]) as f:
-        pgid = int(f.read().strip())
-except (OSError, ValueError):
-    sys.exit(0)
-def leader_running():
-    try:
-        with open("/proc/%d/stat" % pgid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        if os.path.isdir("/proc/self"):
-            return False
-    try:
-        os.kill(pgid, 0)
-        return True
-    except OSError:
-        return False
-try:
-    os.killpg(pgid, signal.SIGTERM)
-except OSError:
-    sys.exit(0)
-end = time.time() + 3.0
-while time.time() < end and leader_running():
-    time.sleep(0.02)
-try:
-    os.killpg(pgid, signal.SIGKILL)
-except OSError:
-    pass
+#: ``sh -c _KILL_SH kill <pidfile>``: SIGTERM the recorded process group (the
+#: agent then still writes its report), SIGKILL it after 3 s, and confirm that
+#: no process of it is left (a zombie counts as gone: its reaper may be slow).
+#: Prints "gone" (nothing was running), "killed", or why it could not confirm
+#: (exit 3: no PID file, exit 4: survivors).
+_KILL_SH = """\
+pgid=$(cat "$1" 2>/dev/null)
+case $pgid in ''|*[!0-9]*) echo "no PID file $1 (the command never started?)"; exit 3;; esac
+alive() {
+    if [ -d /proc/self ]; then
+        for f in /proc/[0-9]*/stat; do
+            read -r s 2>/dev/null < "$f" || continue
+            set -- ${s##*") "}
+            [ "$3" = "$pgid" ] && [ "$1" != Z ] && return 0
+        done
+        return 1
+    fi
+    kill -0 -"$pgid" 2>/dev/null
+}
+wait_gone() {
+    i=0
+    while alive; do
+        [ "$i" -ge "$1" ] && return 1
+        sleep 0.1 2>/dev/null || sleep 1
+        i=$((i + 1))
+    done
+}
+if ! alive; then rm -f "$1"; echo gone; exit 0; fi
+kill -TERM -"$pgid" 2>/dev/null
+if ! wait_gone 30; then
+    kill -KILL -"$pgid" 2>/dev/null
+    wait_gone 20 || { echo "process group $pgid survived SIGKILL"; exit 4; }
+fi
+rm -f "$1"
+echo killed
+"""
+
+#: ``sh -c _SPACE_SH space <path>``: for the nearest existing ancestor of
+#: path, print "<writable yes|no> <free KiB or -> <that ancestor>".  Used to
+#: turn SFTP's bare "Failure" into "no space left" or "not writable".
+_SPACE_SH = """\
+p=$1
+while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
+if [ -d "$p" ] && [ -w "$p" ]; then w=yes; else w=no; fi
+free=$(df -Pk -- "$p" 2>/dev/null | { read -r _; read -r _ _ _ a _; printf '%s' "$a"; })
+printf '%s %s %s\\n' "$w" "${free:--}" "$p"
 """
 
 
@@ -398,6 +467,112 @@ def _append_known_host(path: pathlib.Path, hostname: str, key: paramiko.PKey) ->
 
 
 # --------------------------------------------------------------------------
+# Liveness and deadlines
+# --------------------------------------------------------------------------
+
+
+class _Liveness:
+    """Asks the server for an answer every ``interval_s``; closes the connection when none comes.
+
+    paramiko's own ``set_keepalive`` sends requests that want no reply: they
+    keep NAT state alive but cannot tell a dead link from a quiet one, so a
+    measurement that prints nothing for minutes would only notice a cut link
+    when TCP gives up (~15 min).  A ``keepalive@openssh.com`` global request
+    with want-reply is answered by every OpenSSH server (with a refusal, which
+    is an answer).  When ``count_max`` intervals pass in silence the
+    connection is aborted, which makes every blocked call on it fail at once;
+    ``lost_after_s`` then says how long the link had been silent.
+    """
+
+    def __init__(self, conn: _Connection, interval_s: float, count_max: int = ALIVE_COUNT_MAX) -> None:
+        self.conn = conn
+        self.interval_s = interval_s
+        self.count_max = count_max
+        self.last_answer = time.monotonic()
+        self.lost_after_s: Optional[float] = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="ssh-liveness").start()
+
+    def silence_s(self) -> float:
+        return time.monotonic() - self.last_answer
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _ask(self, transport: paramiko.Transport) -> None:
+        transport.global_request("keepalive@openssh.com", wait=True)  # returns early when the link closes
+        if transport.is_active():
+            self.last_answer = time.monotonic()
+
+    def _watch(self) -> None:
+        asker: Optional[threading.Thread] = None
+        next_ask = time.monotonic() + self.interval_s
+        while not self._stop.wait(min(self.interval_s / 4, 0.5)):
+            transport = self.conn.client.get_transport() if self.conn.clients else None
+            if transport is None or not transport.is_active():
+                return
+            silence = self.silence_s()
+            if silence > self.interval_s * self.count_max:
+                self.lost_after_s = silence
+                log.warning("no answer from %s for %.0f s: closing the connection", transport.getpeername(), silence)
+                self.conn.abort()
+                return
+            if (asker is None or not asker.is_alive()) and time.monotonic() >= next_ask:
+                asker = threading.Thread(target=self._ask, args=(transport,), daemon=True, name="ssh-keepalive")
+                asker.start()
+                next_ask = time.monotonic() + self.interval_s
+
+
+class _Watchdog:
+    """Calls ``on_expire`` once when ``tick`` has not been called for ``limit_s``.
+
+    A send into a full TCP buffer or the opening of the SFTP subsystem has no
+    deadline in paramiko; aborting the connection from this thread makes such
+    a call fail, so the caller can say what stalled.
+    """
+
+    def __init__(self, limit_s: float, on_expire: Callable[[], None]) -> None:
+        self.limit_s = limit_s
+        self.on_expire = on_expire
+        self.expired = False
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="ssh-watchdog")
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def tick(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(self.limit_s / 4, 0.25)):
+            if time.monotonic() - self._last > self.limit_s:
+                self.expired = True
+                self.on_expire()
+                return
+
+
+@dataclass
+class _Progress:
+    """How far one upload got (for messages like "stalled after 12.3 MB of 45.0 MB")."""
+
+    size: int
+    done: int = 0
+    started: bool = False
+    stalled: bool = False
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------
 # The transport
 # --------------------------------------------------------------------------
 
@@ -409,6 +584,7 @@ class _Connection:
     clients: list[paramiko.SSHClient] = field(default_factory=list)  # jumps first, target last
     sftp: Optional[paramiko.SFTPClient] = None
     home: str = ""
+    liveness: Optional[_Liveness] = None
 
     @property
     def client(self) -> paramiko.SSHClient:
@@ -418,17 +594,88 @@ class _Connection:
         t = self.client.get_transport() if self.clients else None
         return bool(t is not None and t.is_active())
 
-    def close(self) -> None:
-        if self.sftp is not None:
-            try:
-                self.sftp.close()
-            except Exception:  # noqa: BLE001 - best effort on a possibly dead link
-                pass
+    def lost_after_s(self) -> Optional[float]:
+        """Seconds of silence after which the keepalive check gave the link up (None: it did not)."""
+        return self.liveness.lost_after_s if self.liveness is not None else None
+
+    def abort(self) -> None:
+        """Close the SSH transports, target first, without a goodbye (safe from any thread).
+
+        Every call blocked on this connection then fails at once.
+        """
         for c in reversed(self.clients):
+            t = c.get_transport()
+            if t is not None:
+                t.close()
+
+    def close(self) -> None:
+        if self.liveness is not None:
+            self.liveness.stop()
+        # Transports first: closing the SFTP channel first would block on a
+        # dead link whose send buffer is full.
+        self.abort()
+        for closable in (self.sftp, *reversed(self.clients)):
             try:
-                c.close()
-            except Exception:  # noqa: BLE001
+                if closable is not None:
+                    closable.close()
+            except Exception:  # noqa: BLE001 - best effort on a dead link
                 pass
+
+
+class _KeyList(AuthStrategy):
+    """Offer exactly these keys, in order (what OpenSSH does with IdentitiesOnly)."""
+
+    def __init__(self, ssh_config: paramiko.SSHConfig, sources: list[AuthSource]) -> None:
+        super().__init__(ssh_config=ssh_config)
+        self.sources = sources
+
+    def get_sources(self):  # type: ignore[no-untyped-def]
+        yield from self.sources
+
+
+def _public_blob(path: str) -> Optional[bytes]:
+    """The public key of an IdentityFile, as OpenSSH finds it: ``<path>.pub``, else the private file.
+
+    An OpenSSH-format private key stores its public half unencrypted, so
+    even a passphrase-protected key without a .pub file can be matched
+    against the keys in ssh-agent.
+    """
+    try:
+        with open(path + ".pub") as f:
+            return base64.b64decode(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open(path) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    m = re.search(r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE KEY-----", text, re.S)
+    magic = b"openssh-key-v1\0"
+    try:
+        data = base64.b64decode("".join(m.group(1).split())) if m else b""
+        if not data.startswith(magic):
+            return None
+        msg = paramiko.Message(data[len(magic):])
+        for _ in range(3):  # cipher name, kdf name, kdf options
+            msg.get_binary()
+        return msg.get_binary() if msg.get_int() >= 1 else None
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _agent_keys(allow_agent: bool) -> tuple[Optional[paramiko.Agent], list[paramiko.AgentKey], str]:
+    """The ssh-agent's keys and a phrase for messages ("ssh-agent: 2 keys", "... not running")."""
+    if not allow_agent:
+        return None, [], "ssh-agent: off"
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return None, [], "ssh-agent: not running (SSH_AUTH_SOCK is not set)"
+    try:
+        agent = paramiko.Agent()
+        keys = list(agent.get_keys())
+    except (OSError, paramiko.SSHException) as e:
+        return None, [], f"ssh-agent: unreachable ({_reason(e)})"
+    return agent, keys, f"ssh-agent: {len(keys)} key(s)"
 
 
 class SSHTransport(Transport):
@@ -451,6 +698,9 @@ class SSHTransport(Transport):
         allow_agent: bool = True,
         look_for_keys: bool = True,
         keepalive_s: float = 15.0,
+        stall_timeout_s: float = 60.0,
+        reconnect_attempts: int = 3,
+        reconnect_backoff_max_s: float = 30.0,
         agent_source: Optional[os.PathLike | str] = None,
     ) -> None:
         """Describe the device; nothing connects until the first call that needs it.
@@ -460,6 +710,12 @@ class SSHTransport(Transport):
         ``allow_agent``/``look_for_keys`` control ssh-agent and ``~/.ssh/id_*``
         keys; tests switch both off to stay hermetic.  ``agent_source`` lets a
         test ship a stand-in agent; normally it is ``devices/agent.py``.
+        Deadlines: ``connect_timeout`` per connection attempt, ``stall_timeout_s``
+        without progress of an SFTP transfer, a dead link after
+        ``ALIVE_COUNT_MAX`` silent ``keepalive_s`` intervals (ServerAliveInterval
+        in the ssh config wins); a connection that was up is re-opened up to
+        ``reconnect_attempts`` times, waiting 1 s, 2 s, 4 s ... at most
+        ``reconnect_backoff_max_s`` in between.
         """
         for what, value in (("workdir", workdir), ("python", python)):
             if value.startswith("~") and not (value == "~" or value.startswith("~/")):
@@ -472,6 +728,9 @@ class SSHTransport(Transport):
         self.known_hosts = pathlib.Path(known_hosts or "~/.ssh/known_hosts").expanduser()
         self.trust_new_hosts = trust_new_hosts
         self.connect_timeout = connect_timeout
+        self.stall_timeout_s = stall_timeout_s
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_backoff_max_s = reconnect_backoff_max_s
         self.allow_agent = allow_agent
         self.look_for_keys = look_for_keys
         self.agent_source = pathlib.Path(agent_source) if agent_source else AGENT_SOURCE
@@ -479,8 +738,13 @@ class SSHTransport(Transport):
         self.target = resolve_target(host, self._config, user=user, port=port, identity_file=identity_file)
         self._keepalive_s = self.target.keepalive_s or keepalive_s
         self._conn: Optional[_Connection] = None
+        self._connected_once = False  # only a connection that was up is retried with backoff
+        self._closing = False
         self._lock = threading.RLock()  # one connection, possibly several caller threads
         self._verified: set[str] = set()  # blobs whose on-device sha256 we checked this session
+        self._partials: dict[str, str] = {}  # sha -> our interrupted upload's temp file, to resume
+        self._orphans: set[str] = set()  # pidfiles of runs cut by a lost link: killed on reconnect
+        self._watches_stdin: Optional[bool] = None
 
     def __repr__(self) -> str:
         return f"SSHTransport({self.name!r}, {self.target})"
@@ -497,15 +761,26 @@ class SSHTransport(Transport):
             _KnownHostsPolicy(target, self.known_hosts, known.revoked, self.trust_new_hosts, via_jump)
         )
         key_files = [p for p in target.identity_files if os.path.exists(p)]
-        use_defaults = not (target.identities_only and key_files)
+        agent, agent_keys, agent_note = _agent_keys(self.allow_agent)
+        auth: dict[str, Any] = {}
+        tried = ", ".join(key_files) or "none given"
+        if target.identities_only and key_files:  # OpenSSH: these files only, via the agent when it holds them
+            sources, notes = self._identity_sources(target, key_files, agent_keys)
+            tried = "; ".join(notes)
+            if not sources:
+                if agent is not None:
+                    agent.close()
+                raise SSHAuthError(f"{self.name}: no usable key for {target.user}@{target.hostname} "
+                                   f"(IdentitiesOnly; {agent_note}): {tried}")
+            auth["auth_strategy"] = _KeyList(self._config, sources)
         try:
             client.connect(
                 target.hostname,
                 port=target.port,
                 username=target.user,
                 key_filename=key_files or None,
-                allow_agent=self.allow_agent and use_defaults,
-                look_for_keys=self.look_for_keys and use_defaults,
+                allow_agent=self.allow_agent,
+                look_for_keys=self.look_for_keys,
                 password=None,  # never: keys and ssh-agent only
                 passphrase=None,
                 sock=sock,
@@ -513,6 +788,7 @@ class SSHTransport(Transport):
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
                 channel_timeout=self.connect_timeout,
+                **auth,
             )
         except HostKeyError:
             client.close()
@@ -529,10 +805,10 @@ class SSHTransport(Transport):
             ) from None
         except paramiko.AuthenticationException as e:
             client.close()
-            tried = ", ".join(key_files) or "none given"
-            raise SSHConnectError(
+            detail = "the server refused them" if auth else _reason(e)
+            raise SSHAuthError(
                 f"{self.name}: authentication as {target.user} on {target.hostname}:{target.port} "
-                f"failed (key files: {tried}; ssh-agent: {'on' if self.allow_agent else 'off'}): {e}"
+                f"failed (key files: {tried}; {agent_note}): {detail}"
             ) from None
         except (OSError, EOFError, paramiko.SSHException) as e:
             client.close()
@@ -540,14 +816,46 @@ class SSHTransport(Transport):
                 f"{self.name}: cannot connect to {target}{' via ProxyJump' if via_jump else ''}: "
                 f"{_describe_connect_error(e, self.connect_timeout)}"
             ) from None
+        finally:
+            if agent is not None:
+                agent.close()  # its keys have signed (or failed) by now
         transport = client.get_transport()
         assert transport is not None
         server_key = transport.get_remote_server_key()
         if server_key in known.revoked:  # known *and* revoked: revocation wins, as in OpenSSH
             client.close()
             raise HostKeyError(_revoked_message(target.known_hosts_name, server_key, self.known_hosts))
-        transport.set_keepalive(int(max(1, self._keepalive_s)))
         return client
+
+    def _identity_sources(
+        self, target: SSHTarget, key_files: list[str], agent_keys: list[paramiko.AgentKey]
+    ) -> tuple[list[AuthSource], list[str]]:
+        """What IdentitiesOnly offers: per IdentityFile its ssh-agent key if loaded, else the file itself.
+
+        Returns the sources and one note per file saying what was tried.
+        """
+        sources: list[AuthSource] = []
+        notes: list[str] = []
+        for path in key_files:
+            blob = _public_blob(path)
+            in_agent = next((k for k in agent_keys if blob is not None and k.asbytes() == blob), None)
+            if in_agent is not None:
+                sources.append(InMemoryPrivateKey(target.user, in_agent))
+                notes.append(f"{path} (from ssh-agent, {in_agent.fingerprint})")
+                continue
+            try:
+                key = paramiko.PKey.from_path(path)
+            except (paramiko.PasswordRequiredException, TypeError) as e:
+                if isinstance(e, TypeError) and "password" not in str(e):  # cryptography's way to say "encrypted"
+                    raise
+                notes.append(f"{path} (passphrase-protected and not loaded in ssh-agent: run `ssh-add {path}`)")
+                continue
+            except (OSError, ValueError, paramiko.SSHException) as e:
+                notes.append(f"{path} (unreadable: {_reason(e)})")
+                continue
+            sources.append(OnDiskPrivateKey(target.user, "ssh-config", pathlib.Path(path), key))
+            notes.append(path)
+        return sources, notes
 
     def _connect_chain(self, target: SSHTarget, depth: int = 0) -> list[paramiko.SSHClient]:
         """Connect to ``target``, through its ProxyJump hosts if it has any.
@@ -587,25 +895,75 @@ class SSHTransport(Transport):
             )
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise SSHConnectError(
-                f"{self.name}: the jump host could not reach {dest.hostname}:{dest.port}: {e}"
+                f"{self.name}: the jump host could not reach {dest.hostname}:{dest.port}: {_reason(e)}"
             ) from None
 
+    def _open_connection(self) -> _Connection:
+        """One connection attempt: SSH chain, keepalive watch, SFTP (each step bounded)."""
+        conn = _Connection(clients=self._connect_chain(self.target))
+        conn.liveness = _Liveness(conn, self._keepalive_s)
+        try:
+            with _Watchdog(self.connect_timeout, conn.abort) as dog:  # opening SFTP has no deadline of its own
+                conn.sftp = conn.client.open_sftp()
+                conn.home = conn.sftp.normalize(".")
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            conn.close()
+            why = f"no answer within {self.connect_timeout:g} s" if dog.expired else _reason(e)
+            raise SSHConnectError(f"{self.name}: SFTP is not available on {self.target}: {why}") from None
+        channel = conn.sftp.get_channel()
+        assert channel is not None
+        channel.settimeout(self.stall_timeout_s)  # every SFTP request: no answer for this long fails it
+        log.debug("%s: connected to %s (%d jump host(s))", self.name, self.target, len(conn.clients) - 1)
+        return conn
+
     def _connection(self) -> _Connection:
-        """The live connection, (re)connecting if there is none or it dropped."""
+        """The live connection, (re)connecting if there is none or it dropped.
+
+        The first connection is tried once (a wrong address should fail fast);
+        once the device was reached, a dropped link is re-opened up to
+        ``reconnect_attempts`` times with exponential backoff (a device that
+        reboots, a flaky Wi-Fi).  After a round that failed, calls try once
+        again (the device's remaining work fails fast, but resumes if it comes
+        back).  Host-key and authentication failures are never retried.
+        """
         with self._lock:
             if self._conn is not None and self._conn.is_active():
                 return self._conn
             self._drop_connection()
-            conn = _Connection(clients=self._connect_chain(self.target))
-            try:
-                conn.sftp = conn.client.open_sftp()
-                conn.home = conn.sftp.normalize(".")
-            except (OSError, EOFError, paramiko.SSHException) as e:
-                conn.close()
-                raise SSHConnectError(f"{self.name}: SFTP is not available on {self.target}: {e}") from None
-            log.debug("%s: connected to %s (%d jump host(s))", self.name, self.target, len(conn.clients) - 1)
+            attempts = 1 + (self.reconnect_attempts if self._connected_once else 0)
+            delay = 1.0
+            for attempt in range(1, attempts + 1):
+                try:
+                    conn = self._open_connection()
+                    break
+                except (HostKeyError, SSHAuthError):
+                    raise
+                except SSHConnectError as e:
+                    if attempt == attempts:
+                        if attempts > 1:  # the device is gone: later calls try once each, no more waiting
+                            self._connected_once = False
+                            raise SSHConnectError(f"{e} (gave up after {attempts} attempts)") from None
+                        raise
+                    log.warning("%s: %s; retrying in %g s (attempt %d of %d)", self.name, e, delay,
+                                attempt + 1, attempts)
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.reconnect_backoff_max_s)
             self._conn = conn
-            return conn
+            self._closing = False  # a closed transport that is used again reconnects
+            if self._connected_once:
+                self._clean_up_after_reconnect()
+            self._connected_once = True
+            if self._conn is None:
+                raise SSHConnectError(f"{self.name}: the connection to {self.target} dropped again at once")
+            return self._conn
+
+    def _clean_up_after_reconnect(self) -> None:
+        """Kill runs that a lost link cut off (they may still hold the device lock); best effort."""
+        for pidfile in sorted(self._orphans):
+            self._orphans.discard(pidfile)
+            confirmed, detail = self._kill_remote(pidfile)
+            log.info("%s: run cut by the lost connection (%s): %s", self.name, pidfile,
+                     detail if confirmed else f"not confirmed: {detail}")
 
     def _drop_connection(self) -> None:
         """Forget the connection after an error so the next call starts a fresh one."""
@@ -615,6 +973,16 @@ class SSHTransport(Transport):
                 self._conn = None
 
     def close(self) -> None:
+        """Close the connection; a run in progress sees its stdin closed (the agent stops by itself).
+
+        Partial uploads nobody will resume are removed first, while the link is up.
+        """
+        self._closing = True
+        conn = self._conn
+        if conn is not None and conn.is_active():
+            for tmp in self._partials.values():
+                _try_remove(conn.sftp, tmp)
+        self._partials.clear()
         self._drop_connection()
 
     # ------------------------------------------------------------------ remote paths
@@ -638,35 +1006,75 @@ class SSHTransport(Transport):
         return self._device_path(p, conn.home) if ("/" in p or p.startswith("~")) else p
 
     def _dir(self, conn: _Connection, name: str) -> str:
-        """``<workdir>/<name>``, created (with parents) through SFTP, never a shell."""
-        path = posixpath.join(self._device_path(self.workdir, conn.home), name)
-        _sftp_makedirs(conn.sftp, path)
+        """``<workdir>/<name>``, created (with parents) through SFTP, never a shell.
+
+        A failure on a live link is diagnosed on the device: SFTP reports a
+        read-only file system as "Failure" and a missing parent that cannot be
+        created as "No such file", which both hide the cause.
+        """
+        workdir = self._device_path(self.workdir, conn.home)
+        path = posixpath.join(workdir, name)
+        try:
+            _sftp_makedirs(conn.sftp, path)
+        except OSError as e:
+            if _link_failed(conn, e):
+                raise
+            space = self._space(path)
+            if space is not None and not space[0]:
+                raise WorkdirError(f"{self.name}: workdir {workdir} is not writable ({space[2]} is read-only "
+                                   f"or not writable by {self.target.user})") from None
+            raise WorkdirError(f"{self.name}: cannot create {path} on the device: {_reason(e)}") from None
         return path
+
+    def _space(self, path: str) -> Optional[tuple[bool, Optional[int], str]]:
+        """(writable, free bytes or None, nearest existing ancestor) of a device path; None if unknown."""
+        try:
+            rc, out, _ = self._exec(["/bin/sh", "-c", _SPACE_SH, "space", path], timeout_s=30)
+        except SSHTransportError:
+            return None
+        fields = out.decode(errors="replace").strip().split(" ", 2)
+        if rc != 0 or len(fields) != 3:
+            return None
+        free = int(fields[1]) * 1024 if fields[1].isdigit() else None
+        return fields[0] == "yes", free, fields[2]
 
     # ------------------------------------------------------------------ running commands
 
     def _exec(
         self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float = 60.0
     ) -> tuple[int, bytes, bytes]:
-        """Run ``argv`` on the device; returns (exit code, stdout, stderr).
+        """Run ``argv`` on the device; returns (exit code, stdout, stderr), login-shell noise removed.
 
-        Raises :class:`SSHTransportError` on timeout or a lost connection.
+        Raises :class:`SSHTransportError` on timeout, :class:`SSHLinkError` on a lost connection.
         """
         conn = self._connection()
-        chan = self._open_session(conn)
+        try:
+            chan = self._open_session(conn)
+        except (OSError, EOFError, paramiko.SSHException) as e:  # the connection is already dropped
+            raise SSHLinkError(self.name, self._lost(conn, e, f"starting {argv[0]}")) from None
+        marker = _new_marker()
         out, err = bytearray(), bytearray()
         try:
-            chan.exec_command(remote_command(argv))
+            chan.exec_command(remote_command(["exec", "/bin/sh", "-c", _MARKED_SH, marker, *argv]))
             _send_stdin(chan, stdin)
             rc = _collect(chan, time.monotonic() + timeout_s, out, err)
         except (OSError, EOFError, paramiko.SSHException) as e:
             self._drop_connection()
-            raise SSHTransportError(f"{self.name}: lost the connection running {argv[0]}: {e}") from None
+            raise SSHLinkError(self.name, self._lost(conn, e, f"while running {argv[0]}")) from None
         finally:
             chan.close()
         if rc is None:
             raise SSHTransportError(f"{self.name}: {argv[0]} did not finish within {timeout_s:g} s")
-        return rc, bytes(out), bytes(err)
+        return (rc, *_after_marker(marker, out, err))
+
+    def _lost(self, conn: _Connection, e: BaseException, during: str) -> str:
+        """Why a connection failed mid-operation, e.g. "connection to pi lost during measurement (...)"."""
+        lost = conn.lost_after_s()
+        if lost is not None:
+            return f"connection to {self.target.hostname} lost {during} (no answer for {lost:.0f} s)"
+        if self._closing:
+            return f"the transport was closed {during}"
+        return f"connection to {self.target.hostname} lost {during}: {_reason(e)}"
 
     def _open_session(self, conn: _Connection) -> paramiko.Channel:
         """A new session channel; a stale connection is replaced once (nothing ran yet)."""
@@ -688,25 +1096,52 @@ class SSHTransport(Transport):
         """Make ``<workdir>/blobs/<sha256>`` exist and be correct on the device; return its path.
 
         Uploads only when the blob is missing (or fails its check), to a temp
-        name, verifies it on the device, then renames it into place.
+        name, verifies it on the device, then renames it into place.  A
+        transfer cut by a lost link (or stalled) reconnects and resumes, up to
+        ``reconnect_attempts`` times.
         """
         sha = check_sha256(sha256)  # it becomes a file name on the device
         local_path = pathlib.Path(local_path)
         if not local_path.is_file():  # a local mistake, not a device problem: say so plainly
             raise FileNotFoundError(f"{local_path}: no such file to upload")
+        what = f"{self.name}: uploading {local_path.name} ({sha[:12]}) failed"
+        attempts = 1 + self.reconnect_attempts
+        failure = ""
         with self._lock:
-            conn = self._connection()
-            try:
-                blobs = self._dir(conn, "blobs")
-                final = posixpath.join(blobs, sha)
-                if self._blob_is_good(conn, final, sha):
-                    return final
-                return self._upload(conn, local_path, sha, blobs, final)
-            except (OSError, EOFError, paramiko.SSHException) as e:
-                self._drop_connection()
-                raise BlobUploadError(
-                    f"{self.name}: uploading {local_path.name} ({sha[:12]}) failed: {e}"
-                ) from None
+            for attempt in range(1, attempts + 1):
+                try:
+                    conn = self._connection()
+                except SSHConnectError as e:
+                    if not failure:
+                        raise
+                    raise BlobUploadError(f"{what}: {failure}; reconnecting failed: {e}") from None
+                progress = _Progress(local_path.stat().st_size)
+                try:
+                    blobs = self._dir(conn, "blobs")
+                    final = posixpath.join(blobs, sha)
+                    if self._blob_is_good(conn, final, sha):
+                        return final
+                    return self._upload(conn, local_path, sha, blobs, final, progress)
+                except (OSError, EOFError, paramiko.SSHException, SSHLinkError) as e:
+                    failure = self._transfer_failure(conn, e, progress)
+                    self._drop_connection()
+                    if not _link_failed(conn, e) or attempt == attempts:
+                        raise BlobUploadError(f"{what}: {failure}") from None
+                    log.warning("%s: %s; reconnecting (attempt %d of %d)", what, failure, attempt + 1, attempts)
+        raise AssertionError("unreachable")
+
+    def _transfer_failure(self, conn: _Connection, e: BaseException, progress: _Progress) -> str:
+        """A reason that says what happened, never an empty string."""
+        where = f" after {_mb(progress.done)} of {_mb(progress.size)}" if progress.started else ""
+        if progress.stalled or (progress.started and isinstance(e, socket.timeout)):
+            return f"upload stalled{where}: no progress for {self.stall_timeout_s:g} s"
+        if isinstance(e, socket.timeout):
+            return f"the device did not answer within {self.stall_timeout_s:g} s"
+        if isinstance(e, SSHLinkError):
+            return e.reason
+        if _link_failed(conn, e):
+            return self._lost(conn, e, f"during the upload{where}")
+        return _reason(e)
 
     def ensure_agent(self) -> str:
         """Ship the agent like any other blob (content-addressed) and return its device path."""
@@ -730,21 +1165,22 @@ class SSHTransport(Transport):
         conn.sftp.remove(final)
         return False
 
-    def _upload(self, conn: _Connection, local_path: pathlib.Path, sha: str, blobs: str, final: str) -> str:
+    def _upload(
+        self, conn: _Connection, local_path: pathlib.Path, sha: str, blobs: str, final: str, progress: _Progress
+    ) -> str:
+        """Send to a temp file (resuming a verified partial one), check the hash on the device, rename.
+
+        A temp file cut by the link is kept (and remembered) for the retry to
+        resume; on any other failure it is removed - it would only eat disk.
+        """
         assert conn.sftp is not None
-        tmp = posixpath.join(blobs, f".tmp-{sha}-{secrets.token_hex(6)}")
-        sent = 0
-
-        def progress(done: int, _total: int) -> None:
-            nonlocal sent
-            self.bytes_uploaded += done - sent
-            sent = done
-
-        size = local_path.stat().st_size
-        log.info("%s: uploading %s (%d bytes) to %s", self.name, local_path.name, size, final)
+        tmp, offset = self._resume_point(conn, local_path, sha, blobs, progress.size)
+        self._partials[sha] = tmp
         try:
-            with open(local_path, "rb") as f:
-                attrs = conn.sftp.putfo(f, tmp, file_size=size, callback=progress, confirm=True)
+            self._check_space(conn, blobs, progress.size - offset)
+            log.info("%s: uploading %s (%d bytes, from byte %d) to %s", self.name, local_path.name,
+                     progress.size, offset, final)
+            self._send_file(conn, local_path, tmp, offset, progress)
             got = self._remote_sha256(conn, tmp)
             if got != sha:
                 raise BlobMismatchError(
@@ -752,36 +1188,150 @@ class SSHTransport(Transport):
                     f"(the local file does not match its manifest, or it was corrupted in transit)"
                 )
             self._rename(conn, tmp, final)
-        except BaseException:
+        except Exception as e:
+            if isinstance(e, (OSError, EOFError, paramiko.SSHException, SSHLinkError)) and _link_failed(conn, e):
+                raise  # keep the partial: the retry resumes it
+            self._partials.pop(sha, None)
+            message = self._write_failure(conn, tmp, progress.size, e) if isinstance(e, OSError) else None
             _try_remove(conn.sftp, tmp)
+            if message is not None:
+                raise BlobUploadError(f"{self.name}: uploading {local_path.name} ({sha[:12]}) failed: "
+                                      f"{message}") from None
             raise
+        self._partials.pop(sha, None)
         self._verified.add(sha)
-        self._remove_stale_temps(conn, blobs, device_now=attrs.st_mtime or 0)
+        self._remove_stale_temps(conn, blobs, device_now=conn.sftp.stat(final).st_mtime or 0)
         return final
+
+    def _send_file(
+        self, conn: _Connection, local_path: pathlib.Path, tmp: str, offset: int, progress: _Progress
+    ) -> None:
+        """Write ``local_path[offset:]`` into ``tmp`` at ``offset``; fail after ``stall_timeout_s`` of no progress.
+
+        The SFTP channel's timeout bounds each wait for the server; the
+        watchdog also catches a send stuck in a full TCP buffer.
+        """
+        assert conn.sftp is not None
+        progress.done, progress.started = offset, True
+
+        def stalled() -> None:
+            progress.stalled = True
+            conn.abort()
+
+        with _Watchdog(self.stall_timeout_s, stalled) as dog, open(local_path, "rb") as src:
+            remote = conn.sftp.open(tmp, "r+" if offset else "w")
+            remote.set_pipelined(True)
+            src.seek(offset)
+            remote.seek(offset)
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                remote.write(chunk)
+                progress.done += len(chunk)
+                self.bytes_uploaded += len(chunk)
+                dog.tick()
+            remote.close()  # waits until the device acknowledged every write
+        arrived = conn.sftp.stat(tmp).st_size
+        if arrived != progress.size:
+            raise OSError(errno.EIO, f"only {arrived} of {progress.size} bytes arrived")
+
+    def _resume_point(
+        self, conn: _Connection, local_path: pathlib.Path, sha: str, blobs: str, size: int
+    ) -> tuple[str, int]:
+        """(temp file, bytes already there): a verified partial upload of this blob, or a fresh name.
+
+        Candidates are the partial this transport left when its link dropped,
+        and partials of earlier runs that nobody has written to for twice the
+        stall timeout (an upload that alive touches its file; one older than
+        ``STALE_TEMP_AGE_S`` is abandoned and removed instead).  A candidate
+        is renamed to our own name first (so two clients never share one), and
+        used only if its sha256 equals that of the local file's first bytes.
+        """
+        assert conn.sftp is not None
+        fresh = posixpath.join(blobs, f".tmp-{sha}-{secrets.token_hex(6)}")
+        entries = {e.filename: e for e in conn.sftp.listdir_attr(blobs) if e.filename.startswith(f".tmp-{sha}-")}
+        own = self._partials.get(sha)
+        candidate: Optional[str] = None
+        if own is not None and posixpath.basename(own) in entries:
+            candidate = own
+        elif entries:
+            now = self._device_time()
+            idle = [e for e in entries.values() if e.st_size and now is not None
+                    and 2 * self.stall_timeout_s < now - (e.st_mtime or 0) < STALE_TEMP_AGE_S]
+            if idle:
+                best = max(idle, key=lambda e: e.st_size or 0)
+                try:
+                    conn.sftp.posix_rename(posixpath.join(blobs, best.filename), fresh)
+                    candidate = fresh
+                except OSError:  # someone else claimed it first
+                    candidate = None
+        if candidate is None:
+            return fresh, 0
+        have = conn.sftp.stat(candidate).st_size or 0
+        if 0 < have <= size and self._remote_sha256(conn, candidate) == _sha256_prefix(local_path, have):
+            log.info("%s: resuming %s at byte %d of %d", self.name, local_path.name, have, size)
+            return candidate, have
+        log.info("%s: partial upload %s does not match %s; starting over", self.name, candidate, local_path.name)
+        _try_remove(conn.sftp, candidate)
+        return fresh, 0
+
+    def _device_time(self) -> Optional[float]:
+        """The device clock (temp-file ages are judged by it, not by ours)."""
+        try:
+            rc, out, _ = self._exec(["date", "+%s"], timeout_s=30)
+            return float(out.decode().strip()) if rc == 0 else None
+        except (SSHTransportError, ValueError):
+            return None
+
+    def _check_space(self, conn: _Connection, blobs: str, needed: int) -> None:
+        """Refuse an upload that cannot fit, before writing a byte of it."""
+        space = self._space(blobs)
+        if space is not None and space[1] is not None and space[1] < needed:
+            raise OSError(errno.ENOSPC, f"no space left on {self.name}:{space[2]} "
+                                        f"({_mb(needed)} needed, {_mb(space[1])} free)")
+
+    def _write_failure(self, conn: _Connection, tmp: str, size: int, e: OSError) -> str:
+        """Say why writing failed: SFTP reports a full disk or a read-only one as just "Failure"."""
+        if e.errno == errno.ENOSPC:
+            return e.strerror or _reason(e)
+        try:
+            have = conn.sftp.stat(tmp).st_size or 0 if conn.sftp is not None else 0
+        except OSError:
+            have = 0
+        space = self._space(posixpath.dirname(tmp))
+        if space is not None:
+            writable, free, where = space
+            if free is not None and free < size - have + _CHUNK:
+                return (f"no space left on {self.name}:{where} ({_mb(size - have)} more needed, "
+                        f"{_mb(free)} free)")
+            if not writable:
+                return f"workdir {self._device_path(self.workdir, conn.home)} is not writable ({where})"
+        return f"{type(e).__name__}: {_reason(e)}"
 
     def _rename(self, conn: _Connection, src: str, dst: str) -> None:
         """Atomic replace-rename; ``mv -f`` when the server lacks posix-rename."""
         assert conn.sftp is not None
         try:
             conn.sftp.posix_rename(src, dst)
-        except OSError:
+        except OSError as e:
+            if _link_failed(conn, e):
+                raise
             rc, _, err = self._exec(["mv", "-f", src, dst])
             if rc != 0:
                 raise BlobUploadError(f"{self.name}: could not rename {src}: {err.decode(errors='replace')}")
 
     def _remote_sha256(self, conn: _Connection, path: str) -> str:
         """sha256 of a device file, computed on the device (``sha256sum``, else the device python)."""
-        rc, out, _ = self._exec(["sha256sum", path], timeout_s=600)
+        rc, out, err = self._exec(["sha256sum", path], timeout_s=600)
         # GNU sha256sum prefixes the line with "\" when the name needs escaping.
         digest = out.decode(errors="replace").lstrip("\\")[:64].lower()
         if rc == 0 and _SHA256_RE.match(digest):
             return digest
+        first = err.decode(errors="replace").strip()[-300:] or f"exit code {rc}"
         rc, out, err = self._exec([self._python(conn), "-c", _HASH_SRC, path], timeout_s=600)
         digest = out.decode(errors="replace").strip().lower()
         if rc != 0 or not _SHA256_RE.match(digest):
             raise BlobUploadError(
-                f"{self.name}: cannot hash {path} on the device (no sha256sum, and {self.python} failed: "
-                f"{err.decode(errors='replace')[-500:]})"
+                f"{self.name}: cannot hash {path} on the device (sha256sum: {first}; {self.python}: "
+                f"{err.decode(errors='replace').strip()[-300:] or f'exit code {rc}'})"
             )
         return digest
 
@@ -802,11 +1352,16 @@ class SSHTransport(Transport):
         """Run one job with the device agent; always returns a result document.
 
         Failures the agent cannot report itself (no connection, unknown host
-        key, crash, timeout, output that is not JSON) come back as
+        key, crash, timeout, a cut link, output that is not JSON) come back as
         :func:`devices.transport.error_result` documents so that a sweep
         records them instead of dying.  Every result gets a ``transport``
         object (name, exit code, wall seconds, stderr tail), as with
-        ``LocalTransport``.
+        ``LocalTransport``.  The job goes to the agent as one JSON line; an
+        agent that watches its stdin gets ``"watch_stdin": true`` and the
+        channel's stdin stays open, so that closing it (timeout, cancel,
+        :meth:`close`, a dropped link) makes the agent write its result, free
+        the device lock and exit.  A run cut by a lost link is reported, not
+        re-run: it may have produced a result.
         """
         t0 = time.monotonic()
         code: Optional[int] = None
@@ -814,7 +1369,11 @@ class SSHTransport(Transport):
         try:
             if "workdir" not in job:  # the agent's device lock lives there; all clients must agree
                 job = {**job, "workdir": self.device_workdir()}
-            code, out, stderr = self._run_agent([], json.dumps(job).encode("utf-8"), timeout_s)
+            watch = self._agent_watches_stdin()
+            if watch:
+                job = {**job, "watch_stdin": True}
+            line = json.dumps(job).encode("utf-8") + b"\n"  # json.dumps without indent: one line
+            code, out, stderr = self._run_agent([], line, timeout_s, keep_stdin_open=watch)
             if code == -1:  # paramiko's "no exit status": sshd sent exit-signal instead
                 code = None
                 result = parse_agent_output(job, out, stderr, None)
@@ -830,10 +1389,20 @@ class SSHTransport(Transport):
             stderr = e.stderr_tail.encode()
             result = error_result(job, e.stage, str(e), e.stderr_tail)
         except (SSHTransportError, OSError, ValueError, TypeError) as e:  # HostKeyError's message says what to do
-            result = error_result(job, "transport", str(e))
+            result = error_result(job, "transport", str(e) or type(e).__name__)
         result["transport"] = {"name": self.name, "returncode": code, "wall_s": time.monotonic() - t0,
                                "stderr_tail": tail(stderr)}
         return result
+
+    def _agent_watches_stdin(self) -> bool:
+        """Does the agent we ship read one job line and then watch stdin for EOF?
+
+        Only such an agent may get an open stdin (one that reads to EOF would
+        wait forever); the transport ships its own agent, so its source says.
+        """
+        if self._watches_stdin is None:
+            self._watches_stdin = b"watch_stdin" in self.agent_source.read_bytes()
+        return self._watches_stdin
 
     def probe(self) -> dict:
         """``agent --probe`` on the device: environment and importable runtimes.
@@ -843,13 +1412,13 @@ class SSHTransport(Transport):
         """
         try:
             code, out, stderr = self._run_agent(
-                ["--probe", "--workdir", self.device_workdir()], b"", PROBE_TIMEOUT_S
+                ["--probe", "--workdir", self.device_workdir()], b"", PROBE_TIMEOUT_S, what="probe"
             )
         except AgentRunError as e:
             return {"status": "error",
                     "error": {"stage": e.stage, "message": str(e), "stderr_tail": e.stderr_tail}}
         except (SSHTransportError, OSError, ValueError) as e:
-            return {"status": "error", "error": {"stage": "transport", "message": str(e)}}
+            return {"status": "error", "error": {"stage": "transport", "message": str(e) or type(e).__name__}}
         return parse_agent_output({}, out, stderr, code)
 
     def run_shell(self, command: str, timeout_s: float) -> str:
@@ -861,71 +1430,122 @@ class SSHTransport(Transport):
         :class:`SSHTransportError` on a non-zero exit or timeout (a failed
         ``pre`` step means the device is not in the state the user asked for).
         """
-        conn = self._connection()
-        rc, out, err = self._run_killable(conn, ["/bin/sh", "-c", command], b"", timeout_s, what="command")
+        rc, out, err = self._run_killable(["/bin/sh", "-c", command], b"", timeout_s, what="command")
         if rc != 0:
             raise SSHTransportError(
                 f"{self.name}: `{command}` exited with code {rc}: {tail(err, 1000).strip()}"
             )
         return out.decode("utf-8", "replace")
 
-    def _run_agent(self, args: list[str], stdin: bytes, timeout_s: float) -> tuple[int, bytes, bytes]:
+    def _run_agent(
+        self, args: list[str], stdin: bytes, timeout_s: float, *, keep_stdin_open: bool = False,
+        what: str = "agent",
+    ) -> tuple[int, bytes, bytes]:
         """Run ``<python> <agent> args`` with ``stdin``; returns (exit code, stdout, stderr)."""
         with self._lock:
             agent = self.ensure_agent()
             conn = self._connection()
-        return self._run_killable(conn, [self._python(conn), agent, *args], stdin, timeout_s, what="agent")
+            python = self._python(conn)
+        return self._run_killable([python, agent, *args], stdin, timeout_s, what=what,
+                                  keep_stdin_open=keep_stdin_open)
 
-    def _run_killable(
-        self, conn: _Connection, argv: list[str], stdin: bytes, timeout_s: float, what: str
-    ) -> tuple[int, bytes, bytes]:
-        """Run ``argv`` under the PID-recording wrapper; kill its process group on timeout.
-
-        Returns (exit code, stdout, stderr).  Raises ``AgentRunError("timeout")``
-        after killing, or ``AgentRunError("transport")`` if the link is lost.
-        """
+    def _start(self, what: str) -> tuple[_Connection, paramiko.Channel, str]:
+        """Connection, new session channel and pidfile name for a killable command (nothing runs yet)."""
         with self._lock:
+            conn = self._connection()
             try:
                 pidfile = posixpath.join(self._dir(conn, "run"), f"{secrets.token_hex(8)}.pid")
                 chan = self._open_session(conn)
             except (OSError, EOFError, paramiko.SSHException) as e:
                 self._drop_connection()
-                raise AgentRunError("transport", f"{self.name}: cannot start the {what}: {e}") from None
-        wrapped = [self._python(conn), "-c", _WRAPPER_SRC, pidfile, *argv]
+                raise AgentRunError("transport", f"{self.name}: cannot start the {what}: {_reason(e)}") from None
+            return self._conn or conn, chan, pidfile
+
+    def _run_killable(
+        self, argv: list[str], stdin: bytes, timeout_s: float, what: str, keep_stdin_open: bool = False
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` under the PGID-recording sh wrapper; stop it on timeout or cancel.
+
+        Returns (exit code, stdout, stderr) without login-shell noise.  Raises
+        ``AgentRunError("timeout")`` after stopping it (the message says
+        "killed" only when the kill was confirmed), or
+        ``AgentRunError("transport")`` if the link is lost (the run is then
+        killed after the next reconnect: it may still hold the device lock).
+        """
+        conn, chan, pidfile = self._start(what)
+        marker = _new_marker()
         out, err = bytearray(), bytearray()
+        during = "during measurement" if what == "agent" else f"while the {what} ran"
         try:
-            chan.exec_command(remote_command(wrapped))
-            _send_stdin(chan, stdin)
+            chan.exec_command(remote_command(["exec", "/bin/sh", "-c", _WRAPPER_SH, marker, pidfile, *argv]))
+            if stdin:
+                chan.sendall(stdin)
+            if not keep_stdin_open:
+                chan.shutdown_write()
             rc = _collect(chan, time.monotonic() + timeout_s, out, err)
-            if rc is None:  # timed out
-                self._kill_remote(pidfile)
-                try:  # the agent reports on SIGTERM; its last log lines say where it was
-                    _collect(chan, time.monotonic() + 5.0, out, err)
-                except (OSError, EOFError, paramiko.SSHException):
-                    pass  # the link is gone too; the timeout is still what happened
+            if rc is None:
+                note = self._stop_remote(chan, pidfile, out, err, keep_stdin_open)
+                raise AgentRunError("timeout", f"{self.name}: the {what} was still running after {timeout_s:g} s; "
+                                    f"{note}", tail(_after_marker(marker, out, err)[1]))
         except (OSError, EOFError, paramiko.SSHException) as e:
+            if not self._closing:
+                self._orphans.add(pidfile)
             self._drop_connection()
-            raise AgentRunError(
-                "transport", f"{self.name}: connection lost while the {what} ran: {e}", tail(bytes(err))
-            ) from None
+            raise AgentRunError("transport", f"{self.name}: {self._lost(conn, e, during)}",
+                                tail(_after_marker(marker, out, err)[1])) from None
+        except AgentRunError:
+            raise
+        except BaseException:  # KeyboardInterrupt, SystemExit: cancelled - stop it, then go
+            try:
+                self._stop_remote(chan, pidfile, out, err, keep_stdin_open)
+            except Exception as e:  # noqa: BLE001 - the interrupt matters more
+                log.warning("%s: could not stop the cancelled %s: %s", self.name, what, _reason(e))
+            raise
         finally:
             chan.close()
-        if rc is None:
-            raise AgentRunError(
-                "timeout", f"{self.name}: the {what} was still running after {timeout_s:g} s; killed",
-                tail(bytes(err)),
-            )
         self._forget(pidfile)
-        return rc, bytes(out), bytes(err)
+        return (rc, *_after_marker(marker, out, err))
 
-    def _kill_remote(self, pidfile: str) -> None:
-        """Kill the timed-out agent's process group on the device (best effort, logged)."""
+    def _stop_remote(
+        self, chan: paramiko.Channel, pidfile: str, out: bytearray, err: bytearray, stdin_open: bool
+    ) -> str:
+        """Stop a run that must end; returns how it ended, for the record.
+
+        Closing stdin comes first: an agent that watches it writes its result
+        and frees the device lock.  Only a run still going after
+        ``STDIN_CLOSE_GRACE_S`` has its process group killed.
+        """
+        if stdin_open:
+            try:
+                chan.shutdown_write()
+                if _collect(chan, time.monotonic() + STDIN_CLOSE_GRACE_S, out, err) is not None:
+                    self._forget(pidfile)
+                    return "it stopped when its input was closed"
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the kill below uses a fresh connection if need be
+        confirmed, detail = self._kill_remote(pidfile)
+        try:  # the agent reports on SIGTERM; its last log lines say where it was
+            _collect(chan, time.monotonic() + (5.0 if confirmed else 1.0), out, err)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the link is gone too; the timeout is still what happened
+        if confirmed:
+            return "killed" if detail == "killed" else "it exited while being stopped"
+        return f"the kill was not confirmed ({detail}): processes may be left on the device"
+
+    def _kill_remote(self, pidfile: str) -> tuple[bool, str]:
+        """Kill the process group recorded in ``pidfile`` with plain ``sh``; (confirmed, what happened).
+
+        Independent of the device python (which may be what hangs) and bounded
+        by ``KILL_TIMEOUT_S``.
+        """
         try:
-            conn = self._connection()
-            self._exec([self._python(conn), "-c", _KILL_SRC, pidfile], timeout_s=30)
+            rc, out, err = self._exec(["/bin/sh", "-c", _KILL_SH, "kill", pidfile], timeout_s=KILL_TIMEOUT_S)
         except SSHTransportError as e:
-            log.warning("%s: could not kill the timed-out agent: %s", self.name, e)
-        self._forget(pidfile)
+            log.warning("%s: could not kill the timed-out run: %s", self.name, e)
+            return False, str(e)
+        said = (out.decode(errors="replace").strip() or err.decode(errors="replace").strip()
+                or f"kill exited with code {rc}")
+        return rc == 0, said.splitlines()[-1]
 
     def _forget(self, pidfile: str) -> None:
         """Remove a job's pidfile; a leftover one is harmless but untidy."""
@@ -937,6 +1557,56 @@ class SSHTransport(Transport):
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
+
+
+def _reason(e: BaseException) -> str:
+    """A description of ``e`` that is never empty (``EOFError()`` and ``socket.timeout()`` have no text)."""
+    if isinstance(e, socket.timeout):
+        return "timed out"
+    text = str(e).strip()
+    if isinstance(e, EOFError):
+        return "the connection was closed" + (f" ({text})" if text else "")
+    return text or type(e).__name__
+
+
+def _link_failed(conn: _Connection, e: BaseException) -> bool:
+    """Is ``e`` the link failing (retry may help) rather than the device refusing (disk full, permissions)?"""
+    if isinstance(e, (EOFError, socket.timeout, ConnectionError, paramiko.SSHException, SSHLinkError)):
+        return True
+    return not conn.is_active()
+
+
+def _new_marker() -> str:
+    return f"snp-bench-output-{secrets.token_hex(8)}"
+
+
+def _after_marker(marker: str, out: bytes | bytearray, err: bytes | bytearray) -> tuple[bytes, bytes]:
+    """stdout and stderr without what the login shell printed before the command started.
+
+    A stream without the marker is returned whole: the command never
+    started, and the shell's own complaint is the useful part.
+    """
+    tag = marker.encode() + b"\n"
+
+    def cut(data: bytes | bytearray) -> bytes:
+        i = data.find(tag)
+        return bytes(data[i + len(tag):]) if i >= 0 else bytes(data)
+
+    return cut(out), cut(err)
+
+
+def _sha256_prefix(path: pathlib.Path, n: int) -> str:
+    """sha256 of the first ``n`` bytes of a local file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = n
+        while left > 0:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
 
 
 def _describe_connect_error(e: BaseException, timeout_s: float) -> str:
@@ -954,7 +1624,7 @@ def _describe_connect_error(e: BaseException, timeout_s: float) -> str:
         return f"no answer within {timeout_s:g} s"
     if isinstance(e, EOFError):
         return "the server closed the connection during the handshake"
-    return f"{type(e).__name__}: {e}"
+    return f"{type(e).__name__}: {_reason(e)}"
 
 
 def _signal_name(number: int) -> str:
@@ -965,7 +1635,7 @@ def _signal_name(number: int) -> str:
 
 
 def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
-    """Write ``data`` to the remote stdin, then close it (the agent reads to EOF)."""
+    """Write ``data`` to the remote stdin, then close it (the command reads to EOF)."""
     if data:
         chan.sendall(data)
     chan.shutdown_write()
@@ -976,7 +1646,8 @@ def _collect(chan: paramiko.Channel, deadline: float, out: bytearray, err: bytea
 
     Returns the exit code, or None on timeout.  Both streams are read as they
     arrive so that a chatty stderr cannot fill the SSH window and stall the
-    remote process.  Raises EOFError when the connection dies.
+    remote process.  Raises EOFError when the connection dies (the keepalive
+    watch closes a silent one within a few intervals).
     """
     while True:
         while chan.recv_ready():
@@ -984,14 +1655,21 @@ def _collect(chan: paramiko.Channel, deadline: float, out: bytearray, err: bytea
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(1 << 16)
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-            return chan.recv_exit_status()
+            code = chan.recv_exit_status()  # -1: no status (sshd sent exit-signal, or the link closed)
+            if code == -1 and not _link_up(chan):
+                raise EOFError("SSH connection closed")
+            return code
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        transport = chan.get_transport()
-        if transport is None or not transport.is_active():
+        if not _link_up(chan):
             raise EOFError("SSH connection closed")
         select.select([chan], [], [], min(remaining, 0.1))  # wakes on data; exit-status polls
+
+
+def _link_up(chan: paramiko.Channel) -> bool:
+    transport = chan.get_transport()
+    return transport is not None and transport.is_active()
 
 
 def _sftp_makedirs(sftp: Optional[paramiko.SFTPClient], path: str) -> None:

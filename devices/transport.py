@@ -14,8 +14,18 @@ Every transport (this module's ``LocalTransport``, and the SSH one in
   (``status: "error"``, ``error.stage`` "transport" or "timeout", stderr tail),
   so the record store keeps one row per job, never silence (docs/design.md §4).
 
-The result of a ``run_agent`` also carries a ``transport`` object (name, exit
-code, wall seconds, stderr tail) added on the host side.
+The result of a ``run_agent`` (and of a ``probe``) also carries a ``transport``
+object (name, exit code, wall seconds, stderr tail) added on the host side.
+
+Cancellation (the agent's ``watch_stdin`` job field): ``run_agent`` sets
+``watch_stdin: true`` on the job it sends, writes the job as ONE line
+(``json.dumps(job) + "\n"``) and keeps the agent's stdin open until the agent
+has exited.  EOF on that stdin is the agent's order to stop: on a timeout or a
+cancellation (an exception in the waiting thread, Ctrl-C) the transport closes
+stdin first, gives the agent ``CANCEL_GRACE_S`` to stop, report and release the
+device lock, and only then kills what is left; and when the host process or
+the SSH connection dies, the kernel or sshd closes stdin for it, so a device
+is never left measuring (and locked) for nobody.
 """
 
 from __future__ import annotations
@@ -31,14 +41,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 AGENT_SOURCE = pathlib.Path(__file__).with_name("agent.py")
 PROTOCOL = 2  # devices/agent.py speaks this one; harness/jobs.py writes its job documents
 STDERR_TAIL_CHARS = 4000
 PROBE_TIMEOUT_S = 180.0
+#: After closing a timed-out or cancelled agent's stdin: how long it may take to stop, report and unlock.
+CANCEL_GRACE_S = 5.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -96,12 +109,42 @@ def error_result(job: dict, stage: str, message: str, stderr: str | bytes | None
     }
 
 
-def parse_agent_output(job: dict, stdout: str | bytes, stderr: str | bytes, returncode: int | None) -> dict:
+def signal_name(number: int) -> str:
+    """9 -> "SIGKILL"; a number this platform does not name stays a number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def agent_died(returncode: int | None, signal_unknown: bool = False) -> str:
+    """Why an agent left no result document, from how it ended.
+
+    ``returncode`` is read as subprocess reports it (negative: killed by that
+    signal).  ``signal_unknown``: it died of a signal whose number was not
+    reported, as over SSH, where sshd sends an exit signal instead of a status
+    and paramiko says -1 (which must not read as SIGHUP).
+    """
+    if signal_unknown:
+        return "agent killed by a signal (exit status unknown) before it wrote a result"
+    if returncode is not None and returncode < 0:
+        return f"agent killed by {signal_name(-returncode)} before it wrote a result"
+    return f"agent exited with code {returncode} without a result document"
+
+
+def job_line(job: dict) -> bytes:
+    """The job as the agent's ``watch_stdin`` protocol sends it: ONE line of JSON and a newline, with
+    ``watch_stdin`` set (json.dumps escapes every newline inside strings)."""
+    return (json.dumps({**job, "watch_stdin": True}) + "\n").encode("utf-8")
+
+
+def parse_agent_output(job: dict, stdout: str | bytes, stderr: str | bytes, returncode: int | None,
+                       signal_unknown: bool = False) -> dict:
     """Turn the agent's exit code and stdout into a result dict (error result if unusable).
 
     A result document is trusted whatever the exit code, as long as it parses
     and is a JSON object; otherwise the failure is described from the exit
-    code (a negative code is a signal, as subprocess reports it).
+    code (see `agent_died`).
     """
     if isinstance(stdout, bytes):
         stdout = stdout.decode("utf-8", "replace")
@@ -114,14 +157,8 @@ def parse_agent_output(job: dict, stdout: str | bytes, stderr: str | bytes, retu
             doc = None
     if isinstance(doc, dict) and "status" in doc:
         return doc
-    if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        message = f"agent killed by {name} before it wrote a result"
-    elif returncode not in (0, None):
-        message = f"agent exited with code {returncode} without a result document"
+    if signal_unknown or returncode not in (0, None):
+        message = agent_died(returncode, signal_unknown)
     elif not text:
         message = "agent exited without printing a result document"
     else:
@@ -194,6 +231,45 @@ class Transport(abc.ABC):
         self.close()
 
 
+class _Finished(NamedTuple):
+    """How a `LocalTransport` subprocess ended."""
+
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    #: Stopped by itself once its stdin was closed (see `LocalTransport._stop`).
+    stopped_cleanly: bool
+
+
+def _drain(pipe: IO[bytes], chunks: list[bytes]) -> None:
+    """Read a child's output pipe to EOF (one thread per pipe, so neither can fill up and stall it)."""
+    for chunk in iter(lambda: pipe.read1(1 << 16), b""):
+        chunks.append(chunk)
+    pipe.close()
+
+
+def _feed(pipe: IO[bytes], data: bytes, close: bool) -> None:
+    """Write a child's stdin (in a thread: a child that does not read must not block the wait)."""
+    try:
+        if data:
+            pipe.write(data)
+            pipe.flush()
+        if close:
+            pipe.close()
+    except (BrokenPipeError, OSError, ValueError):  # it exited without reading (not an agent, or crashed)
+        pass
+
+
+def _close(pipe: IO[bytes], feeder: threading.Thread) -> None:
+    """Close a child's stdin once the feeder is done with it (EOF: the watching agent stops)."""
+    feeder.join()
+    try:
+        pipe.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
 class LocalTransport(Transport):
     """The device is this machine: blobs are copied into ``workdir``, the agent is a subprocess.
 
@@ -238,25 +314,57 @@ class LocalTransport(Transport):
             self._agent_path = self.ensure_blob(AGENT_SOURCE, sha256_file(AGENT_SOURCE))
         return self._agent_path
 
-    def _run(self, argv: list[str], stdin: bytes, timeout_s: float) -> tuple[int | None, bytes, bytes, bool]:
-        """Run argv in its own process group; on timeout kill the whole group.
+    def _run(self, argv: list[str], stdin: bytes, timeout_s: float, keep_stdin_open: bool = False) -> _Finished:
+        """Run argv in its own process group; on timeout or cancellation stop the whole group.
 
-        Returns (exit code, stdout, stderr, timed_out).  The new session makes
-        the agent and anything it started (nvidia-smi, compilers) one group.
+        The new session makes the agent and anything it started (nvidia-smi,
+        its --cold child) one group.  ``keep_stdin_open`` (the ``watch_stdin``
+        protocol): stdin stays open until the process has exited, and
+        stopping it starts by closing stdin (see `_stop`).
         """
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, cwd=self.workdir)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        threads = [threading.Thread(target=_drain, args=(proc.stdout, out), daemon=True),
+                   threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True),
+                   threading.Thread(target=_feed, args=(proc.stdin, stdin, not keep_stdin_open), daemon=True)]
+        for thread in threads:
+            thread.start()
+        grace = CANCEL_GRACE_S if keep_stdin_open else 0.0
+        timed_out, clean = False, False
         try:
-            out, err = proc.communicate(stdin, timeout=timeout_s)
-            return proc.returncode, out, err, False
-        except subprocess.TimeoutExpired:
-            self._kill_group(proc)
-            out, err = proc.communicate()
-            return proc.returncode, out, err, True
-        except BaseException:
-            self._kill_group(proc)
-            proc.communicate()
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                clean = self._stop(proc, threads[2], grace)
+        except BaseException:  # the waiting thread is cancelled: the agent must not go on without it
+            self._stop(proc, threads[2], grace)
             raise
+        finally:
+            _close(proc.stdin, threads[2])
+            for thread in threads:
+                thread.join()
+        return _Finished(proc.returncode, b"".join(out), b"".join(err), timed_out, clean)
+
+    def _stop(self, proc: subprocess.Popen, feeder: threading.Thread, grace: float) -> bool:
+        """Stop a process that must not go on: close its stdin, wait up to ``grace`` s, kill its group.
+
+        Returns True when it exited by itself within the grace time (an agent
+        watching stdin stops, reports and releases the device lock).
+        """
+        clean = False
+        if grace > 0 and not feeder.is_alive():  # a feeder still writing holds the pipe: kill at once
+            _close(proc.stdin, feeder)
+            try:
+                proc.wait(timeout=grace)
+                clean = True
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_group(proc)  # what is left of the group (an agent's children), or the agent itself
+        proc.wait()
+        return clean
 
     @staticmethod
     def _kill_group(proc: subprocess.Popen) -> None:
@@ -269,16 +377,17 @@ class LocalTransport(Transport):
         t0 = time.monotonic()
         try:
             agent = self.ensure_agent()
-            payload = json.dumps(job).encode("utf-8")
-            code, out, err, timed_out = self._run([self.python, agent], payload, timeout_s)
+            run = self._run([self.python, agent], job_line(job), timeout_s, keep_stdin_open=True)
         except (OSError, ValueError, TypeError) as exc:
             return self._annotate(error_result(job, "transport", f"could not start the agent: {exc}"),
                                   None, "", t0)
-        if timed_out:
-            result = error_result(job, "timeout", f"agent still running after {timeout_s:g} s; killed", err)
+        if run.timed_out:
+            how = ("stdin closed, so it stopped and reported (see its stderr); its process group then killed"
+                   if run.stopped_cleanly else f"stdin closed, still running {CANCEL_GRACE_S:g} s later; killed")
+            result = error_result(job, "timeout", f"agent still running after {timeout_s:g} s; {how}", run.stderr)
         else:
-            result = parse_agent_output(job, out, err, code)
-        return self._annotate(result, code, err, t0)
+            result = parse_agent_output(job, run.stdout, run.stderr, run.returncode)
+        return self._annotate(result, run.returncode, run.stderr, t0)
 
     def _annotate(self, result: dict, code: int | None, stderr: bytes | str, t0: float) -> dict:
         result["transport"] = {"name": self.name, "returncode": code, "wall_s": time.monotonic() - t0,
@@ -286,26 +395,28 @@ class LocalTransport(Transport):
         return result
 
     def probe(self) -> dict:
+        t0 = time.monotonic()
         try:
             agent = self.ensure_agent()
-            code, out, err, timed_out = self._run([self.python, agent, "--probe", "--workdir", str(self.workdir)],
-                                                  b"", PROBE_TIMEOUT_S)
+            run = self._run([self.python, agent, "--probe", "--workdir", str(self.workdir)], b"", PROBE_TIMEOUT_S)
         except OSError as exc:
             return {"status": "error", "error": {"stage": "transport", "message": f"could not start the agent: {exc}"}}
-        if timed_out:
-            return {"status": "error", "error": {"stage": "timeout", "message": "probe timed out",
-                                                 "stderr_tail": tail(err)}}
-        return parse_agent_output({}, out, err, code)
+        if run.timed_out:
+            doc = {"status": "error", "error": {"stage": "timeout", "message": "probe timed out",
+                                                "stderr_tail": tail(run.stderr)}}
+        else:
+            doc = parse_agent_output({}, run.stdout, run.stderr, run.returncode)
+        return self._annotate(doc, run.returncode, run.stderr, t0)
 
     def device_workdir(self) -> str:
         return str(self.workdir)
 
     def run_shell(self, command: str, timeout_s: float) -> str:
-        code, out, err, timed_out = self._run(["/bin/sh", "-c", command], b"", timeout_s)
-        if timed_out or code != 0:
-            raise TransportError(f"local: `{command}` {'timed out' if timed_out else f'exited with code {code}'}: "
-                                 f"{tail(err, 1000).strip()}")
-        return (out or b"").decode("utf-8", "replace")
+        run = self._run(["/bin/sh", "-c", command], b"", timeout_s)
+        if run.timed_out or run.returncode != 0:
+            what = "timed out" if run.timed_out else f"exited with code {run.returncode}"
+            raise TransportError(f"local: `{command}` {what}: {tail(run.stderr, 1000).strip()}")
+        return run.stdout.decode("utf-8", "replace")
 
     def close(self) -> None:
         """Nothing to release for a local device."""

@@ -425,3 +425,52 @@ def netns_lab(root: pathlib.Path) -> Iterator[NetnsLab]:
     finally:
         cleanup()
         atexit.unregister(cleanup)
+
+
+# --------------------------------------------------------------------------
+# Fault injection (tests/devices/test_ssh_faults.py)
+# --------------------------------------------------------------------------
+
+
+def restart_sshd(server: SSHServer, extra_config: tuple[str, ...] = ()) -> SSHServer:
+    """Stop ``server`` (like a crash) and start its sshd again: same port, host key, users.
+
+    ``extra_config`` lines are appended to its sshd_config first (e.g.
+    ``SetEnv BASH_ENV=...``).  ``server.proc`` is replaced in place, so
+    fixtures that stop ``server`` stop the new process.
+    """
+    server.kill()
+    config = server.root / "sshd_config"
+    if extra_config:
+        config.write_text(config.read_text() + "\n".join(extra_config) + "\n")
+    cmd = [require_sshd(), "-D", "-e", "-f", str(config)]
+    if server.netns:
+        cmd = ["ip", "netns", "exec", server.netns, *cmd]
+    with open(server.log_path, "ab") as log_file:
+        server.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+    _wait_for_banner(server)
+    return server
+
+
+@contextlib.contextmanager
+def ssh_agent(root: pathlib.Path) -> Iterator[str]:
+    """A private ``ssh-agent`` for one test; yields its socket path (for SSH_AUTH_SOCK)."""
+    root.mkdir(parents=True, exist_ok=True)
+    sock = root / "agent.sock"
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ssh-agent did not start (exit code {proc.poll()})")
+            time.sleep(0.02)
+        yield str(sock)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def set_link(netns: str, dev: str, up: bool) -> None:
+    """``ip -n NETNS link set DEV up|down``: plug or cut a lab cable for real."""
+    _ip("-n", netns, "link", "set", dev, "up" if up else "down")

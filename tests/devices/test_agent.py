@@ -655,3 +655,37 @@ def test_pi_throttle_decoding_and_warnings():
     assert agent.environment_warnings(before, before) == []
     ondemand = {"cpufreq": {"governors": ["ondemand"]}}
     assert "ondemand" in agent.environment_warnings(ondemand, ondemand)[0]
+
+
+# ----- the stdin watchdog (watch_stdin) on every Python the agent supports ----------------
+
+@pytest.mark.parametrize("which", ["this python", "python 3.6"])
+def test_closing_a_watched_stdin_ends_a_lock_wait(tmp_path, which):
+    """A job waiting for a held device lock stops as soon as its transport closes stdin (stage "lock")."""
+    python = sys.executable if which == "this python" else _python36()
+    if python is None:
+        pytest.skip("no Python 3.6 interpreter here")
+    blob = tmp_path / "blob.onnx"
+    blob.write_bytes(b"never verified: the lock comes first")
+    job = make_job(blob, "onnx", "onnxruntime", tmp_path, job_id="waiting", timeout_s=120, watch_stdin=True)
+    with open(tmp_path / "agent.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen([python, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            proc.stdin.write((json.dumps(job) + "\n").encode())
+            proc.stdin.flush()
+            seen = b""
+            while b"waiting for the device lock" not in seen:
+                line = proc.stderr.readline()
+                assert line, seen.decode()
+                seen += line
+            proc.stdin.close()
+            proc.wait(timeout=30)  # the job would wait for the lock for up to 120 s
+            result = json.loads(proc.stdout.read())
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert result["error"]["stage"] == "lock" and result["error"]["message"].startswith("cancelled: stdin closed")
+    assert only(result)["status"] == "error"

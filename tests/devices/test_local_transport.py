@@ -211,3 +211,96 @@ def test_probe(transport):
     assert doc["busy"] is False
     assert doc["runtimes"]["onnxruntime"]["importable"] is True
     assert doc["env"]["hostname"]
+
+
+# ----- cancellation: the agent's watch_stdin ------------------------------------------
+
+import _thread  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+
+
+def _endless(transport: LocalTransport, model: pathlib.Path, job_id: str) -> dict:
+    """A job that would measure for a minute: only a timeout or a cancellation ends it early."""
+    return make_job(transport, model, job_id=job_id, measure={"iterations": 10 ** 9, "min_seconds": 60},
+                    timeout_s=300)
+
+
+def test_timeout_closes_stdin_first_so_the_agent_reports_and_unlocks(transport, onnx_model):
+    result = transport.run_agent(_endless(transport, onnx_model, "stopped"), timeout_s=5)
+    assert result["status"] == "error" and result["error"]["stage"] == "timeout"
+    assert "stdin closed, so it stopped and reported" in result["error"]["message"], result["error"]
+    # The agent's own last words: it saw EOF, stopped as on SIGTERM, then exited.
+    assert "cancelled: stdin closed" in result["error"]["stderr_tail"]
+    assert result["transport"]["returncode"] == 0
+    assert not _load_agent().lock_is_held(str(transport.workdir))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may take its time)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+HOST_SCRIPT = """
+import json, pathlib, sys
+sys.path.insert(0, sys.argv[1])
+from devices.transport import LocalTransport
+LocalTransport(pathlib.Path(sys.argv[2])).run_agent(json.loads(sys.argv[3]), 300)
+"""
+
+
+def test_an_agent_whose_harness_died_stops_and_unlocks(transport, onnx_model):
+    """SIGKILL the host process: the kernel closes the agent's stdin with it, and the agent stops."""
+    job = _endless(transport, onnx_model, "orphan")
+    host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, str(ROOT), str(transport.workdir), json.dumps(job)])
+    try:
+        pid = _wait_for_lock_holder(transport.workdir, "orphan")
+        time.sleep(0.5)
+    finally:
+        host.kill()
+        host.wait()
+    agent = _load_agent()
+    deadline = time.monotonic() + 30  # the job alone would hold the lock for more than a minute
+    while (_running(pid) or agent.lock_is_held(str(transport.workdir))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(pid)
+    assert not agent.lock_is_held(str(transport.workdir))
+
+
+def test_a_cancelled_run_agent_stops_its_agent_before_raising(transport, onnx_model):
+    """Ctrl-C while run_agent waits: the agent is stopped (and the lock free) by the time the exception is seen."""
+    job = _endless(transport, onnx_model, "interrupted")
+
+    def interrupt_when_measuring() -> None:
+        _wait_for_lock_holder(transport.workdir, "interrupted")
+        time.sleep(0.5)
+        _thread.interrupt_main()
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a worker may ignore SIGINT
+    try:
+        threading.Thread(target=interrupt_when_measuring, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            transport.run_agent(job, 300)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    pid = json.loads((transport.workdir / "agent.lock").read_text())["pid"]
+    assert not _running(pid)
+    assert not _load_agent().lock_is_held(str(transport.workdir))
+
+
+def test_run_agent_sends_one_watched_line(tmp_path):
+    """What the agent receives from run_agent: the job as one line with watch_stdin, and stdin still open."""
+    recorder = tmp_path / "recorder"
+    recorder.write_text("#!/bin/sh\nhead -n 1 > \"$(dirname \"$0\")/got\"\n"
+                        "if timeout 1 cat > /dev/null; then echo closed; else echo open; fi\n")
+    recorder.chmod(0o755)
+    t = LocalTransport(tmp_path / "device", python=str(recorder))
+    job = {"protocol": 2, "job_id": "line\nbreak", "workdir": str(t.workdir)}
+    result = t.run_agent(job, timeout_s=30)
+    assert (tmp_path / "got").read_text().count("\n") == 1
+    assert json.loads((tmp_path / "got").read_text()) == {**job, "watch_stdin": True}
+    assert "'open" in result["error"]["message"]  # stdin was still open a second after the job line

@@ -546,14 +546,15 @@ def test_agent_killed_by_a_signal_is_an_error_result(sshd_server: SSHServer, tmp
 
 
 def test_device_side_snippets_are_python36_compatible(tmp_path: pathlib.Path) -> None:
-    """The hasher, wrapper and killer run on the device python, like the agent (>= 3.6)."""
+    """The hasher runs on the device python, like the agent (>= 3.6); the wrapper and the kill are sh scripts
+    (test_device_side_shell_snippets_are_posix_sh), so a hanging device python cannot stop a kill."""
     from devices import ssh
 
     vermin = shutil.which("vermin") or str(pathlib.Path(sys.executable).with_name("vermin"))
     if not os.path.exists(vermin):
         pytest.skip("vermin is not installed")
     files = []
-    for name in ("_HASH_SRC", "_WRAPPER_SRC", "_KILL_SRC"):
+    for name in ("_HASH_SRC",):
         files.append(tmp_path / f"{name}.py")
         files[-1].write_text(getattr(ssh, name))
     proc = subprocess.run([vermin, "-q", "--no-tips", "--violations", "-t=3.6-", *map(str, files)],
@@ -601,3 +602,17 @@ def test_end_to_end_job_with_the_real_agent(sshd_server: SSHServer, tmp_path: pa
         assert t.bytes_uploaded == model.stat().st_size + AGENT.stat().st_size
     finally:
         t.close()
+
+
+def test_device_side_shell_snippets_are_posix_sh() -> None:
+    """The wrapper, killer and df probe run under the device's /bin/sh (dash, busybox), not bash."""
+    from devices import ssh
+
+    shells = [s for s in ("dash", "busybox", "posh") if shutil.which(s)]
+    if not shells:
+        pytest.skip("no POSIX-only shell (dash, busybox, posh) to check the snippets with")
+    for shell in shells:
+        for name in ("_MARKED_SH", "_WRAPPER_SH", "_KILL_SH", "_SPACE_SH"):
+            argv = [shell, "sh"] if shell == "busybox" else [shell]
+            proc = subprocess.run([*argv, "-n", "-c", getattr(ssh, name)], capture_output=True, text=True)
+            assert proc.returncode == 0 and proc.stderr == "", f"{shell}: {name}: {proc.stderr}"
