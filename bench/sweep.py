@@ -4,15 +4,18 @@ The command fills a `harness.runner.SweepRequest` and calls `harness.runner.run_
 (plan, export, run on every device in parallel, each record stored as it
 arrives); then it prints the run's table, the same one ``bench table
 --efficiency`` prints (speedups with their intervals, marked where they cannot
-be trusted), and one line per failed job.
+be trusted), one line per failed job, and a summary line counting the planned
+jobs. The exit status is 1 when a planned job has no ok record, 128 + the
+signal's number (130, 143) when Ctrl-C or SIGTERM stopped the sweep.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from harness import config as harness_config
-from harness.runner import Outcome, SweepRequest, run_sweep
+from harness.runner import Outcome, SweepInterrupted, SweepRequest, run_sweep
 from results.store import Store
 from results.table import TableError
 
@@ -77,7 +80,10 @@ def print_outcome(outcome: Outcome, cfg: harness_config.Config, store: Store) ->
         print(f"error: {r['device']} {r['model']} {r['variant']} {r['format']} bs{r['batch_size']}: "
               f"[{r['error_stage']}] {r['error_message']}")
     sent = ", ".join(f"{name} {n / 1e6:.1f} MB" for name, n in outcome.uploaded.items())
-    print(f"run {outcome.run_id}: {len(outcome.records) - len(outcome.errors)} ok, {len(outcome.errors)} error(s); "
+    unrecorded = outcome.not_ok - len(outcome.errors)  # only an interrupt during the exports leaves such jobs
+    print(f"run {outcome.run_id}: {outcome.planned} planned: {outcome.ok} ok, {len(outcome.errors)} error(s)"
+          f"{f', {unrecorded} not run' if unrecorded > 0 else ''}"
+          f"{f'; interrupted by {outcome.interrupted}' if outcome.interrupted else ''}; "
           f"uploaded: {sent or 'nothing'}; store {store.path}")
 
 
@@ -89,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
     selection = {**(cfg.named_sweep(args.sweep) if args.sweep else {}), **{k: v for k, v in given.items() if v}}
     selection.pop("threshold", None)  # a nightly setting; a plain sweep compares nothing
     request = SweepRequest(**selection, resume=args.resume, trust_new_hosts=args.trust_new_hosts)
-    outcome = sweep_with_bars(cfg, store, request)
+    try:
+        outcome = sweep_with_bars(cfg, store, request)
+    except SweepInterrupted as stop:  # the agents are stopped and the run is marked: show what it has, 128 + signal
+        print_outcome(stop.outcome, cfg, store)
+        print(f"run {stop.outcome.run_id} interrupted; finish it with --resume {stop.outcome.run_id}",
+              file=sys.stderr)
+        return 128 + stop.signum
     print_outcome(outcome, cfg, store)
-    return 1 if outcome.errors else 0
+    return 1 if outcome.not_ok else 0
 

@@ -140,6 +140,12 @@ def parse_device(name: str, table: object) -> DeviceSpec:
     for key in ("pre", "post"):
         if not isinstance(table.get(key, []), list) or not all(isinstance(c, str) for c in table.get(key, [])):
             raise bad(f"{key} must be a list of shell command strings")
+    port = table.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        raise bad(f"port = {port!r}: must be a whole number from 1 to 65535 (or left out: ~/.ssh/config's, else 22)")
+    for key in ("host", "user", "python", "workdir", "label", "identity_file", "known_hosts", "ssh_config"):
+        if key in table and not isinstance(table[key], str):
+            raise bad(f"{key} = {table[key]!r}: must be a string")
     seconds = {key: _positive(table, key, default, bad) for key, default in _SECONDS.items()}
     attempts = table.get("reconnect_attempts", 3)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= 100:
@@ -147,7 +153,7 @@ def parse_device(name: str, table: object) -> DeviceSpec:
     default_workdir = f"runs/devices/{name}" if kind == "local" else "~/.snp-bench"
     return DeviceSpec(
         name=name, kind=kind, runtimes={r: dict(o) for r, o in runtimes.items()}, host=table.get("host", ""),
-        user=table.get("user"), port=table.get("port"), identity_file=table.get("identity_file"),
+        user=table.get("user"), port=port, identity_file=table.get("identity_file"),
         python=table.get("python", sys.executable if kind == "local" else "python3"),
         workdir=table.get("workdir", default_workdir), label=table.get("label", ""),
         labels={str(k): str(v) for k, v in table.get("labels", {}).items()}, pre=list(table.get("pre", [])),

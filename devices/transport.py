@@ -284,6 +284,9 @@ class LocalTransport(Transport):
         self.python = python
         self.bytes_uploaded = 0
         self._agent_path: str | None = None
+        #: Processes running now, with their stdin feeders: `close` stops them (the harness was interrupted).
+        self._live: dict[subprocess.Popen, threading.Thread] = {}
+        self._live_lock = threading.Lock()
         (self.workdir / "blobs").mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, sha256: str) -> pathlib.Path:
@@ -331,6 +334,8 @@ class LocalTransport(Transport):
                    threading.Thread(target=_feed, args=(proc.stdin, stdin, not keep_stdin_open), daemon=True)]
         for thread in threads:
             thread.start()
+        with self._live_lock:
+            self._live[proc] = threads[2]
         grace = CANCEL_GRACE_S if keep_stdin_open else 0.0
         timed_out, clean = False, False
         try:
@@ -346,6 +351,8 @@ class LocalTransport(Transport):
             _close(proc.stdin, threads[2])
             for thread in threads:
                 thread.join()
+            with self._live_lock:
+                self._live.pop(proc, None)
         return _Finished(proc.returncode, b"".join(out), b"".join(err), timed_out, clean)
 
     def _stop(self, proc: subprocess.Popen, feeder: threading.Thread, grace: float) -> bool:
@@ -419,4 +426,12 @@ class LocalTransport(Transport):
         return run.stdout.decode("utf-8", "replace")
 
     def close(self) -> None:
-        """Nothing to release for a local device."""
+        """Stop what still runs (a sweep interrupted mid-measure): stdin closed, a grace time, then the kill.
+
+        The thread waiting for such a run then gets the agent's own "cancelled" result.
+        """
+        with self._live_lock:
+            live = list(self._live.items())
+        for proc, feeder in live:
+            if proc.poll() is None:
+                self._stop(proc, feeder, CANCEL_GRACE_S)

@@ -5,7 +5,10 @@ model row of the paper's table (DeiT-T/S/B, EfficientFormer-L1 and their SNP
 configs) as named entries, of which the default sweep times DeiT-T original and
 SNP-pruned with the paper's ratios, on the local machine, as .onnx through
 onnxruntime and .pt through PyTorch. A user's ``[models]`` and
-``[devices]`` replace the embedded ones; other tables are merged key by key.
+``[devices]`` replace the embedded ones; other tables are merged key by key,
+nested tables too (a ``[measure.quick]`` with only ``iterations`` keeps the
+embedded quick profile's other values; a ``[sweeps.paper]`` with only
+``formats`` keeps its model list).
 
 Model entries are named; a pruned entry names the entry it is pruned from
 (``base``), which is also what its speedup is computed against::
@@ -25,6 +28,7 @@ Model entries are named; a pruned entry names the entry it is pruned from
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,16 +341,68 @@ def _parse_measure(table: dict, where: str) -> Measure:
     return Measure(**values)
 
 
+#: What a device name may be made of: it is part of every job key (``|`` separates their fields), of the default
+#: local workdir and of log lines.
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DEVICE_NAME_RULE = "letters, digits, '_', '-' and '.', starting with a letter or digit"
+
+
+def _merge(base: object, over: object) -> object:
+    """`over` on top of `base`, key by key at every depth of tables (anything else in `over` replaces)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{key: _merge(base.get(key), value) for key, value in over.items()}}
+    return over
+
+
+def _table_name(name: str) -> str:
+    """A table key as TOML writes it: bare when it can be, quoted otherwise (``[devices."a|b"]``)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
+def _check_names(doc: dict, source: str) -> None:
+    """Refuse device and model names that cannot be part of a job key, before any run is created."""
+    devices, models = doc.get("devices"), doc.get("models")  # not tables: refused later, with their own message
+    for name in devices if isinstance(devices, dict) else ():
+        if not _DEVICE_NAME.fullmatch(name):
+            raise ConfigError(f"{source} [devices.{_table_name(name)}]: device name {name!r} may only use "
+                              f"{_DEVICE_NAME_RULE}")
+    for name in models if isinstance(models, dict) else ():
+        if not name or "|" in name or name != name.strip():
+            raise ConfigError(f"{source} [models.{_table_name(name)}]: model name {name!r} must be non-empty, "
+                              "without '|' (it separates the fields of a job key) or surrounding spaces")
+
+
+def _split_measure(doc: dict, source: str) -> tuple[dict, dict]:
+    """``([measure] without its quick table, the --quick settings)``.
+
+    The quick settings are the embedded ``[measure.quick]`` profile with the user's
+    ``[measure.quick]`` over it, key by key, on top of ``[measure]``: a partial quick
+    table never falls back to the full profile's iterations or timeout, while the
+    settings the quick profile does not name (``grace_s``, ``isolate``, ``cooldown_*``,
+    ...) are ``[measure]``'s.
+    """
+    measure = doc.get("measure", {})
+    if not isinstance(measure, dict):
+        raise ConfigError(f"{source} [measure]: must be a table, got {measure!r}")
+    measure = dict(measure)
+    quick = measure.pop("quick", {})
+    if not isinstance(quick, dict):
+        raise ConfigError(f"{source} [measure.quick]: must be a table, got {quick!r}")
+    return measure, {**measure, **quick}
+
+
 def load(path: Path | None = None) -> Config:
     """The embedded default, overlaid with `path` (default ./bench.toml when it exists).
 
     ``[models]`` and ``[devices]`` in the user's file replace the embedded ones whole;
-    other tables are merged key by key.
+    other tables are merged key by key, nested tables included (`_merge`).
     """
     doc = tomllib.loads(DEFAULT_CONFIG)
+    source = "bench.toml"
     if path is None and Path("bench.toml").is_file():
         path = Path("bench.toml")
     if path is not None:
+        source = str(path)
         try:
             user = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -356,12 +412,9 @@ def load(path: Path | None = None) -> Config:
         if "models" in user and "models" not in user.get("sweep", {}):
             doc["sweep"].pop("models")  # the embedded model list names embedded models: sweep all of the user's
         for key, value in user.items():
-            if key in ("models", "devices"):
-                doc[key] = value  # a user's models / devices replace the embedded ones
-            elif isinstance(value, dict) and isinstance(doc.get(key), dict):
-                doc[key] = {**doc[key], **value}
-            else:
-                doc[key] = value
+            # a user's models / devices replace the embedded ones; every other table merges at every depth
+            doc[key] = value if key in ("models", "devices") else _merge(doc.get(key), value)
+        _check_names(user, source)
 
     models = {name: _parse_model(name, table) for name, table in doc.get("models", {}).items()}
     for spec in models.values():
@@ -379,13 +432,12 @@ def load(path: Path | None = None) -> Config:
         devices = parse_devices(doc.get("devices"))
     except DeviceConfigError as exc:
         raise ConfigError(str(exc)) from None
-    measure = dict(doc.get("measure", {}))
-    quick = measure.pop("quick", {})
+    measure, quick = _split_measure(doc, source)
     sweep = dict(doc.get("sweep", {}))
     for fmt in sweep.get("formats", []):
         if fmt not in FORMATS:
             raise ConfigError(f"bench.toml [sweep]: format {fmt!r} is not one of: {', '.join(FORMATS)}")
     paths = doc.get("paths", {})
     return Config(models=models, devices=devices, sweep=sweep, measure=_parse_measure(measure, "measure"),
-                  quick=_parse_measure({**measure, **quick}, "measure.quick"), store=Path(paths["store"]),
+                  quick=_parse_measure(quick, "measure.quick"), store=Path(paths["store"]),
                   artifacts=Path(paths["artifacts"]), sweeps=doc.get("sweeps", {}))

@@ -304,3 +304,19 @@ def test_run_agent_sends_one_watched_line(tmp_path):
     assert (tmp_path / "got").read_text().count("\n") == 1
     assert json.loads((tmp_path / "got").read_text()) == {**job, "watch_stdin": True}
     assert "'open" in result["error"]["message"]  # stdin was still open a second after the job line
+
+
+def test_close_stops_a_running_agent_and_its_caller_gets_the_cancelled_result(transport, onnx_model):
+    """What an interrupted sweep does: `close()` from another thread while `run_agent` waits."""
+    job = _endless(transport, onnx_model, "closed")
+    results: list[dict] = []
+    waiter = threading.Thread(target=lambda: results.append(transport.run_agent(job, timeout_s=300)))
+    waiter.start()
+    pid = _wait_for_lock_holder(transport.workdir, "closed")
+    started = time.monotonic()
+    transport.close()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and time.monotonic() - started < 15
+    assert not _running(pid) and not _load_agent().lock_is_held(str(transport.workdir))
+    (result,) = results
+    assert result["status"] == "error" and "cancelled: stdin closed" in json.dumps(result)

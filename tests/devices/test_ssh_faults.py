@@ -556,3 +556,14 @@ def test_a_device_that_stays_down_fails_fast_after_one_round_of_backoff(
         assert t.ensure_blob(b, sha_b) == str(tmp_path / "dev" / "blobs" / sha_b)  # back: work resumes
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("key, value, accepted", [
+    ("port", "22x", "a whole number from 1 to 65535"), ("port", 99999999, "a whole number from 1 to 65535"),
+    ("port", True, "a whole number from 1 to 65535"), ("workdir", 3, "must be a string"),
+    ("python", ["python3"], "must be a string")])
+def test_bad_connection_settings_are_refused_at_load(key, value, accepted):
+    with pytest.raises(DeviceConfigError) as bad:
+        parse_device("pi", {"kind": "ssh", "host": "pi", key: value})
+    assert str(bad.value).startswith(f"bench.toml [devices.pi]: {key} = {value!r}: ") and accepted in str(bad.value)
+    assert "\n" not in str(bad.value)

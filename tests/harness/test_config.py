@@ -78,3 +78,54 @@ def test_embedded_catalog_covers_every_paper_row_with_a_matching_config():
         name = ratio_sources.paper_config_for(spec.timm) if spec.ratios == "paper" else spec.ratios
         assert ratio_sources.load_config(name)["model"] == spec.timm
     assert cfg.sweeps["paper"]["models"] == list(cfg.models)
+
+
+def test_partial_measure_quick_merges_over_the_builtin_quick_profile(tmp_path):
+    """[measure.quick] with one key keeps the embedded quick profile's other values, never [measure]'s full ones;
+    what the quick profile does not set (grace, isolation) still comes from [measure]."""
+    (tmp_path / "bench.toml").write_text("[measure]\niterations = 5000\ntimeout_s = 7200\ngrace_s = 7\nisolate = true\n"
+                                         "\n[measure.quick]\niterations = 30\n")
+    cfg = harness_config.load(tmp_path / "bench.toml")
+    builtin = harness_config.load(Path(os.devnull)).quick
+    assert cfg.quick.iterations == 30
+    assert (cfg.quick.warmup_iterations, cfg.quick.min_seconds, cfg.quick.timeout_s, cfg.quick.rounds,
+            cfg.quick.rewarm_iterations) == (builtin.warmup_iterations, builtin.min_seconds, builtin.timeout_s,
+                                             builtin.rounds, builtin.rewarm_iterations) == (20, 2.0, 600.0, 5, 5)
+    assert (cfg.quick.grace_s, cfg.quick.isolate) == (7.0, True)
+    assert (cfg.measure.iterations, cfg.measure.timeout_s, cfg.measure.warmup_iterations) == (5000, 7200.0, 200)
+
+
+def test_nested_tables_merge_key_by_key(tmp_path):
+    (tmp_path / "bench.toml").write_text('[sweeps.paper]\nformats = ["onnx"]\n\n[sweeps.mine]\nmodels = ["deit_tiny"]\n'
+                                         '\n[paths]\nstore = "elsewhere.sqlite"\n')
+    cfg = harness_config.load(tmp_path / "bench.toml")
+    embedded = harness_config.load(Path(os.devnull))
+    assert cfg.sweeps["paper"] == {**embedded.sweeps["paper"], "formats": ["onnx"]}
+    assert cfg.sweeps["mine"] == {"models": ["deit_tiny"]}
+    assert (cfg.store, cfg.artifacts) == (Path("elsewhere.sqlite"), embedded.artifacts)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[devices."pi|4"]\nkind = "local"\n',
+     "[devices.\"pi|4\"]: device name 'pi|4' may only use letters, digits, '_', '-' and '.', starting with a letter "
+     "or digit"),
+    ('[devices." pi"]\nkind = "local"\n', "device name ' pi' may only use letters, digits"),
+    ('[models."a|b"]\ntimm = "deit_tiny_patch16_224"\n',
+     "[models.\"a|b\"]: model name 'a|b' must be non-empty, without '|'"),
+    ('[measure]\nquick = 3\n', "[measure.quick]: must be a table, got 3"),
+])
+def test_names_that_cannot_key_a_job_are_refused_at_load(tmp_path, toml, message):
+    path = tmp_path / "bench.toml"
+    path.write_text(toml)
+    with pytest.raises(harness_config.ConfigError) as err:
+        harness_config.load(path)
+    assert str(err.value).startswith(f"{path} [") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_device_name_with_the_key_separator_is_one_error_line_and_no_run(tmp_path):
+    (tmp_path / "bench.toml").write_text('[devices."lab|pi"]\nkind = "local"\n')
+    r = subprocess.run([sys.executable, "-m", "bench", "sweep", "--config", str(tmp_path / "bench.toml"),
+                        "--store", str(tmp_path / "s.sqlite")], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device name 'lab|pi' may only use" in r.stderr, r.stderr
+    assert not (tmp_path / "s.sqlite").exists()  # refused before the store opened: no run is left 'running'
