@@ -12,9 +12,11 @@ import argparse
 import logging
 import sys
 
+from devices.transport import PROTOCOL
 from harness.config import ConfigError
 from harness.latency_model import TargetLatencyError
 from results.store import StoreError
+from snp_core import __version__
 from snp_core.errors import SNPError
 
 from . import (
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune Vision Transformers with SNP and measure how much faster they run on real devices.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version",
+                        version=f"snp-bench {__version__} (device agent protocol {PROTOCOL})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
