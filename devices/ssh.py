@@ -69,7 +69,6 @@ import re
 import secrets
 import select
 import shlex
-import signal
 import socket
 import stat
 import threading
@@ -89,6 +88,7 @@ from devices.transport import (
     error_result,
     parse_agent_output,
     sha256_file,
+    signal_name,
     tail,
 )
 
@@ -1384,7 +1384,7 @@ class SSHTransport(Transport):
                 result = parse_agent_output(job, out, stderr, code)
                 if code is not None and code > 128 and result.get("error", {}).get("type") == "TransportError":
                     # a login shell that forked (dash) reports a signal death as 128 + signal number
-                    result["error"]["message"] += f" (128 + {_signal_name(code - 128)}: killed by a signal?)"
+                    result["error"]["message"] += f" (128 + {signal_name(code - 128)}: killed by a signal?)"
         except AgentRunError as e:
             stderr = e.stderr_tail.encode()
             result = error_result(job, e.stage, str(e), e.stderr_tail)
@@ -1625,13 +1625,6 @@ def _describe_connect_error(e: BaseException, timeout_s: float) -> str:
     if isinstance(e, EOFError):
         return "the server closed the connection during the handshake"
     return f"{type(e).__name__}: {_reason(e)}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:

@@ -61,15 +61,14 @@ def compress(model: nn.Module | str, ratios: ratio_sources.RatioSpec = "paper",
         model = models.create(name, weights, **(model_kwargs or {}))
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be a timm model name or an nn.Module, got {type(model).__name__}")
-    name = models.base_name(models.resolve_name(model, name, model_kwargs))
     if isinstance(criterion, str):
         criterion = get_criterion(criterion)
     if isinstance(ratios, Mapping) and set(ratios) <= set(KINDS):
-        ratios = ratio_sources.uniform(adapter_for(model, name).groups(), **ratios)
+        ratios = ratio_sources.uniform(adapter_for(model, name or "").groups(), **ratios)
     images, info = None, None
     if criterion.uses_activations:
         data = calibration.load(calib, model, num_images)
         images, info = data.images, data.info()
-    plan = make_plan(model, name, ratios, criterion, images, info, round_to=round_to, progress=progress,
+    plan = make_plan(model, name, ratios, criterion, images, info,  # make_plan checks the name round_to=round_to, progress=progress,
                      model_kwargs=model_kwargs, head_criterion=head_criterion)
     return Compressed(prune(model, plan), plan)
