@@ -359,9 +359,10 @@ criterion = "l2"
 [sweeps.nightly]
 models = ["tiny", "tiny_snp"]
 formats = ["onnx"]
-# Two runs of identical code on a shared 2-core test machine were measured up to ~8 % apart
-# (other processes; the within-run intervals were +-0.5 %): 5 % suits a quiet lab device, not this.
-threshold = 0.2
+# Two runs of identical code on a shared 2-core test machine were measured up to ~8 % apart, and
+# +81 % (CI +59..+106 %) with another pytest worker busy on the second core: 5 % suits a quiet lab
+# device, not this.  90 % passes that; the heavier model (6x the blocks) is several times slower.
+threshold = 0.9
 
 [measure]
 warmup_iterations = 20
@@ -396,13 +397,13 @@ def test_nightly_twice_unchanged_passes_and_a_heavier_model_fails(tmp_path, monk
     assert f"baseline: {first}" in out and "**No regression** (2 job(s) compared" in out
     assert store.baseline()["run_id"] == first  # not promoted without --promote
 
-    # 3. the model got heavier (6 blocks instead of 2; same entry names, so the same jobs): regression, exit 1,
+    # 3. the model got heavier (12 blocks instead of 2; same entry names, so the same jobs): regression, exit 1,
     #    and --promote refuses it
-    config.write_text(NIGHTLY_CONFIG.format(tmp=tmp_path, depth=6))
+    config.write_text(NIGHTLY_CONFIG.format(tmp=tmp_path, depth=12))
     assert cli.main(["nightly", "--config", str(config), "--promote"]) == 1
     out = capsys.readouterr().out
     third = store.latest_run()["run_id"]
-    assert "**REGRESSION**: 2 job(s) slower by more than 20 %" in out and "not promoted" in out
+    assert "**REGRESSION**: 2 job(s) slower by more than 90 %" in out and "not promoted" in out
     assert store.baseline()["run_id"] == first and third not in (first, second)
     md = (tmp_path / "runs" / third / "report.md").read_text()
     rows = [line for line in md.split("## All compared jobs")[1].splitlines() if line.startswith("| deit_tiny")]
