@@ -120,19 +120,22 @@ def test_faults_leave_error_records_and_other_devices_finish(tmp_path, artifacts
                + ssh_device("badkey", sshd_server, tmp_path / "b", known_hosts=wrong_keys)
                + local_device("hangs", tmp_path / "h", python=str(hang))
                + local_device("killed", tmp_path / "k", python=str(killer)))
-    cfg = harness_config.load(write_config(tmp_path, artifacts, devices, iterations=100000, min_seconds=0.0,
-                                         timeout=3, grace=2))
-    cfg.measure.iterations = 5  # only "killed" must run long: give it its own, slower settings below
-    cfg.measure.cold_start = False  # a cold start imports the runtime again per model: more than 3 s for torch
-    outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["good", "unreachable", "badkey", "hangs"]))
+    cfg = harness_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=0.0))
+    cfg.measure.cold_start = False  # a cold start imports the runtime again per model: slow on a loaded machine
+    outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["good", "unreachable", "badkey"]))
     by_device: dict[str, list[dict]] = {}
     for r in outcome.records:
         by_device.setdefault(r["device"], []).append(r)
-    assert all(len(rows) == 4 for rows in by_device.values()) and len(by_device) == 4
+    assert all(len(rows) == 4 for rows in by_device.values()) and len(by_device) == 3
     assert all(r["status"] == "ok" for r in by_device["good"])
     assert all(r["error_stage"] == "connect" for r in by_device["unreachable"])
     assert all(r["error_stage"] == "connect" and "host key" in r["error_message"].lower() for r in by_device["badkey"])
-    assert all(r["error_stage"] == "timeout" for r in by_device["hangs"])
+
+    # "hangs" shares this host with "good", so the two never overlap anyway: it gets its own sweep with a short
+    # timeout, which a real agent importing torch on a loaded CI machine could not meet (CI failed on that once).
+    cfg.measure.timeout_s, cfg.measure.grace_s = 3.0, 2.0
+    outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["hangs"]))
+    assert len(outcome.records) == 4 and all(r["error_stage"] == "timeout" for r in outcome.records)
 
     cfg.measure.iterations, cfg.measure.min_seconds, cfg.measure.timeout_s = 100000, 30.0, 60.0
     outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["killed"], formats=["onnx"]))
