@@ -57,16 +57,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import formats
+from formats import schema
 
 from .transport import LocalTransport, Transport
 
 KINDS = ("local", "ssh")
 #: Deadline keys and their defaults: positive numbers of seconds (see the table above).
 _SECONDS = {"connect_timeout": 10.0, "stall_timeout_s": 60.0, "keepalive_s": 15.0, "reconnect_backoff_max_s": 30.0}
-_KEYS = {"kind", "host", "user", "port", "identity_file", "python", "workdir", "label", "labels", "pre", "post",
-         "runtimes", "known_hosts", "ssh_config", "reconnect_attempts", *_SECONDS}
 #: Key names that look like a secret (api_token, db_password, client_secret, ...), at any depth.
 _SECRET_KEY = re.compile(r"pass(word|phrase|wd)|secret|token(?!s|i)|api_?key|credential|private_?key", re.IGNORECASE)
+#: What a device name may be made of: it is part of every job key (``|`` separates their fields), of the default
+#: local workdir and of log lines.
+NAME = schema.Str(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                  rule="letters, digits, '_', '-' and '.', starting with a letter or digit")
+
+#: The options of each runtime (``runtimes = { onnxruntime = { threads = 4 } }``), keyed as `formats.RUNTIMES`
+#: lists them; the agent checks them again on the device (it is a standalone program).
+_OPTION = {
+    "threads": schema.Int(min=1), "interop_threads": schema.Int(min=1),
+    "providers": schema.ListOf(schema.Str(nonempty=True), nonempty=True),
+    "execution_provider": schema.Str(nonempty=True),
+    "graph_optimization": schema.Str(choices=("all", "extended", "basic", "disable")),
+    "device": schema.Str(pattern=r"cpu|cuda(:[0-9]+)?", rule='"cpu", "cuda" or "cuda:N"'),
+    "precision": schema.Str(choices=("fp32", "fp16")), "workspace_mb": schema.Int(min=1),
+}
+_RUNTIME_OPTIONS = schema.Table({name: schema.Table({k: _OPTION[k] for k in runtime.options})
+                                 for name, runtime in formats.RUNTIMES.items()})
+_RUNTIME_NAMES = schema.ListOf(schema.Str(choices=tuple(formats.RUNTIMES)), nonempty=True)
+_SECONDS_VALUE = schema.Number(min=0, max=1e6, above=True)
+_TEXT = schema.Str()
+_COMMANDS = schema.ListOf(schema.Str())
+
+class _DeviceTable(schema.Table):
+    """A device table; a secret-looking key anywhere in it is refused as a secret, before any other check."""
+
+    def check(self, value, path=(), headers=0):  # noqa: ANN001, ANN201 - schema.Node's signature
+        secret = _secret_key(value)
+        if secret:
+            raise schema.SchemaError(
+                path + tuple(secret.split(".")), "passwords are not accepted here (nor tokens or other secrets, at any depth); "
+                "use an SSH key (identity_file) or ssh-agent, and give runtimes their secrets through the "
+                "device's environment", len(path))
+        return super().check(value, path, headers)
+
+
+#: The schema of one ``[devices.NAME]`` table (``harness/schema.py`` puts it into the whole file's).
+DEVICE = _DeviceTable({
+    "kind": schema.Str(choices=KINDS), "host": schema.Str(nonempty=True), "user": schema.Str(nonempty=True),
+    "port": schema.Int(min=1, max=65535), "identity_file": _TEXT, "python": schema.Str(nonempty=True),
+    "workdir": schema.Str(nonempty=True), "label": _TEXT, "labels": schema.MapOf(_TEXT), "pre": _COMMANDS,
+    "post": _COMMANDS, "runtimes": schema.Either((_RUNTIME_NAMES, _RUNTIME_OPTIONS)), "known_hosts": _TEXT,
+    "ssh_config": _TEXT, "reconnect_attempts": schema.Int(min=0, max=100),
+    **{key: _SECONDS_VALUE for key in _SECONDS},
+}, header=True)
 
 
 class DeviceConfigError(ValueError):
@@ -106,58 +149,33 @@ class DeviceSpec:
         return formats.RUNTIMES[runtime].formats
 
 
-def parse_device(name: str, table: object) -> DeviceSpec:
-    """One ``[devices.NAME]`` table, validated, with defaults filled in."""
+def parse_device(name: str, table: object, source: str = "bench.toml", root: Path | str = "runs") -> DeviceSpec:
+    """One ``[devices.NAME]`` table of the file `source`, validated against `DEVICE`, with defaults filled in."""
 
     def bad(message: str) -> DeviceConfigError:
-        return DeviceConfigError(f"bench.toml [devices.{name}]: {message}")
+        return DeviceConfigError(f"{source} [devices.{name}]: {message}")
 
-    if not isinstance(table, dict):
-        raise bad("must be a table")
-    secret = _secret_key(table)
-    if secret:
-        raise bad(f"{secret}: passwords are not accepted here (nor tokens or other secrets, at any depth); "
-                  "use an SSH key (identity_file) or ssh-agent, and give runtimes their secrets through "
-                  "the device's environment")
-    unknown = sorted(set(table) - _KEYS)
-    if unknown:
-        raise bad(f"unknown key {unknown[0]!r}; known: {', '.join(sorted(_KEYS))}")
+    try:
+        table = DEVICE.check(table, ("devices", name))
+    except schema.SchemaError as exc:
+        raise DeviceConfigError(exc.message(source)) from None
     kind = table.get("kind", "local")
-    if kind not in KINDS:
-        raise bad(f"kind {kind!r} is not one of: {', '.join(KINDS)}")
-    if kind == "ssh" and not isinstance(table.get("host"), str):
+    if kind == "ssh" and "host" not in table:
         raise bad("an ssh device needs host = \"name or ~/.ssh/config alias\"")
     runtimes = table.get("runtimes", {"onnxruntime": {}, "torch": {}})
     if isinstance(runtimes, list):  # runtimes = ["onnxruntime", "torch"]: default options
         runtimes = {r: {} for r in runtimes}
-    if not isinstance(runtimes, dict) or not runtimes:
+    if not runtimes:
         raise bad("runtimes must name at least one runtime, e.g. runtimes = { onnxruntime = { threads = 4 } }")
-    for runtime, options in runtimes.items():
-        if runtime not in formats.RUNTIMES:
-            raise bad(f"runtime {runtime!r} is not one of: {', '.join(formats.RUNTIMES)}")
-        if not isinstance(options, dict):
-            raise bad(f"options of runtime {runtime!r} must be a table")
-    for key in ("pre", "post"):
-        if not isinstance(table.get(key, []), list) or not all(isinstance(c, str) for c in table.get(key, [])):
-            raise bad(f"{key} must be a list of shell command strings")
-    port = table.get("port")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
-        raise bad(f"port = {port!r}: must be a whole number from 1 to 65535 (or left out: ~/.ssh/config's, else 22)")
-    for key in ("host", "user", "python", "workdir", "label", "identity_file", "known_hosts", "ssh_config"):
-        if key in table and not isinstance(table[key], str):
-            raise bad(f"{key} = {table[key]!r}: must be a string")
-    seconds = {key: _positive(table, key, default, bad) for key, default in _SECONDS.items()}
-    attempts = table.get("reconnect_attempts", 3)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= 100:
-        raise bad(f"reconnect_attempts = {attempts!r}: must be a whole number from 0 to 100")
-    default_workdir = f"runs/devices/{name}" if kind == "local" else "~/.snp-bench"
+    default_workdir = str(Path(root) / "devices" / name) if kind == "local" else "~/.snp-bench"
     return DeviceSpec(
         name=name, kind=kind, runtimes={r: dict(o) for r, o in runtimes.items()}, host=table.get("host", ""),
-        user=table.get("user"), port=port, identity_file=table.get("identity_file"),
+        user=table.get("user"), port=table.get("port"), identity_file=table.get("identity_file"),
         python=table.get("python", sys.executable if kind == "local" else "python3"),
         workdir=table.get("workdir", default_workdir), label=table.get("label", ""),
-        labels={str(k): str(v) for k, v in table.get("labels", {}).items()}, pre=list(table.get("pre", [])),
-        post=list(table.get("post", [])), reconnect_attempts=attempts, **seconds,
+        labels=dict(table.get("labels", {})), pre=list(table.get("pre", [])), post=list(table.get("post", [])),
+        reconnect_attempts=table.get("reconnect_attempts", 3),
+        **{key: table.get(key, default) for key, default in _SECONDS.items()},
         known_hosts=table.get("known_hosts"), ssh_config=table.get("ssh_config"),
     )
 
@@ -180,21 +198,22 @@ def _secret_key(value: object, path: str = "") -> str:
     return ""
 
 
-def _positive(table: dict, key: str, default: float, bad) -> float:  # noqa: ANN001 - bad: parse_device's closure
-    """``table[key]`` as a positive number of seconds (``default`` when absent)."""
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
-        raise bad(f"{key} = {value!r}: must be a positive number of seconds")
-    return float(value)
+def parse_devices(tables: object, source: str = "bench.toml", root: Path | str = "runs") -> dict[str, DeviceSpec]:
+    """All devices of a ``[devices]`` table of `source`; the local machine when there are none.
 
-
-def parse_devices(tables: object) -> dict[str, DeviceSpec]:
-    """All devices of a ``[devices]`` table; the local machine when there are none."""
+    A local device's default workdir is ``ROOT/devices/NAME`` under the outputs root.
+    """
     if tables is None:
         tables = {"local": {"kind": "local"}}
     if not isinstance(tables, dict):
-        raise DeviceConfigError("bench.toml: [devices] must be a table of device tables")
-    return {name: parse_device(name, table) for name, table in tables.items()}
+        raise DeviceConfigError(f"{source}: [devices] must be a table of device tables")
+    for name in tables:
+        try:
+            NAME.check(name)
+        except schema.SchemaError:
+            raise DeviceConfigError(f"{source} [devices.{schema.toml_key(name)}]: device "
+                                    f"name {schema.show(name)} may only use {NAME.rule}") from None
+    return {name: parse_device(name, table, source, root) for name, table in tables.items()}
 
 
 def open_transport(spec: DeviceSpec, *, trust_new_hosts: bool = False) -> Transport:

@@ -27,21 +27,25 @@ Model entries are named; a pruned entry names the entry it is pruned from
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import re
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import formats
 from devices.config import DeviceConfigError, DeviceSpec, parse_devices
-from results import regression
+from formats.schema import SchemaError, toml_key as schema_key
+
+from . import schema
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = """
 [paths]
-store = "runs/bench.sqlite"
-artifacts = "runs/artifacts"
+root = "runs"       # every output goes here: the store (ROOT/bench.sqlite), artifacts (ROOT/artifacts), local devices' copies
 
 # The paper's benchmark rows (docs/design.md §3); the default sweep below times only DeiT-T.
 [models.deit_tiny]
@@ -102,7 +106,7 @@ label = "SNP 0.5 G"
 [sweep]
 models = ["deit_tiny", "deit_tiny_snp"]
 formats = ["onnx", "torchscript"]
-batch = [1]
+batch_size = [1]
 
 [measure]           # the paper: 200 warm-up runs, then >= 1000 timed runs and >= 10 s per model in total
 warmup_iterations = 200
@@ -132,12 +136,10 @@ models = ["deit_tiny", "deit_tiny_snp", "deit_small", "deit_small_snp", "deit_sm
 """
 
 FORMATS = tuple(formats.FORMATS)
-#: Keys of a ``[sweeps.NAME]`` table: ``bench sweep``'s selection, plus nightly's regression threshold.
-SWEEP_KEYS = ("devices", "models", "formats", "batch", "quick", "threshold")
 #: The ``[sweeps.NAME]`` that ``bench nightly`` runs by default.
 NIGHTLY_SWEEP = "nightly"
-_MODEL_KEYS = {"timm", "weights", "kwargs", "base", "ratios", "criterion", "round_to", "calib", "num_calib", "plan",
-               "top1", "label"}
+#: `Config.source` when no file was read.
+EMBEDDED = "the embedded default"
 
 
 class ConfigError(ValueError):
@@ -214,6 +216,8 @@ class Measure:
 
 @dataclass
 class Config:
+    """A validated ``bench.toml`` over the embedded default: what every command works from."""
+
     models: dict[str, ModelSpec]
     devices: dict[str, DeviceSpec]
     sweep: dict
@@ -222,42 +226,25 @@ class Config:
     store: Path
     artifacts: Path
     sweeps: dict[str, dict] = field(default_factory=dict)
+    #: The file read (as given), or `EMBEDDED` when there was none.
+    source: str = EMBEDDED
+    #: The outputs root (``--root``, else ``[paths] root``): store, artifacts and local devices' copies default here.
+    root: Path = Path("runs")
+
+    def describe(self) -> str:
+        """One line saying where this command's settings come from and where its outputs go."""
+        read = EMBEDDED if self.source == EMBEDDED else f"{self.source} over {EMBEDDED}"
+        return f"config: {read}; outputs under {self.root}/; store {self.store}"
 
     def named_sweep(self, name: str) -> dict[str, Any]:
         """The selection of ``[sweeps.NAME]`` (``bench sweep``'s keys, plus a raw ``threshold`` when given).
 
-        Used by ``bench sweep --sweep NAME`` and ``bench nightly``; every value is
-        checked here so both commands fail the same way on a bad table.
+        Used by ``bench sweep --sweep NAME`` and ``bench nightly``; the table was
+        checked when the file was read (`harness.schema.NAMED_SWEEP`).
         """
-        table = self.sweeps.get(name)
-        if table is None:
-            raise ConfigError(f"bench.toml has no [sweeps.{name}]; known sweeps: {', '.join(self.sweeps) or 'none'}")
-        where = f"bench.toml [sweeps.{name}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = sorted(set(table) - set(SWEEP_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")
-        selection: dict[str, Any] = {}
-        for key in ("devices", "models", "formats"):
-            if key in table:
-                value = table[key]
-                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                    raise ConfigError(f"{where}: {key} must be a list of names, got {value!r}")
-                selection[key] = value
-        if "batch" in table:
-            value = table["batch"]
-            if (not isinstance(value, list) or not value
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-                raise ConfigError(f"{where}: batch must be a list of positive integers, got {value!r}")
-            selection["batch"] = value
-        if "quick" in table:
-            if not isinstance(table["quick"], bool):
-                raise ConfigError(f"{where}: quick must be true or false, got {table['quick']!r}")
-            selection["quick"] = table["quick"]
-        if "threshold" in table:
-            selection["threshold"] = table["threshold"]
-        return selection
+        if name not in self.sweeps:
+            raise ConfigError(f"{self.source} has no [sweeps.{name}]; known sweeps: {', '.join(self.sweeps) or 'none'}")
+        return dict(self.sweeps[name])
 
     def nightly_sweep(self, name: str | None) -> tuple[dict[str, Any], float | None, str]:
         """``(selection, threshold or None, description)`` of ``[sweeps.NAME]`` (default `NIGHTLY_SWEEP`).
@@ -265,16 +252,18 @@ class Config:
         Without a ``[sweeps.nightly]`` table the ``[sweep]`` defaults are used, and the
         description says so; a threshold is checked with `results.regression.parse_threshold`.
         """
+        from results import regression  # pandas and scipy: only nightly needs them
+
         wanted = name or NIGHTLY_SWEEP
         if wanted not in self.sweeps and wanted == NIGHTLY_SWEEP:
-            return {}, None, f"bench.toml has no [sweeps.{wanted}]: running the [sweep] defaults"
+            return {}, None, f"{self.source} has no [sweeps.{wanted}]: running the [sweep] defaults"
         selection = self.named_sweep(wanted)
         threshold = selection.pop("threshold", None)
         if threshold is not None:
             try:
                 threshold = regression.parse_threshold(str(threshold))
             except ValueError as exc:
-                raise ConfigError(f"bench.toml [sweeps.{wanted}]: {exc}") from None
+                raise ConfigError(f"{self.source} [sweeps.{wanted}] threshold = {threshold!r}: {exc}") from None
         return selection, threshold, f"sweep [sweeps.{wanted}]"
 
     def pick_devices(self, names: list[str] | None) -> list[DeviceSpec]:
@@ -300,51 +289,27 @@ def _pick(names: list[str], known: dict, what: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _parse_model(name: str, table: object) -> ModelSpec:
-    where = f"bench.toml [models.{name}]"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = sorted(set(table) - _MODEL_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
-    return ModelSpec(name=name, **table) if "timm" in table else ModelSpec(name=name, timm="", **table)
+def _read(path: Path) -> dict:
+    """The TOML document at `path`, checked against the whole file's schema."""
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    return _validated(doc, str(path))
 
 
-#: ``[measure]`` keys: (type, smallest value or None). Everything else in the table is refused by name.
-_MEASURE_KEYS: dict[str, tuple[type, float | None]] = {
-    "warmup_iterations": (int, 0), "iterations": (int, 1), "min_seconds": (float, 0), "timeout_s": (float, 1),
-    "grace_s": (float, 0), "rounds": (int, 1), "rewarm_iterations": (int, 0), "isolate": (bool, None),
-    "cold_start": (bool, None),
-    "seed": (int, None), "cooldown_temp_c": (float, None), "cooldown_max_wait_s": (float, 0),
-}
-
-
-def _parse_measure(table: dict, where: str) -> Measure:
-    where = f"bench.toml [{where}]"
-    unknown = sorted(set(table) - set(_MEASURE_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(_MEASURE_KEYS)}")
-    missing = [k for k in ("warmup_iterations", "iterations", "min_seconds", "timeout_s") if k not in table]
-    if missing:
-        raise ConfigError(f"{where}: needs {', '.join(missing)}")
-    values = {}
-    for key, value in table.items():
-        kind, least = _MEASURE_KEYS[key]
-        ok = (isinstance(value, bool) if kind is bool else
-              isinstance(value, int) and not isinstance(value, bool) if kind is int else
-              isinstance(value, (int, float)) and not isinstance(value, bool))
-        if not ok or (least is not None and value < least):
-            wanted = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-            bound = f" >= {least:g}" if least is not None else ""
-            raise ConfigError(f"{where}: {key} must be {wanted}{bound}, got {value!r}")
-        values[key] = float(value) if kind is float else value
-    return Measure(**values)
-
-
-#: What a device name may be made of: it is part of every job key (``|`` separates their fields), of the default
-#: local workdir and of log lines.
-_DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_DEVICE_NAME_RULE = "letters, digits, '_', '-' and '.', starting with a letter or digit"
+def _validated(doc: dict, source: str) -> dict:
+    try:
+        checked, renamed = schema.validate(doc)
+    except SchemaError as exc:
+        raise ConfigError(exc.message(source)) from None
+    for where, old, new in renamed:
+        log.warning("%s %s: %s is deprecated, call it %s", source, where, old, new)
+    return checked
 
 
 def _merge(base: object, over: object) -> object:
@@ -354,90 +319,126 @@ def _merge(base: object, over: object) -> object:
     return over
 
 
-def _table_name(name: str) -> str:
-    """A table key as TOML writes it: bare when it can be, quoted otherwise (``[devices."a|b"]``)."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+def _combine(embedded: dict, user: dict, source: str) -> dict:
+    """The user's file over the embedded default.
 
-
-def _check_names(doc: dict, source: str) -> None:
-    """Refuse device and model names that cannot be part of a job key, before any run is created."""
-    devices, models = doc.get("devices"), doc.get("models")  # not tables: refused later, with their own message
-    for name in devices if isinstance(devices, dict) else ():
-        if not _DEVICE_NAME.fullmatch(name):
-            raise ConfigError(f"{source} [devices.{_table_name(name)}]: device name {name!r} may only use "
-                              f"{_DEVICE_NAME_RULE}")
-    for name in models if isinstance(models, dict) else ():
-        if not name or "|" in name or name != name.strip():
-            raise ConfigError(f"{source} [models.{_table_name(name)}]: model name {name!r} must be non-empty, "
-                              "without '|' (it separates the fields of a job key) or surrounding spaces")
-
-
-def _split_measure(doc: dict, source: str) -> tuple[dict, dict]:
-    """``([measure] without its quick table, the --quick settings)``.
-
-    The quick settings are the embedded ``[measure.quick]`` profile with the user's
-    ``[measure.quick]`` over it, key by key, on top of ``[measure]``: a partial quick
-    table never falls back to the full profile's iterations or timeout, while the
-    settings the quick profile does not name (``grace_s``, ``isolate``, ``cooldown_*``,
-    ...) are ``[measure]``'s.
+    * ``[models.*]`` extend the embedded catalog; an entry of the same name
+      replaces the embedded one whole (``builtin_models = false``: start empty).
+    * ``[devices.*]`` replace the embedded ``local`` device (a farm need not include this machine).
+    * every other table merges key by key, nested tables too.
+    * without a ``[sweep] models`` of the user's own, a file that defines models
+      sweeps them and the entries pruned from them.
     """
-    measure = doc.get("measure", {})
-    if not isinstance(measure, dict):
-        raise ConfigError(f"{source} [measure]: must be a table, got {measure!r}")
-    measure = dict(measure)
-    quick = measure.pop("quick", {})
-    if not isinstance(quick, dict):
-        raise ConfigError(f"{source} [measure.quick]: must be a table, got {quick!r}")
-    return measure, {**measure, **quick}
+    if user.get("builtin_models") is False and not user.get("models"):
+        raise ConfigError(f"{source}: builtin_models = false needs at least one [models.NAME] of your own")
+    doc = {k: v for k, v in embedded.items() if k not in ("models", "devices")}
+    builtin = user.get("builtin_models", True)
+    models = dict(embedded["models"]) if builtin else {}
+    if not builtin:  # the embedded selections name embedded models
+        doc["sweeps"] = {}
+        doc["sweep"] = {k: v for k, v in doc["sweep"].items() if k != "models"}
+    models.update(user.get("models", {}))
+    doc["models"], doc["devices"] = models, user.get("devices", embedded["devices"])
+    for key, value in user.items():
+        if key not in ("models", "devices", "builtin_models"):
+            doc[key] = _merge(doc.get(key), value)
+    if "models" in user and "models" not in user.get("sweep", {}):
+        mine = list(user["models"])
+        derived = [n for n, m in models.items() if m.get("base") in mine and n not in mine]
+        doc["sweep"] = {**doc.get("sweep", {}), "models": mine + derived}
+    return doc
 
 
-def load(path: Path | None = None) -> Config:
+def _shipped_ratio_configs() -> set[str]:
+    """Names of the ratio configs shipped in ``snp_core/configs`` (found without importing torch)."""
+    spec = importlib.util.find_spec("snp_core")
+    folders = spec.submodule_search_locations if spec else None
+    return {p.stem for folder in folders or () for p in (Path(folder) / "configs").glob("*.json")}
+
+
+def _build_models(tables: dict[str, dict], where: Callable[[str], str]) -> dict[str, ModelSpec]:
+    """Model entries, pruned ones completed from their base; `where(name)` is ``file [models.NAME]``."""
+    models = {name: ModelSpec(name=name, timm=t.get("timm", ""), **{k: v for k, v in t.items() if k != "timm"})
+              for name, t in tables.items()}
+    originals = [n for n, m in models.items() if m.base is None]
+    configs = None
+    for spec in models.values():
+        if spec.base is None:
+            extra = [k for k in schema.PRUNED_ONLY if k in tables[spec.name]]
+            if extra:
+                raise ConfigError(f"{where(spec.name)} {extra[0]}: only a pruned entry (one with base = ...) takes "
+                                  f"it; add base = \"<the entry it is pruned from>\"")
+            if not spec.timm:
+                raise ConfigError(f"{where(spec.name)}: needs timm = \"<timm model name>\" (or base = ...)")
+            continue
+        if spec.base not in models or models[spec.base].base is not None:
+            raise ConfigError(f"{where(spec.name)} base = {spec.base!r}: must name an unpruned model entry; "
+                              f"known: {', '.join(originals)}")
+        inherited = [k for k in schema.FROM_BASE if k in tables[spec.name]]
+        if inherited:
+            raise ConfigError(f"{where(spec.name)} {inherited[0]}: a pruned entry takes it from its base "
+                              f"[models.{spec.base}]; set it there")
+        if spec.plan is not None and spec.ratios is not None:
+            raise ConfigError(f"{where(spec.name)}: give ratios or plan, not both (a plan already holds its widths)")
+        base = models[spec.base]
+        spec.timm, spec.weights, spec.kwargs = base.timm, base.weights, base.kwargs
+        if spec.ratios is None and spec.plan is None:
+            spec.ratios = "paper"
+        if isinstance(spec.ratios, str) and spec.ratios != "paper":
+            configs = _shipped_ratio_configs() if configs is None else configs
+            if spec.ratios not in configs and not Path(spec.ratios).is_file():
+                raise ConfigError(f"{where(spec.name)} ratios = {spec.ratios!r}: must be \"paper\", a shipped config "
+                                  f"({', '.join(sorted(configs))}), a ratio file that exists, or a table "
+                                  "{ qk = R, v = R, ffn = R, embed = R }")
+    return models
+
+
+def _check_selection(selection: dict, where: str, cfg_models: dict, devices: dict) -> dict:
+    """Names in a ``[sweep]``/``[sweeps.NAME]`` selection must exist; ``batch_size`` becomes `SweepRequest.batch`."""
+    for key, known, what in (("models", cfg_models, "model entry"), ("devices", devices, "device")):
+        unknown = [n for n in selection.get(key, []) if n not in known]
+        if unknown:
+            raise ConfigError(f"{where} {key}: {unknown[0]!r} is not a {what}; known: {', '.join(known)}")
+    out = dict(selection)
+    if "batch_size" in out:
+        out["batch"] = out.pop("batch_size")
+    return out
+
+
+def load(path: Path | str | None = None, root: Path | str | None = None) -> Config:
     """The embedded default, overlaid with `path` (default ./bench.toml when it exists).
 
-    ``[models]`` and ``[devices]`` in the user's file replace the embedded ones whole;
-    other tables are merged key by key, nested tables included (`_merge`).
+    The user's file is checked whole against `harness.schema.BENCH_TOML` before
+    anything is built, so every error names that file. `root` (``--root``)
+    overrides ``[paths] root``; the store and artifacts default to
+    ``ROOT/bench.sqlite`` and ``ROOT/artifacts``, a local device's copies to
+    ``ROOT/devices/NAME``. See `_combine` for how the two documents combine.
     """
-    doc = tomllib.loads(DEFAULT_CONFIG)
-    source = "bench.toml"
+    embedded = _validated(tomllib.loads(DEFAULT_CONFIG), EMBEDDED)
     if path is None and Path("bench.toml").is_file():
         path = Path("bench.toml")
-    if path is not None:
-        source = str(path)
-        try:
-            user = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-        if "models" in user and "models" not in user.get("sweep", {}):
-            doc["sweep"].pop("models")  # the embedded model list names embedded models: sweep all of the user's
-        for key, value in user.items():
-            # a user's models / devices replace the embedded ones; every other table merges at every depth
-            doc[key] = value if key in ("models", "devices") else _merge(doc.get(key), value)
-        _check_names(user, source)
+    user = _read(Path(path)) if path is not None else {}
+    source = str(path) if path is not None else EMBEDDED
+    doc = _combine(embedded, user, source)
 
-    models = {name: _parse_model(name, table) for name, table in doc.get("models", {}).items()}
-    for spec in models.values():
-        if spec.base is not None:
-            if spec.base not in models or models[spec.base].base is not None:
-                raise ConfigError(f"bench.toml [models.{spec.name}]: base {spec.base!r} must name an unpruned "
-                                  f"model entry; known: {', '.join(n for n, m in models.items() if m.base is None)}")
-            base = models[spec.base]
-            spec.timm, spec.weights, spec.kwargs = spec.timm or base.timm, base.weights, base.kwargs
-            if spec.ratios is None and spec.plan is None:
-                spec.ratios = "paper"
-        elif not spec.timm:
-            raise ConfigError(f"bench.toml [models.{spec.name}]: needs timm = \"<timm model name>\" (or base = ...)")
+    def where(table: str, name: str | None = None) -> str:
+        in_user = table in user and (name is None or name in user[table])
+        return f"{source if in_user else EMBEDDED} [{table}{'.' + schema_key(name) if name else ''}]"
+
+    models = _build_models(doc["models"], lambda name: where("models", name))
+    paths = doc["paths"]
+    out = Path(root if root is not None else paths["root"])
     try:
-        devices = parse_devices(doc.get("devices"))
+        devices = parse_devices(doc["devices"], source if "devices" in user else EMBEDDED, out)
     except DeviceConfigError as exc:
         raise ConfigError(str(exc)) from None
-    measure, quick = _split_measure(doc, source)
-    sweep = dict(doc.get("sweep", {}))
-    for fmt in sweep.get("formats", []):
-        if fmt not in FORMATS:
-            raise ConfigError(f"bench.toml [sweep]: format {fmt!r} is not one of: {', '.join(FORMATS)}")
-    paths = doc.get("paths", {})
-    return Config(models=models, devices=devices, sweep=sweep, measure=_parse_measure(measure, "measure"),
-                  quick=_parse_measure(quick, "measure.quick"), store=Path(paths["store"]),
-                  artifacts=Path(paths["artifacts"]), sweeps=doc.get("sweeps", {}))
+    sweep = _check_selection(doc.get("sweep", {}), where("sweep"), models, devices)
+    sweeps = {name: _check_selection(table, where("sweeps", name), models, devices)
+              for name, table in doc.get("sweeps", {}).items()}
+    measure = dict(doc["measure"])
+    quick_only = measure.pop("quick", {})
+    quick = {**measure, **quick_only}  # the keys the quick profile does not name are [measure]'s
+    store = Path(paths["store"]) if "store" in paths else out / "bench.sqlite"
+    artifacts = Path(paths["artifacts"]) if "artifacts" in paths else out / "artifacts"
+    return Config(models=models, devices=devices, sweep=sweep, measure=Measure(**measure), quick=Measure(**quick),
+                  store=store, artifacts=artifacts, sweeps=sweeps, source=source, root=out)

@@ -30,6 +30,7 @@ from sshd import NetnsLab, SSHServer, make_keypair, restart_sshd, set_link, ssh_
 from test_ssh_transport import blob, dead, sha256_of, stub_agent, transport
 
 from devices.config import DeviceConfigError, open_transport, parse_device
+from formats.schema import show
 from devices.ssh import BlobUploadError, SSHAuthError, SSHTransport, SSHTransportError, WorkdirError
 
 DEV_A_LINK = "a0"  # dev-a's end of the client <-> dev-a cable
@@ -515,7 +516,7 @@ def test_partial_upload_of_an_earlier_run_is_resumed_only_if_its_prefix_hashes_r
 def test_secret_nested_in_runtime_options_is_refused() -> None:
     table = {"kind": "ssh", "host": "pi",
              "runtimes": {"onnxruntime": {"providers": ["CPUExecutionProvider"], "extra": {"api_token": "x"}}}}
-    with pytest.raises(DeviceConfigError, match=r"\[devices\.pi\]: runtimes\.onnxruntime\.extra\.api_token: "
+    with pytest.raises(DeviceConfigError, match=r"\[devices\.pi\] runtimes\.onnxruntime\.extra\.api_token: "
                                                 r"passwords are not accepted here"):
         parse_device("pi", table)
     with pytest.raises(DeviceConfigError, match="labels.vault_password"):
@@ -534,7 +535,7 @@ def test_deadline_keys_are_validated_and_reach_the_transport() -> None:
             defaults.reconnect_backoff_max_s, defaults.connect_timeout) == (60.0, 15.0, 3, 30.0, 10.0)
     for key, value in (("stall_timeout_s", 0), ("keepalive_s", "15"), ("connect_timeout", True),
                        ("reconnect_attempts", 1.5), ("reconnect_attempts", -1)):
-        with pytest.raises(DeviceConfigError, match=rf"\[devices\.pi\]: {key} = {re.escape(repr(value))}: must be"):
+        with pytest.raises(DeviceConfigError, match=rf"\[devices\.pi\] {key} = {re.escape(show(value))}: must be"):
             parse_device("pi", {"kind": "ssh", "host": "pi", key: value})
 
 
@@ -559,11 +560,11 @@ def test_a_device_that_stays_down_fails_fast_after_one_round_of_backoff(
 
 
 @pytest.mark.parametrize("key, value, accepted", [
-    ("port", "22x", "a whole number from 1 to 65535"), ("port", 99999999, "a whole number from 1 to 65535"),
-    ("port", True, "a whole number from 1 to 65535"), ("workdir", 3, "must be a string"),
-    ("python", ["python3"], "must be a string")])
+    ("port", "22x", "an integer from 1 to 65535"), ("port", 99999999, "an integer from 1 to 65535"),
+    ("port", True, "an integer from 1 to 65535"), ("workdir", 3, "must be a non-empty string"),
+    ("python", ["python3"], "must be a non-empty string")])
 def test_bad_connection_settings_are_refused_at_load(key, value, accepted):
     with pytest.raises(DeviceConfigError) as bad:
         parse_device("pi", {"kind": "ssh", "host": "pi", key: value})
-    assert str(bad.value).startswith(f"bench.toml [devices.pi]: {key} = {value!r}: ") and accepted in str(bad.value)
+    assert str(bad.value).startswith(f"bench.toml [devices.pi] {key} = {show(value)}: ") and accepted in str(bad.value)
     assert "\n" not in str(bad.value)

@@ -29,21 +29,6 @@ def test_shipped_bench_toml_defines_local_and_paper_examples(tmp_path):
     assert harness_config.load(tmp_path / "all.toml").sweep["formats"] == ["onnx", "torchscript", "trt"]
 
 
-@pytest.mark.parametrize("toml, message", [
-    ('[devices.pi]\nkind = "ssh"\nhost = "pi"\npassword = "hunter2"\n', "passwords are not accepted here"),
-    ('[devices.pi]\nkind = "serial"\n', "kind 'serial' is not one of: local, ssh"),
-    ('[devices.pi]\nkind = "ssh"\nruntimes = { onnxruntime = {} }\n', "an ssh device needs host"),
-    ('[devices.pi]\nruntimes = { openvino = {} }\n', "runtime 'openvino' is not one of"),
-    ('[models.x]\nbase = "nope"\n', "base 'nope' must name an unpruned model entry"),
-    ('[sweep]\nformats = ["tflite"]\n', "format 'tflite' is not one of"),
-    ('[measure\n', "is not valid TOML"),
-])
-def test_bad_config_is_one_clear_error(tmp_path, toml, message):
-    (tmp_path / "bench.toml").write_text(toml)
-    with pytest.raises(harness_config.ConfigError, match=re.escape(message)):
-        harness_config.load(tmp_path / "bench.toml")
-
-
 @pytest.mark.parametrize("flag, value, message", [
     ("--devices", "local,pi", "unknown device 'pi'; known devices: local"),
     ("--models", "deit_huge", "unknown model 'deit_huge'; known models: deit_tiny, deit_tiny_snp, deit_small, "
@@ -55,7 +40,8 @@ def test_unknown_names_on_the_command_line(tmp_path, flag, value, message):
     r = subprocess.run([sys.executable, "-m", "bench", "sweep", "--config", str(ROOT / "bench.toml"),
                         "--store", str(tmp_path / "s.sqlite"), flag, value], cwd=tmp_path, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: {message}", r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and errors == [f"error: {message}"] and "Traceback" not in r.stderr, r.stderr
 
 
 def test_top1_comes_from_the_fine_tuned_plan_folder(tmp_path):
@@ -107,12 +93,12 @@ def test_nested_tables_merge_key_by_key(tmp_path):
 
 @pytest.mark.parametrize("toml, message", [
     ('[devices."pi|4"]\nkind = "local"\n',
-     "[devices.\"pi|4\"]: device name 'pi|4' may only use letters, digits, '_', '-' and '.', starting with a letter "
-     "or digit"),
-    ('[devices." pi"]\nkind = "local"\n', "device name ' pi' may only use letters, digits"),
+     '[devices."pi|4"]: name "pi|4" must be letters, digits, \'_\', \'-\' and \'.\', starting with a letter '
+     'or digit'),
+    ('[devices." pi"]\nkind = "local"\n', 'name " pi" must be letters, digits'),
     ('[models."a|b"]\ntimm = "deit_tiny_patch16_224"\n',
-     "[models.\"a|b\"]: model name 'a|b' must be non-empty, without '|'"),
-    ('[measure]\nquick = 3\n', "[measure.quick]: must be a table, got 3"),
+     '[models."a|b"]: name "a|b" must be non-empty, without \'|\''),
+    ('[measure]\nquick = 3\n', "[measure] quick = 3: must be a table"),
 ])
 def test_names_that_cannot_key_a_job_are_refused_at_load(tmp_path, toml, message):
     path = tmp_path / "bench.toml"
@@ -127,5 +113,69 @@ def test_a_device_name_with_the_key_separator_is_one_error_line_and_no_run(tmp_p
     r = subprocess.run([sys.executable, "-m", "bench", "sweep", "--config", str(tmp_path / "bench.toml"),
                         "--store", str(tmp_path / "s.sqlite")], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device name 'lab|pi' may only use" in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and 'name "lab|pi" must be letters' in errors[0], r.stderr
     assert not (tmp_path / "s.sqlite").exists()  # refused before the store opened: no run is left 'running'
+
+
+def test_user_models_extend_the_catalog_and_the_readme_real_weights_example_keeps_every_paper_row(tmp_path):
+    """README: redefine an original with real weights; its pruned rows stay, follow it, and `--sweep paper` plans all."""
+    (tmp_path / "bench.toml").write_text('[models.deit_tiny]\ntimm = "deit_tiny_patch16_224"\nweights = "pretrained"\n'
+                                         'label = "DeiT-T"\n\n[models.my_vit]\ntimm = "vit_tiny_patch16_224"\n\n'
+                                         '[models.my_vit_snp]\nbase = "my_vit"\nratios = { qk = 0.5, v = 0.5 }\n')
+    cfg = harness_config.load(tmp_path / "bench.toml")
+    embedded = harness_config.load(Path(os.devnull))
+    assert set(cfg.models) == set(embedded.models) | {"my_vit", "my_vit_snp"}
+    assert cfg.models["deit_tiny_snp"].weights == "pretrained"  # a pruned row takes its base's weights
+    assert [m.name for m in cfg.pick_models(cfg.sweeps["paper"]["models"])] == embedded.sweeps["paper"]["models"]
+    # without a [sweep] models of its own, a file that defines models sweeps them and the entries pruned from them
+    assert cfg.sweep["models"] == ["deit_tiny", "my_vit", "my_vit_snp", "deit_tiny_snp"]
+
+
+def test_builtin_models_false_starts_from_an_empty_catalog(tmp_path):
+    (tmp_path / "bench.toml").write_text('builtin_models = false\n\n[models.mine]\ntimm = "vit_tiny_patch16_224"\n')
+    cfg = harness_config.load(tmp_path / "bench.toml")
+    assert list(cfg.models) == ["mine"] and cfg.sweep["models"] == ["mine"]
+    (tmp_path / "bench.toml").write_text('builtin_models = false\n')
+    with pytest.raises(harness_config.ConfigError, match=r"builtin_models = false needs at least one \[models.NAME\]"):
+        harness_config.load(tmp_path / "bench.toml")
+
+
+def test_outputs_live_under_one_root(tmp_path):
+    (tmp_path / "bench.toml").write_text('[paths]\nroot = "out"\n')
+    cfg = harness_config.load(tmp_path / "bench.toml")
+    assert (cfg.root, cfg.store, cfg.artifacts) == (Path("out"), Path("out/bench.sqlite"), Path("out/artifacts"))
+    assert cfg.devices["local"].workdir == str(Path("out/devices/local"))
+    flag = harness_config.load(tmp_path / "bench.toml", root=tmp_path / "r")  # --root wins over [paths] root
+    assert (flag.store, flag.devices["local"].workdir) == (tmp_path / "r/bench.sqlite", str(tmp_path / "r/devices/local"))
+    assert flag.describe() == (f"config: {tmp_path / 'bench.toml'} over the embedded default; outputs under "
+                               f"{tmp_path / 'r'}/; store {tmp_path / 'r/bench.sqlite'}")
+    (tmp_path / "bench.toml").write_text('[paths]\nstore = "keep/results.sqlite"\n')  # explicit paths are kept
+    assert harness_config.load(tmp_path / "bench.toml", root="x").store == Path("keep/results.sqlite")
+
+
+def test_the_old_batch_key_still_works_with_a_warning(tmp_path, caplog):
+    (tmp_path / "bench.toml").write_text('[sweep]\nbatch = [1, 8]\n')
+    cfg = harness_config.load(tmp_path / "bench.toml")
+    assert cfg.sweep["batch"] == [1, 8]
+    assert f"{tmp_path / 'bench.toml'} [sweep]: batch is deprecated, call it batch_size" in caplog.text
+    (tmp_path / "bench.toml").write_text('[sweep]\nbatch = [1]\nbatch_size = [8]\n')
+    with pytest.raises(harness_config.ConfigError, match=r"\[sweep\] batch: is the old name of batch_size"):
+        harness_config.load(tmp_path / "bench.toml")
+
+
+def test_the_schemas_lists_of_names_match_the_library():
+    """harness.schema keeps criterion and ratio-kind names so that reading bench.toml never imports torch."""
+    import snp_core
+    from harness import schema
+    from snp_core.groups import KINDS
+
+    assert set(schema.CRITERIA) == set(snp_core.CRITERIA) and schema.RATIO_KINDS == KINDS
+
+
+def test_reading_the_config_imports_no_heavy_library():
+    code = ("import sys; from harness import config; config.load(None); "
+            "print(sorted(m for m in ('torch', 'timm', 'pandas', 'scipy', 'snp_core') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
