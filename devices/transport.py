@@ -271,7 +271,7 @@ def _close(pipe: IO[bytes], feeder: threading.Thread) -> None:
 
 
 class LocalTransport(Transport):
-    """The device is this machine: blobs are copied into ``workdir``, the agent is a subprocess.
+    """The device is this machine: blobs are hard-linked (else copied) into ``workdir``, the agent is a subprocess.
 
     Used for local benchmarks and, because it shares the content store and
     the error handling rules with the SSH transport, to test them without SSH.
@@ -293,28 +293,47 @@ class LocalTransport(Transport):
         return self.workdir / "blobs" / check_sha256(sha256)
 
     def ensure_blob(self, local_path: pathlib.Path, sha256: str) -> str:
+        """The device's copy of an artifact: a hard link when it can be (no second copy on this disk), else a copy.
+
+        A link is safe because the artifact cache never rewrites a file in place
+        (an export is published by renaming a new folder; a bad entry is removed,
+        which leaves the linked inode alone), and the content is checked
+        against `sha256` either way. Only copied bytes count as uploaded.
+        """
+        return self._store(local_path, sha256, link=True)
+
+    def _store(self, local_path: pathlib.Path, sha256: str, link: bool) -> str:
         target = self.blob_path(sha256)
         if target.is_file():
             return str(target)
-        # Copy, not symlink: the device copy must not change when the source does.
         fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name[:16]}-", dir=target.parent)
         tmp = pathlib.Path(tmp_name)
+        os.close(fd)
+        copied = 0
         try:
-            with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
+            try:
+                if not link:
+                    raise OSError("copy asked for")
+                tmp.unlink()
+                os.link(local_path, tmp)
+            except OSError:  # asked for, another file system, or one without hard links: copy
+                with open(tmp, "wb") as out, open(local_path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                tmp.chmod(0o644)
+                copied = tmp.stat().st_size
             actual = sha256_file(tmp)
             if actual != target.name:
                 raise ValueError(f"{local_path}: content has sha256 {actual}, expected {target.name}")
-            tmp.chmod(0o644)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        self.bytes_uploaded += target.stat().st_size
+        self.bytes_uploaded += copied
         return str(target)
 
     def ensure_agent(self) -> str:
         if self._agent_path is None or not pathlib.Path(self._agent_path).is_file():
-            self._agent_path = self.ensure_blob(AGENT_SOURCE, sha256_file(AGENT_SOURCE))
+            # a copy: the source tree's agent.py may be edited in place, which would change a linked blob
+            self._agent_path = self._store(AGENT_SOURCE, sha256_file(AGENT_SOURCE), link=False)
         return self._agent_path
 
     def _run(self, argv: list[str], stdin: bytes, timeout_s: float, keep_stdin_open: bool = False) -> _Finished:

@@ -82,10 +82,25 @@ def test_ensure_blob_uploads_once(transport, onnx_model):
     assert path == str(transport.workdir / "blobs" / sha)
     assert pathlib.Path(path).read_bytes() == onnx_model.read_bytes()
     assert not pathlib.Path(path).is_symlink()
-    size = onnx_model.stat().st_size
-    assert transport.bytes_uploaded == size
+    # same disk: a hard link, not a second copy of every artifact; nothing was copied
+    assert pathlib.Path(path).stat().st_ino == onnx_model.stat().st_ino and transport.bytes_uploaded == 0
     assert transport.ensure_blob(onnx_model, sha.upper()) == path
-    assert transport.bytes_uploaded == size  # cached: nothing sent again
+    assert transport.bytes_uploaded == 0  # cached: nothing sent again
+
+
+def test_ensure_blob_copies_when_it_cannot_link(transport, tmp_path):
+    """Another file system (here: /dev/shm when it is one) gets a real copy, counted as uploaded."""
+    shm = pathlib.Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system to copy from")
+    src = shm / f"snp-bench-test-{os.getpid()}.bin"
+    src.write_bytes(b"xyz" * 1000)
+    try:
+        path = transport.ensure_blob(src, sha256_file(src))
+        assert pathlib.Path(path).read_bytes() == src.read_bytes() and transport.bytes_uploaded == 3000
+        assert pathlib.Path(path).stat().st_ino != src.stat().st_ino
+    finally:
+        src.unlink()
 
 
 def test_ensure_blob_rejects_a_wrong_hash(transport, tmp_path):
@@ -104,6 +119,7 @@ def test_ensure_agent_is_content_addressed(transport):
     path = transport.ensure_agent()
     assert pathlib.Path(path).name == sha256_file(AGENT_SOURCE)
     assert pathlib.Path(path).read_bytes() == AGENT_SOURCE.read_bytes()
+    assert pathlib.Path(path).stat().st_ino != AGENT_SOURCE.stat().st_ino  # copied: agent.py may be edited in place
     uploaded = transport.bytes_uploaded
     assert LocalTransport(transport.workdir).ensure_agent() == path
     assert transport.ensure_agent() == path and transport.bytes_uploaded == uploaded
