@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean distclean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -n auto --dist loadfile
 
+# everything the tool and pip made, except the results store (runs/bench.sqlite*: every measured run and the
+# nightly's baseline); `make distclean` removes that too
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) build *.egg-info
+	if [ -d runs ]; then find runs -mindepth 1 -maxdepth 1 ! -name 'bench.sqlite*' -exec rm -rf {} +; fi
+
+distclean: clean
+	rm -rf runs
