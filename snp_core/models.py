@@ -9,11 +9,15 @@ every figure downstream meaningless.
 from __future__ import annotations
 
 import difflib
+import functools
+import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 import timm
 import torch
-from timm.models import split_model_name_tag
+from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
 from .errors import PlanError, UnknownModelError
@@ -32,19 +36,72 @@ def create(name: str, weights: str = "random", **kwargs) -> nn.Module:
         raise UnknownModelError(f"unknown model {name!r}: not a timm model name{hint}")
     if weights not in ("random", "pretrained") and not Path(weights).is_file():
         raise PlanError(f"weights {weights!r} is not 'random', 'pretrained' or an existing checkpoint file")
+    source = _offline_source(name) if weights == "pretrained" else {}
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # "random" weights are the same every time: same artifact, same sha256
-            model = timm.create_model(name, pretrained=weights == "pretrained", **kwargs)
+            model = timm.create_model(name, pretrained=weights == "pretrained", **source, **kwargs)
     except (OSError, RuntimeError) as exc:
         if weights == "pretrained":
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PlanError(f"cannot download pretrained weights for {name!r} ({first}); "
-                            "pass --weights PATH to a checkpoint, or --weights random for a smoke test") from None
+            raise _no_weights(name, first) from None
         raise
     if weights not in ("random", "pretrained"):
         model.load_state_dict(read_state_dict(Path(weights)))
     return model.eval()
+
+
+def _no_weights(name: str, why: str) -> PlanError:
+    return PlanError(f"cannot download pretrained weights for {name!r} ({why}); "
+                     "pass --weights PATH to a checkpoint, or --weights random for a smoke test")
+
+
+#: Weight files timm looks for in a Hugging Face hub repository, in its order.
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _offline_source(name: str) -> dict:
+    """Extra ``timm.create_model`` arguments for loading pretrained weights when offline.
+
+    Offline, the hub client retries each file for about a minute before timm's
+    error. So one connection attempt (remembered for the process) to the host
+    the weights come from decides: reachable, timm downloads as usual ({});
+    unreachable, weights already in the hub's or torch's cache are loaded from
+    that file (timm's ``file`` source, ``weights_only`` as for a download), and
+    without them the same error as timm's comes at once.
+    """
+    found = get_pretrained_cfg(name)  # what timm's own loader consults (the default tag for a bare name)
+    cfg = found.to_dict() if found is not None else {}
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    if os.environ.get("HF_HUB_OFFLINE") or not (hub_id or url):
+        return {}  # the hub client answers from its cache alone at once; or timm has nothing to download
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = "/".join(hub_id.split("/")[:2])
+        names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else list(_HUB_FILES)
+        cached = next((c for c in (try_to_load_from_cache(repo, n) for n in names) if isinstance(c, str)), None)
+        endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    else:
+        endpoint = urllib.parse.urlparse(url)
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(endpoint.path).name
+        cached = str(file) if file.is_file() else None
+    problem = _unreachable(endpoint.hostname or "", endpoint.port or 443)
+    if not problem:
+        return {}
+    if cached is None:
+        raise _no_weights(name, f"offline? {problem}; they are not in the local cache either")
+    return {"pretrained_cfg_overlay": {"file": cached}}
+
+
+@functools.lru_cache(maxsize=None)
+def _unreachable(host: str, port: int, timeout_s: float = 5.0) -> str:
+    """Why `host` cannot be reached ("" when it can): one DNS lookup and TCP connection, once per process."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"cannot reach {host}:{port}: {exc.strerror or exc}"
+    return ""
 
 
 def base_name(name: str) -> str:
