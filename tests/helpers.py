@@ -90,7 +90,7 @@ criterion = "l2"
 [sweep]
 models = ["tiny", "tiny_snp"]
 formats = ["onnx", "torchscript"]
-batch = [1]
+batch_size = [1]
 
 [measure]
 warmup_iterations = 3
