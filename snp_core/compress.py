@@ -69,6 +69,7 @@ def compress(model: nn.Module | str, ratios: ratio_sources.RatioSpec = "paper",
     if criterion.uses_activations:
         data = calibration.load(calib, model, num_images)
         images, info = data.images, data.info()
-    plan = make_plan(model, name, ratios, criterion, images, info,  # make_plan checks the name round_to=round_to, progress=progress,
+    # make_plan checks that `name` fits the model
+    plan = make_plan(model, name, ratios, criterion, images, info, round_to=round_to, progress=progress,
                      model_kwargs=model_kwargs, head_criterion=head_criterion)
     return Compressed(prune(model, plan), plan)

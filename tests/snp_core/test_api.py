@@ -89,3 +89,12 @@ def test_calibration_tensor_is_used_only_when_the_criterion_needs_it():
     images = torch.randn(4, 3, 32, 32)
     plan = snp_core.compress(model, {"qk": 0.5}, images, model_kwargs=VitAdapter.tiny[1]).plan
     assert plan.calibration["source"] == "tensor" and plan.criterion["name"] == "snp"
+
+
+def test_compress_passes_round_to_and_progress_on():
+    model = snp_core.create(VitAdapter.tiny[0], **VitAdapter.tiny[1])
+    seen: list[tuple[int, int]] = []
+    plan = snp_core.compress(model, {"qk": 0.3, "v": 0.3, "ffn": 0.3}, torch.randn(4, 3, 32, 32), round_to=8,
+                             model_kwargs=VitAdapter.tiny[1], progress=lambda done, total: seen.append((done, total))).plan
+    assert plan.round_to == 8 and seen
+    assert all(plan.widths[g] % 8 == 0 for g, r in plan.ratios.items() if r > 0)
