@@ -240,8 +240,11 @@ class Table(Node):
                     self.on_renamed(path, old, new)
         unknown = [k for k in value if k not in self.fields]
         if unknown:
-            known = ", ".join(self.fields) or "none"
-            raise SchemaError(path + (unknown[0],), f"unknown key; known keys: {known}", headers)
+            if isinstance(value[unknown[0]], dict):  # written as [header] (or an inline table): say "table"
+                known = ", ".join(k for k, node in self.fields.items() if isinstance(node, (Table, MapOf))) or "none"
+                raise SchemaError(path + (unknown[0],), f"unknown table; known tables here: {known}", len(path) + 1)
+            raise SchemaError(path + (unknown[0],), f"unknown key; known keys: {', '.join(self.fields) or 'none'}",
+                              headers)
         missing = [k for k in self.required if k not in value]
         if missing:
             raise SchemaError(path + (missing[0],), "is required", headers)

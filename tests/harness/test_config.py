@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -118,16 +119,29 @@ def test_a_device_name_with_the_key_separator_is_one_error_line_and_no_run(tmp_p
     assert not (tmp_path / "s.sqlite").exists()  # refused before the store opened: no run is left 'running'
 
 
-def test_user_models_extend_the_catalog_and_the_readme_real_weights_example_keeps_every_paper_row(tmp_path):
-    """README: redefine an original with real weights; its pruned rows stay, follow it, and `--sweep paper` plans all."""
+def test_the_readme_real_weights_example_followed_literally_keeps_every_paper_row(tmp_path):
+    """README (Configuration): redefine an original with real weights; every paper row stays runnable."""
+    readme = (ROOT / "README.md").read_text()
+    block = textwrap.dedent(re.search(r"```toml\n( *\[models\.deit_tiny\].*?) *```", readme, re.S).group(1))
+    assert 'weights = "pretrained"' in block
+    (tmp_path / "bench.toml").write_text(block)
+    cfg = harness_config.load(tmp_path / "bench.toml")
+    embedded = harness_config.load(Path(os.devnull))
+    assert set(cfg.models) == set(embedded.models)
+    assert cfg.models["deit_tiny"].weights == cfg.models["deit_tiny_snp"].weights == "pretrained"
+    planned = [m.name for m in cfg.pick_models(cfg.sweeps["paper"]["models"])]
+    assert planned == embedded.sweeps["paper"]["models"] and len(planned) == 11
+
+
+def test_user_models_extend_the_catalog(tmp_path):
     (tmp_path / "bench.toml").write_text('[models.deit_tiny]\ntimm = "deit_tiny_patch16_224"\nweights = "pretrained"\n'
-                                         'label = "DeiT-T"\n\n[models.my_vit]\ntimm = "vit_tiny_patch16_224"\n\n'
+                                         '\n[models.my_vit]\ntimm = "vit_tiny_patch16_224"\n\n'
                                          '[models.my_vit_snp]\nbase = "my_vit"\nratios = { qk = 0.5, v = 0.5 }\n')
     cfg = harness_config.load(tmp_path / "bench.toml")
     embedded = harness_config.load(Path(os.devnull))
     assert set(cfg.models) == set(embedded.models) | {"my_vit", "my_vit_snp"}
     assert cfg.models["deit_tiny_snp"].weights == "pretrained"  # a pruned row takes its base's weights
-    assert [m.name for m in cfg.pick_models(cfg.sweeps["paper"]["models"])] == embedded.sweeps["paper"]["models"]
+    assert cfg.models["deit_tiny"].label == ""  # the same name replaces the built-in entry whole
     # without a [sweep] models of its own, a file that defines models sweeps them and the entries pruned from them
     assert cfg.sweep["models"] == ["deit_tiny", "my_vit", "my_vit_snp", "deit_tiny_snp"]
 
