@@ -37,7 +37,8 @@ Deadlines of an SSH device (seconds; every network operation has one):
 ========================  =======  ================================================
 key                       default  meaning
 ========================  =======  ================================================
-connect_timeout           10       one connection attempt (TCP, SSH handshake, auth)
+connect_timeout           10       one connection attempt (TCP, SSH handshake, auth); absent:
+                                   the ssh config's ConnectTimeout, else 10
 stall_timeout_s           60       an SFTP transfer that makes no progress this long
                                    fails (and is resumed after a reconnect)
 keepalive_s               15       a keepalive that wants an answer is sent this
@@ -62,8 +63,8 @@ from formats import schema
 from .transport import LocalTransport, Transport
 
 KINDS = ("local", "ssh")
-#: Deadline keys and their defaults: positive numbers of seconds (see the table above).
-_SECONDS = {"connect_timeout": 10.0, "stall_timeout_s": 60.0, "keepalive_s": 15.0, "reconnect_backoff_max_s": 30.0}
+#: Deadline keys and their defaults: positive numbers of seconds (see the table above; None: the transport's).
+_SECONDS = {"connect_timeout": None, "stall_timeout_s": 60.0, "keepalive_s": 15.0, "reconnect_backoff_max_s": 30.0}
 #: Key names that look like a secret (api_token, db_password, client_secret, ...), at any depth.
 _SECRET_KEY = re.compile(r"pass(word|phrase|wd)|secret|token(?!s|i)|api_?key|credential|private_?key", re.IGNORECASE)
 #: What a device name may be made of: it is part of every job key (``|`` separates their fields), of the default
@@ -131,7 +132,7 @@ class DeviceSpec:
     labels: dict[str, str] = field(default_factory=dict)
     pre: list[str] = field(default_factory=list)
     post: list[str] = field(default_factory=list)
-    connect_timeout: float = 10.0
+    connect_timeout: float | None = None  # None: the ssh config's ConnectTimeout, else 10 s
     stall_timeout_s: float = 60.0
     keepalive_s: float = 15.0
     reconnect_attempts: int = 3

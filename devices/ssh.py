@@ -3,11 +3,14 @@
 This is the paramiko implementation of :class:`devices.transport.Transport`
 (docs/design.md §4).  A newcomer should know five things about it:
 
-1. **Host keys are always verified** against a known_hosts file.  An unknown
+1. **Host keys are always verified** against known_hosts files (the device's
+   ``known_hosts``, else the ssh config's UserKnownHostsFile and
+   GlobalKnownHostsFile ones; HostKeyAlias names the entry).  An unknown
    key is refused with a :class:`HostKeyError` that says how to trust it; with
-   ``trust_new_hosts=True`` a first-seen key is appended to the file (and a
-   warning logged).  A *changed* key is refused in every mode.  The same rules
-   apply to ProxyJump hosts.
+   ``trust_new_hosts=True`` a first-seen key is appended to the (first) file
+   (and a warning logged).  A *changed* key is refused in every mode.  The
+   same rules apply to ProxyJump hosts.  StrictHostKeyChecking ``no``/``off``
+   is refused; ``accept-new`` adds nothing without ``trust_new_hosts``.
 2. **Authentication uses key files and ssh-agent only**; no password is ever
    passed to paramiko, so nothing secret can end up in a log.
 3. **Remote commands are built from lists** and every element goes through
@@ -49,9 +52,20 @@ This is the paramiko implementation of :class:`devices.transport.Transport`
 ``run_shell`` is the one deliberate exception to rule 3: it runs the
 ``pre``/``post`` shell commands the user wrote in ``bench.toml`` as written.
 
+**Where to connect is decided by OpenSSH.**  A device's ``host`` is resolved
+the way ``ssh HOST`` resolves it: by ``ssh -G`` when an ``ssh`` binary is
+installed (Include, Match, wildcard ``Host`` blocks, tokens and defaults all
+applied by OpenSSH itself), else by paramiko's parser, which then refuses
+Include and Match.  Every directive that changes where or how to connect is
+either honoured (:data:`HONOURED`) or refused by name (:data:`REFUSED`);
+:data:`IGNORED` lists the rest and why ignoring each is harmless.  The
+device's own ``user``/``port``/``identity_file``/``known_hosts`` win over the
+config, as ``ssh -l/-p/-i`` would.
+
 ProxyJump is implemented in-process: the transport connects to the jump host
 (host-key checked like any other), opens a ``direct-tcpip`` channel to the
-target and runs the target's SSH session over that channel.
+target and runs the target's SSH session over that channel.  ProxyCommand
+runs the configured command and speaks SSH over its stdin/stdout.
 """
 
 from __future__ import annotations
@@ -69,8 +83,10 @@ import re
 import secrets
 import select
 import shlex
+import shutil
 import socket
 import stat
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -266,8 +282,204 @@ def remote_command(argv: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------
-# Where to connect: ~/.ssh/config resolution
+# Where to connect: ssh_config resolution, by OpenSSH itself when it is here
 # --------------------------------------------------------------------------
+
+
+class SSHConfigError(SSHTransportError, ValueError):
+    """The ssh config cannot be read, or sets something this transport does not do (named in the message)."""
+
+
+#: How long ``ssh -G`` may take (it reads files; ``Match exec`` runs a command).
+SSH_G_TIMEOUT_S = 10.0
+
+#: connect_timeout when neither the device nor the ssh config (ConnectTimeout) gives one.
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+#: Directives this module implements (see :func:`resolve_target` and the transport).
+HONOURED = frozenset({
+    "host", "hostname", "user", "port", "identityfile", "identitiesonly", "certificatefile", "identityagent",
+    "proxyjump", "proxycommand", "userknownhostsfile", "globalknownhostsfile", "stricthostkeychecking",
+    "hostkeyalias", "hashknownhosts", "connecttimeout", "serveraliveinterval", "serveralivecountmax",
+})
+
+#: Directives that change where or how the connection is made, which this
+#: transport does not implement: ``key -> (spelling, values that are fine, why)``.
+#: A value ssh itself prints for an empty config is always fine too, so only a
+#: setting that the user's config changed is ever refused.  An empty set of
+#: fine values means "only OpenSSH's own default".
+REFUSED: dict[str, tuple[str, frozenset[str], str]] = {
+    "addressfamily": ("AddressFamily", frozenset({"any"}), "the address family is not restricted"),
+    "bindaddress": ("BindAddress", frozenset(), "the local address is not chosen"),
+    "bindinterface": ("BindInterface", frozenset(), "the local interface is not chosen"),
+    "canonicalizehostname": ("CanonicalizeHostname", frozenset({"false", "no"}), "host names are not canonicalized"),
+    "permitlocalcommand": ("PermitLocalCommand", frozenset({"false", "no"}), "LocalCommand is not run"),
+    "remotecommand": ("RemoteCommand", frozenset({"none"}), "the transport runs its own commands"),
+    "requesttty": ("RequestTTY", frozenset({"auto", "false", "no"}), "no terminal is requested"),
+    "sessiontype": ("SessionType", frozenset({"default"}), "the transport always opens command sessions"),
+    "stdinnull": ("StdinNull", frozenset({"no"}), "jobs are sent on stdin"),
+    "tunnel": ("Tunnel", frozenset({"false", "no"}), "no tun/tap device is forwarded"),
+    "pkcs11provider": ("PKCS11Provider", frozenset({"none"}), "keys are read from files and ssh-agent only"),
+    "securitykeyprovider": ("SecurityKeyProvider", frozenset({"internal"}), "no security key middleware is loaded"),
+    "pubkeyauthentication": ("PubkeyAuthentication", frozenset({"true", "yes", "unbound", "host-bound"}),
+                             "authentication is by public key only"),
+    "knownhostscommand": ("KnownHostsCommand", frozenset({"none"}), "host keys come from known_hosts files only"),
+    "revokedhostkeys": ("RevokedHostKeys", frozenset({"none"}), "only @revoked lines of known_hosts are read"),
+    "proxyusefdpass": ("ProxyUseFdpass", frozenset({"no"}), "a ProxyCommand must relay on stdin/stdout"),
+    "setenv": ("SetEnv", frozenset(), "the remote environment is not changed (the timings would not match)"),
+    "kexalgorithms": ("KexAlgorithms", frozenset(), "paramiko negotiates from its own list"),
+    "ciphers": ("Ciphers", frozenset(), "paramiko negotiates from its own list"),
+    "macs": ("MACs", frozenset(), "paramiko negotiates from its own list"),
+    "hostkeyalgorithms": ("HostKeyAlgorithms", frozenset(), "paramiko negotiates from its own list"),
+    "pubkeyacceptedalgorithms": ("PubkeyAcceptedAlgorithms", frozenset(), "paramiko negotiates from its own list"),
+    "casignaturealgorithms": ("CASignatureAlgorithms", frozenset(), "paramiko negotiates from its own list"),
+    "requiredrsasize": ("RequiredRSASize", frozenset(), "paramiko does not enforce an RSA key size"),
+}
+
+#: Directives that are read and deliberately ignored, with the reason it is
+#: harmless: none of them changes which host, port, user or key is used, or
+#: how the host key is checked; ignoring one can only make a connection fail
+#: visibly (an auth method not tried), never succeed somewhere else.
+#: ControlMaster/ControlPath/ControlPersist are here because a master
+#: connection only *shares* a connection made with the same settings: opening
+#: our own one reaches the same place.
+IGNORED: dict[str, str] = {
+    **dict.fromkeys(("controlmaster", "controlpath", "controlpersist"),
+                    "connection sharing: our own connection reaches the same host with the same settings"),
+    **dict.fromkeys(("gssapiauthentication", "gssapikeyexchange", "gssapidelegatecredentials", "gssapitrustdns",
+                     "gssapirenewalforcesrekey", "gssapikexalgorithms", "gssapiclientidentity",
+                     "gssapiserveridentity", "hostbasedauthentication", "hostbasedacceptedalgorithms",
+                     "enablesshkeysign", "kbdinteractiveauthentication", "passwordauthentication",
+                     "numberofpasswordprompts", "preferredauthentications", "kbdinteractivedevices",
+                     "batchmode", "addkeystoagent", "usekeychain"),
+                    "only keys and ssh-agent are used, and nothing ever prompts"),
+    **dict.fromkeys(("forwardagent", "forwardx11", "forwardx11trusted", "forwardx11timeout", "xauthlocation",
+                     "localforward", "remoteforward", "dynamicforward", "clearallforwardings",
+                     "exitonforwardfailure", "gatewayports", "permitremoteopen", "streamlocalbindmask",
+                     "streamlocalbindunlink", "tunneldevice", "forkafterauthentication", "localcommand",
+                     "escapechar", "enableescapecommandline", "sendenv", "obscurekeystroketiming"),
+                    "forwardings, escapes and local extras are never set up"),
+    **dict.fromkeys(("checkhostip", "verifyhostkeydns", "updatehostkeys", "nohostauthenticationforlocalhost",
+                     "visualhostkey", "fingerprinthash"),
+                    "host keys are always checked against known_hosts, never relaxed"),
+    **dict.fromkeys(("compression", "ipqos", "tcpkeepalive", "rekeylimit", "connectionattempts",
+                     "channeltimeout", "loglevel", "logverbose", "syslogfacility", "ignoreunknown",
+                     "canonicaldomains", "canonicalizefallbacklocal", "canonicalizemaxdots",
+                     "canonicalizepermittedcnames", "tag"),
+                    "performance, logging, or inert here (CanonicalizeHostname is off; a Tag only selects "
+                    "Match blocks, which ssh -G has already applied)"),
+}
+
+_PROXY_TOKENS = frozenset("%hnpr")  # ProxyCommand and ProxyJump (ssh_config(5), TOKENS)
+_PATH_TOKENS = frozenset("%dhiklLnpru")  # IdentityFile, CertificateFile, UserKnownHostsFile, IdentityAgent
+
+
+def find_ssh() -> Optional[str]:
+    """The OpenSSH client to resolve configs with (None: fall back to paramiko's parser)."""
+    return shutil.which("ssh")
+
+
+class SSHConfigResolver:
+    """Looks hosts up in an ssh config the way ``ssh HOST`` would.
+
+    With an ``ssh`` binary, OpenSSH resolves everything itself (``ssh -G``:
+    Include, Match, wildcard Host blocks, defaults); only what differs from
+    what ``ssh -G`` prints for an *empty* config counts as set by the user, so
+    a default is never refused.  Without one, paramiko's parser is used, and
+    a config with Include or Match is refused (paramiko would silently
+    resolve it differently).  ``path`` None means what ``ssh`` reads by
+    default: ``~/.ssh/config`` and ``/etc/ssh/ssh_config``.
+    """
+
+    def __init__(self, path: Optional[os.PathLike | str], ssh: Optional[str] = None) -> None:
+        self.path = None if path is None else str(path)
+        self.source = self.path or "~/.ssh/config (and /etc/ssh/ssh_config)"
+        self.ssh = ssh
+        self._paramiko = None if ssh is not None else _paramiko_config(self.path)
+
+    def settings(self, host: str, user: Optional[str] = None, port: Optional[int] = None) -> dict[str, list[str]]:
+        """``{directive: values}`` for ``host``: hostname, user and port always, other directives when set.
+
+        ``user``/``port`` are the device's own settings; like ``ssh -l/-p``
+        they win over the config (and ``%r``/``%p`` tokens see them).
+        """
+        if host.startswith("-") or not host.strip():
+            raise SSHConfigError(f"host {host!r}: not a host name or ssh config alias")
+        if self.ssh is None:
+            return self._paramiko_settings(host, user, port)
+        extra = [*(["-l", user] if user else []), *(["-p", str(port)] if port is not None else [])]
+        got = self._ssh_g([*(["-F", self.path] if self.path is not None else []), *extra, "--", host])
+        default = self._ssh_g(["-F", os.devnull, *extra, "--", host])
+        out = {k: v for k, v in got.items() if default.get(k) != v}
+        for key in ("hostname", "user", "port", "userknownhostsfile", "globalknownhostsfile"):
+            out[key] = got.get(key, [])
+        return out
+
+    def _ssh_g(self, args: list[str]) -> dict[str, list[str]]:
+        """Run ``ssh -G args`` (no shell, bounded) and parse its ``key value`` lines."""
+        assert self.ssh is not None
+        cmd = [self.ssh, "-G", *args]
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=SSH_G_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise SSHConfigError(f"ssh config {self.source}: `ssh -G {args[-1]}` did not finish within "
+                                 f"{SSH_G_TIMEOUT_S:g} s (a slow Match exec?)") from None
+        except OSError as e:
+            raise SSHConfigError(f"ssh config {self.source}: cannot run {self.ssh}: {_reason(e)}") from None
+        if done.returncode != 0:
+            said = "; ".join(line.strip() for line in done.stderr.splitlines()
+                             if line.strip() and "Pseudo-terminal" not in line)
+            raise SSHConfigError(f"ssh config {self.source}: OpenSSH cannot use it for host {args[-1]!r}: "
+                                 f"{said or f'ssh -G exited with code {done.returncode}'}")
+        settings: dict[str, list[str]] = {}
+        for line in done.stdout.splitlines():
+            key, _, value = line.partition(" ")
+            if key:
+                settings.setdefault(key.lower(), []).append(value.strip())
+        return settings
+
+    def _paramiko_settings(self, host: str, user: Optional[str], port: Optional[int]) -> dict[str, list[str]]:
+        """The fallback: paramiko's lookup (tokens already expanded), with OpenSSH's defaults filled in."""
+        assert self._paramiko is not None
+        opts = self._paramiko.lookup(host)
+        out = {k.lower(): ([str(x) for x in v] if isinstance(v, list) else [str(v)])
+               for k, v in opts.items() if v is not None}
+        if "proxyjump" in out and "proxycommand" in out:
+            raise SSHConfigError(
+                f"ssh config {self.source}: Host {host}: both ProxyJump and ProxyCommand are set; OpenSSH uses "
+                f"whichever comes first in the file, which paramiko cannot tell: install the OpenSSH client "
+                f"(ssh) or keep one of them")
+        out["hostname"] = [out.get("hostname", [host])[0]]
+        out["user"] = [user or out.get("user", [getpass.getuser()])[0]]
+        out["port"] = [str(port if port is not None else out.get("port", ["22"])[0])]
+        out.setdefault("userknownhostsfile", ["~/.ssh/known_hosts ~/.ssh/known_hosts2"])
+        out.setdefault("globalknownhostsfile", ["/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2"])
+        out["__expanded"] = ["yes"]  # paramiko has already replaced %h, %p, ... tokens
+        return out
+
+
+def _paramiko_config(path: Optional[str]) -> paramiko.SSHConfig:
+    """paramiko's view of an ssh config, refusing what it would silently get wrong (Include, Match)."""
+    if path is None:
+        default = pathlib.Path("~/.ssh/config").expanduser()
+        path = str(default) if default.exists() else None
+    if path is None:
+        return paramiko.SSHConfig()
+    try:
+        text = pathlib.Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise SSHConfigError(f"ssh config {path}: cannot read it: {_reason(e)}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        word = re.split(r"[\s=]", line.strip(), maxsplit=1)[0].lower()
+        if word in ("include", "match"):
+            raise SSHConfigError(
+                f"ssh config {path}:{lineno}: {line.strip()!r}: {word.capitalize()} is resolved only by OpenSSH; "
+                f"install the OpenSSH client (ssh) to use {word.capitalize()} (no ssh binary on PATH)")
+    try:
+        return paramiko.SSHConfig.from_text(text)
+    except paramiko.ssh_exception.ConfigParseError as e:
+        raise SSHConfigError(f"ssh config {path}: {_reason(e)}") from None
 
 
 @dataclass(frozen=True)
@@ -282,24 +494,26 @@ class SSHTarget:
     identities_only: bool = False
     proxy_jump: tuple[str, ...] = ()  # hop specs "[user@]host[:port]", first hop first
     keepalive_s: Optional[float] = None
+    proxy_command: Optional[str] = None  # tokens expanded; run with the user's shell
+    certificate_files: tuple[str, ...] = ()
+    known_hosts_files: tuple[str, ...] = ()  # UserKnownHostsFile: all read, new keys go to the first
+    global_known_hosts_files: tuple[str, ...] = ()  # GlobalKnownHostsFile: read only
+    host_key_alias: Optional[str] = None
+    strict_host_key_checking: str = "ask"  # "ask" (= verify), "true" or "accept-new"; "false" is refused
+    hash_known_hosts: bool = False
+    connect_timeout: Optional[float] = None
+    alive_count_max: Optional[int] = None
+    use_agent: bool = True  # IdentityAgent none switches ssh-agent off
 
     @property
     def known_hosts_name(self) -> str:
-        """The name this endpoint has in known_hosts (``[host]:port`` off port 22)."""
+        """The name this endpoint has in known_hosts: HostKeyAlias, else ``host`` or ``[host]:port``."""
+        if self.host_key_alias:
+            return self.host_key_alias
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
     def __str__(self) -> str:
         return f"{self.user}@{self.hostname}:{self.port}"
-
-
-def _load_ssh_config(path: Optional[os.PathLike | str]) -> paramiko.SSHConfig:
-    """Read an ssh_config file; no file means an empty config (all defaults)."""
-    if path is None:
-        default = pathlib.Path("~/.ssh/config").expanduser()
-        path = default if default.exists() else None
-    if path is None:
-        return paramiko.SSHConfig()
-    return paramiko.SSHConfig.from_path(str(path))
 
 
 def parse_jump_spec(spec: str) -> tuple[Optional[str], str, Optional[int]]:
@@ -325,9 +539,48 @@ def parse_jump_spec(spec: str) -> tuple[Optional[str], str, Optional[int]]:
     return user, host, port
 
 
+def expand_tokens(value: str, tokens: dict[str, str], allowed: frozenset[str], what: str) -> str:
+    """Replace OpenSSH ``%x`` tokens (and ``${VAR}`` in paths), as ssh does at connect time.
+
+    ``ssh -G`` prints these values unexpanded.  A token that ``what`` does
+    not accept, or that is not implemented here (``%C``), is refused.
+    """
+    def token(m: re.Match) -> str:
+        c = m.group(1)
+        if c == "%":
+            return "%"
+        if c not in allowed or c not in tokens:
+            raise SSHConfigError(f"{what}: token %{c} is not supported here "
+                                 f"(supported: {' '.join('%' + t for t in sorted(allowed))})")
+        return tokens[c]
+
+    def env(m: re.Match) -> str:
+        if m.group(1) not in os.environ:
+            raise SSHConfigError(f"{what}: environment variable ${{{m.group(1)}}} is not set")
+        return os.environ[m.group(1)]
+
+    if "${" in value and allowed is _PATH_TOKENS:
+        value = re.sub(r"\$\{(\w+)\}", env, value)
+    return re.sub(r"%(.)", token, value)
+
+
+def _check_supported(settings: dict[str, list[str]], host: str, source: str) -> None:
+    """Refuse, by name, a directive the config sets that this transport would otherwise silently ignore."""
+    for key, values in settings.items():
+        if key in HONOURED or key in IGNORED or key.startswith("__"):
+            continue
+        spelling, fine, why = REFUSED.get(key, (key, frozenset(), "snp-bench does not know this directive"))
+        value = " ".join(values)
+        if all(v.lower() in fine for v in values):
+            continue
+        accepted = f"; accepted: {', '.join(sorted(fine))}" if fine else ""
+        raise SSHConfigError(f"ssh config {source}: Host {host}: {spelling} {value} is not supported "
+                             f"({why}){accepted}; remove it for this host")
+
+
 def resolve_target(
     host: str,
-    config: paramiko.SSHConfig,
+    resolver: SSHConfigResolver,
     *,
     user: Optional[str] = None,
     port: Optional[int] = None,
@@ -335,28 +588,77 @@ def resolve_target(
 ) -> SSHTarget:
     """Resolve ``host`` (a name or an ssh_config alias) to an :class:`SSHTarget`.
 
-    Honours HostName, User, Port, IdentityFile, IdentitiesOnly, ProxyJump and
-    ServerAliveInterval.  Explicit arguments win over the config file, as on
-    the ``ssh`` command line.
+    Honours the directives in :data:`HONOURED`, refuses those in
+    :data:`REFUSED` (and unknown ones) when the config changes them, and
+    ignores :data:`IGNORED`.  Explicit arguments win over the config file, as
+    on the ``ssh`` command line; an explicit ``identity_file`` is offered
+    first, before the config's.
     """
-    opts = config.lookup(host)
-    identity_files: list[str] = []
-    if identity_file is not None:
-        identity_files.append(os.path.expanduser(str(identity_file)))
-    identity_files += [os.path.expanduser(p) for p in opts.get("identityfile", [])]
-    jump = opts.get("proxyjump", "").strip()
+    s = resolver.settings(host, user=user, port=port)
+    _check_supported(s, host, resolver.source)
+    hostname, user_, port_ = s["hostname"][0], s["user"][0], int(s["port"][0])
+    first = {k: v[0] for k, v in s.items() if v}
+    alias = first.get("hostkeyalias")
+    expanded = "__expanded" in s
+    where = f"ssh config {resolver.source}: Host {host}"
+    tokens = {"h": hostname, "p": str(port_), "r": user_, "n": host, "k": alias or host,
+              "d": str(pathlib.Path.home()), "u": getpass.getuser(), "i": str(os.getuid()),
+              "l": socket.gethostname(), "L": socket.gethostname().split(".")[0]}
+
+    def expand(value: str, allowed: frozenset[str], directive: str) -> str:
+        if expanded:
+            return value
+        return expand_tokens(value, tokens, allowed, f"{where}: {directive} {value}")
+
+    def paths(key: str, directive: str) -> tuple[str, ...]:
+        words = [w for v in s.get(key, []) for w in (v.split() if key.endswith("knownhostsfile") else [v])]
+        return tuple(os.path.expanduser(expand(w, _PATH_TOKENS, directive)) for w in words if w.lower() != "none")
+
+    strict = {"yes": "true", "no": "false", "off": "false"}.get(first.get("stricthostkeychecking", "ask").lower(),
+                                                             first.get("stricthostkeychecking", "ask").lower())
+    if strict == "false":
+        raise SSHConfigError(f"{where}: StrictHostKeyChecking {first['stricthostkeychecking']} is refused: "
+                             f"snp-bench never skips host key checks (use yes, ask or accept-new)")
+    if strict not in ("true", "ask", "accept-new"):
+        raise SSHConfigError(f"{where}: StrictHostKeyChecking {strict}: accepted: yes, ask, accept-new")
+    agent = first.get("identityagent")
+    if agent is not None and agent not in ("none", "SSH_AUTH_SOCK") and \
+            os.path.expanduser(expand(agent, _PATH_TOKENS, "IdentityAgent")) != os.environ.get("SSH_AUTH_SOCK"):
+        raise SSHConfigError(f"{where}: IdentityAgent {agent} is not supported (only the agent in $SSH_AUTH_SOCK, "
+                             f"or none); set SSH_AUTH_SOCK={agent} instead")
+    proxy = first.get("proxycommand")
+    proxy = None if proxy is None or proxy.lower() == "none" else expand(proxy, _PROXY_TOKENS, "ProxyCommand")
+    jump = expand(first.get("proxyjump", ""), _PROXY_TOKENS, "ProxyJump").strip()
     hops = () if jump in ("", "none") else tuple(h.strip() for h in jump.split(",") if h.strip())
-    alive = opts.get("serveraliveinterval")
+    identity_files = ([os.path.expanduser(str(identity_file))] if identity_file is not None else [])
+    identity_files += [f for f in paths("identityfile", "IdentityFile") if f not in identity_files]
+    alive = float(first.get("serveraliveinterval", "0"))
+    timeout = first.get("connecttimeout", "none")
     return SSHTarget(
         alias=host,
-        hostname=opts.get("hostname", host),
-        port=int(port if port is not None else opts.get("port", 22)),
-        user=user or opts.get("user") or getpass.getuser(),
+        hostname=hostname,
+        port=port_,
+        user=user_,
         identity_files=tuple(identity_files),
-        identities_only=opts.get("identitiesonly", "no").lower() == "yes",
+        identities_only=_yes(first.get("identitiesonly", "no")),
         proxy_jump=hops,
-        keepalive_s=float(alive) if alive else None,
+        keepalive_s=alive if alive > 0 else None,
+        proxy_command=proxy,
+        certificate_files=paths("certificatefile", "CertificateFile"),
+        known_hosts_files=paths("userknownhostsfile", "UserKnownHostsFile"),
+        global_known_hosts_files=paths("globalknownhostsfile", "GlobalKnownHostsFile"),
+        host_key_alias=alias,
+        strict_host_key_checking=strict,
+        hash_known_hosts=_yes(first.get("hashknownhosts", "no")),
+        connect_timeout=None if timeout.lower() == "none" else float(timeout),
+        alive_count_max=int(first["serveralivecountmax"]) if "serveralivecountmax" in first else None,
+        use_agent=agent != "none",
     )
+
+
+def _yes(value: str) -> bool:
+    """An ssh_config boolean: ``yes`` in a file, ``true`` in ``ssh -G`` output."""
+    return value.strip().lower() in ("yes", "true")
 
 
 # --------------------------------------------------------------------------
@@ -426,10 +728,11 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
 
     def __init__(
         self, target: SSHTarget, known_hosts: pathlib.Path, revoked: list[paramiko.PKey],
-        trust_new_hosts: bool, via_jump: bool,
+        trust_new_hosts: bool, via_jump: bool, read_from: Sequence[pathlib.Path] = (),
     ):
         self.target = target
-        self.known_hosts = known_hosts
+        self.known_hosts = known_hosts  # where a trusted new key is written
+        self.read_from = list(read_from) or [known_hosts]  # every file that was searched
         self.revoked = revoked
         self.trust_new_hosts = trust_new_hosts
         self.via_jump = via_jump
@@ -438,14 +741,24 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         if key in self.revoked:
             raise HostKeyError(_revoked_message(hostname, key, self.known_hosts))
         if not self.trust_new_hosts:
+            searched = ", ".join(str(p) for p in self.read_from)
+            if self.target.strict_host_key_checking == "accept-new":
+                raise HostKeyError(
+                    f"unknown host key for {hostname}: {key.get_name()} {key.fingerprint} is not in {searched}, "
+                    f"and the ssh config's StrictHostKeyChecking accept-new (Host {self.target.alias}) is not "
+                    f"followed: snp-bench never accepts a new host key by itself; check that fingerprint, then "
+                    f"rerun with --trust-new-hosts"
+                )
             where = " (run it where that address is reachable, e.g. on the jump host)" if self.via_jump else ""
+            alias = (f" and store the key under the name {hostname} (HostKeyAlias)"
+                     if self.target.host_key_alias else "")
             raise HostKeyError(
                 f"unknown host key for {hostname}: {key.get_name()} {key.fingerprint} is not in "
-                f"{self.known_hosts}; check that fingerprint with the device's owner, then trust it with "
-                f"`ssh-keyscan -p {self.target.port} {self.target.hostname} >> {self.known_hosts}`{where} "
+                f"{searched}; check that fingerprint with the device's owner, then trust it with "
+                f"`ssh-keyscan -p {self.target.port} {self.target.hostname} >> {self.known_hosts}`{where}{alias} "
                 f"or rerun with --trust-new-hosts"
             )
-        _append_known_host(self.known_hosts, hostname, key)
+        _append_known_host(self.known_hosts, hostname, key, hashed=self.target.hash_known_hosts)
         client.get_host_keys().add(hostname, key.get_name(), key)
         log.warning(
             "trusting NEW host key for %s: %s %s (added to %s)",
@@ -453,8 +766,13 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
-def _append_known_host(path: pathlib.Path, hostname: str, key: paramiko.PKey) -> None:
-    """Append ``hostname keytype base64`` to a known_hosts file, creating it 0600."""
+def _append_known_host(path: pathlib.Path, hostname: str, key: paramiko.PKey, hashed: bool = False) -> None:
+    """Append ``hostname keytype base64`` to a known_hosts file, creating it 0600.
+
+    ``hashed`` (the ssh config's HashKnownHosts) writes the name as OpenSSH's
+    ``|1|salt|hash``, so the file does not list where the user connects to.
+    """
+    name = paramiko.HostKeys.hash_host(hostname) if hashed else hostname
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as f:
@@ -463,7 +781,7 @@ def _append_known_host(path: pathlib.Path, hostname: str, key: paramiko.PKey) ->
                 existing.seek(-1, os.SEEK_END)
                 if existing.read(1) != b"\n":
                     f.write("\n")
-        f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        f.write(f"{name} {key.get_name()} {key.get_base64()}\n")
 
 
 # --------------------------------------------------------------------------
@@ -566,6 +884,13 @@ class _Progress:
     done: int = 0
     started: bool = False
     stalled: bool = False
+    report: Optional[Callable[[int, int], None]] = None  # the caller's progress(done, total)
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more bytes sent and tell the caller."""
+        self.done += n
+        if self.report is not None:
+            self.report(self.done, self.size)
 
 
 def _mb(n: float) -> str:
@@ -622,11 +947,75 @@ class _Connection:
                 pass
 
 
+class _ProxyCommand(paramiko.ProxyCommand):
+    """A ProxyCommand socket, run like OpenSSH runs it (``exec COMMAND`` in ``$SHELL``, else ``/bin/sh``).
+
+    Differs from paramiko's own in three ways that matter for a long run:
+    the command's exit reads as end-of-file (paramiko's busy-waits at full
+    CPU until the timeout), its stderr is drained (a chatty command would
+    otherwise block on a full pipe) and kept for error messages, and closing
+    it reaps the process.
+    """
+
+    def __init__(self, command: str) -> None:  # noqa: D107 - paramiko's __init__ is replaced, not extended
+        self.cmd = [os.environ.get("SHELL") or "/bin/sh", "-c", f"exec {command}"]
+        self.process = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, bufsize=0)
+        self.timeout: Optional[float] = None
+        self._stderr = bytearray()
+        threading.Thread(target=self._drain_stderr, daemon=True, name="ssh-proxycommand-stderr").start()
+
+    def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in iter(self.process.stderr.readline, b""):
+            log.debug("ProxyCommand: %s", line.decode(errors="replace").rstrip())
+            self._stderr = (self._stderr + line)[-2000:]
+
+    def stderr_tail(self) -> str:
+        """The end of what the command wrote to stderr, on one line."""
+        return " ".join(self._stderr.decode(errors="replace").split())[-300:]
+
+    def send(self, content: bytes) -> int:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(content)
+        except (OSError, ValueError) as e:  # ValueError: closed by close() meanwhile
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd), getattr(e, "strerror", None) or str(e)) from None
+        return len(content)
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" once the command has closed its output (socket semantics)."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            ready, _, _ = select.select([stdout], [], [], self.timeout)
+            data = os.read(stdout.fileno(), size) if ready else None
+        except ValueError:  # closed by close() meanwhile: the end of the stream
+            return b""
+        except OSError as e:
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd), e.strerror) from None
+        if data is None:
+            raise socket.timeout()
+        return data
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
 class _KeyList(AuthStrategy):
     """Offer exactly these keys, in order (what OpenSSH does with IdentitiesOnly)."""
 
-    def __init__(self, ssh_config: paramiko.SSHConfig, sources: list[AuthSource]) -> None:
-        super().__init__(ssh_config=ssh_config)
+    def __init__(self, sources: list[AuthSource]) -> None:
+        super().__init__(ssh_config=paramiko.SSHConfig())  # unused: the sources are already chosen
         self.sources = sources
 
     def get_sources(self):  # type: ignore[no-untyped-def]
@@ -693,7 +1082,7 @@ class SSHTransport(Transport):
         workdir: str = "~/.snp-bench",
         known_hosts: Optional[os.PathLike | str] = None,
         trust_new_hosts: bool = False,
-        connect_timeout: float = 10.0,
+        connect_timeout: Optional[float] = None,
         ssh_config_path: Optional[os.PathLike | str] = None,
         allow_agent: bool = True,
         look_for_keys: bool = True,
@@ -710,7 +1099,12 @@ class SSHTransport(Transport):
         ``allow_agent``/``look_for_keys`` control ssh-agent and ``~/.ssh/id_*``
         keys; tests switch both off to stay hermetic.  ``agent_source`` lets a
         test ship a stand-in agent; normally it is ``devices/agent.py``.
-        Deadlines: ``connect_timeout`` per connection attempt, ``stall_timeout_s``
+        The host is resolved like ``ssh HOST`` would (:class:`SSHConfigResolver`;
+        ``ssh_config_path`` None: ``~/.ssh/config`` and ``/etc/ssh/ssh_config``);
+        ``user``/``port``/``identity_file``/``known_hosts`` given here win over
+        the config, as on the ``ssh`` command line.
+        Deadlines: ``connect_timeout`` per connection attempt (None: the ssh
+        config's ConnectTimeout, else 10 s), ``stall_timeout_s``
         without progress of an SFTP transfer, a dead link after
         ``ALIVE_COUNT_MAX`` silent ``keepalive_s`` intervals (ServerAliveInterval
         in the ssh config wins); a connection that was up is re-opened up to
@@ -725,17 +1119,19 @@ class SSHTransport(Transport):
         self.host = host
         self.python = python
         self.workdir = workdir
-        self.known_hosts = pathlib.Path(known_hosts or "~/.ssh/known_hosts").expanduser()
+        self._resolver = SSHConfigResolver(ssh_config_path, find_ssh())
+        self.target = resolve_target(host, self._resolver, user=user, port=port, identity_file=identity_file)
+        self._explicit_known_hosts = pathlib.Path(known_hosts).expanduser() if known_hosts else None
+        self.known_hosts = self._known_hosts_files(self.target)[0]  # where a trusted new key is written
         self.trust_new_hosts = trust_new_hosts
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = (connect_timeout if connect_timeout is not None
+                                else self.target.connect_timeout or DEFAULT_CONNECT_TIMEOUT_S)
         self.stall_timeout_s = stall_timeout_s
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_backoff_max_s = reconnect_backoff_max_s
         self.allow_agent = allow_agent
         self.look_for_keys = look_for_keys
         self.agent_source = pathlib.Path(agent_source) if agent_source else AGENT_SOURCE
-        self._config = _load_ssh_config(ssh_config_path)
-        self.target = resolve_target(host, self._config, user=user, port=port, identity_file=identity_file)
         self._keepalive_s = self.target.keepalive_s or keepalive_s
         self._conn: Optional[_Connection] = None
         self._connected_once = False  # only a connection that was up is retried with backoff
@@ -751,35 +1147,73 @@ class SSHTransport(Transport):
 
     # ------------------------------------------------------------------ connecting
 
+    def _known_hosts_files(self, target: SSHTarget) -> list[pathlib.Path]:
+        """The known_hosts files searched for ``target``'s key; new keys are written to the first.
+
+        The device's own ``known_hosts`` is the only one when given;
+        otherwise the ssh config's UserKnownHostsFile list (then the
+        GlobalKnownHostsFile ones, read only), as OpenSSH searches them.
+        """
+        if self._explicit_known_hosts is not None:
+            return [self._explicit_known_hosts]
+        files = [pathlib.Path(p) for p in (*target.known_hosts_files, *target.global_known_hosts_files)]
+        if not target.known_hosts_files:
+            raise SSHConfigError(f"ssh config {self._resolver.source}: Host {target.alias}: UserKnownHostsFile none "
+                                 f"leaves nowhere to check host keys against; name a file, or set known_hosts "
+                                 f"for the device")
+        return files
+
     def _connect_one(self, target: SSHTarget, sock: Any = None, via_jump: bool = False) -> paramiko.SSHClient:
         """Open one verified, authenticated SSH session (``sock``: a jump channel)."""
         client = paramiko.SSHClient()
         # Read afresh for every connection (another transport may have added a key).
         # The keys go into the client's in-memory set; paramiko never writes the file.
-        known = load_known_hosts(self.known_hosts, client.get_host_keys())
+        files = self._known_hosts_files(target)
+        revoked: list[paramiko.PKey] = []
+        for path in files:
+            revoked += load_known_hosts(path, client.get_host_keys()).revoked
         client.set_missing_host_key_policy(
-            _KnownHostsPolicy(target, self.known_hosts, known.revoked, self.trust_new_hosts, via_jump)
+            _KnownHostsPolicy(target, files[0], revoked, self.trust_new_hosts, via_jump, read_from=files)
         )
         key_files = [p for p in target.identity_files if os.path.exists(p)]
-        agent, agent_keys, agent_note = _agent_keys(self.allow_agent)
+        certified = self._certified_key(target, key_files) if target.certificate_files else None
+        allow_agent = self.allow_agent and target.use_agent
+        agent, agent_keys, agent_note = _agent_keys(allow_agent)
         auth: dict[str, Any] = {}
         tried = ", ".join(key_files) or "none given"
+        if certified is not None:
+            auth["pkey"] = certified
         if target.identities_only and key_files:  # OpenSSH: these files only, via the agent when it holds them
             sources, notes = self._identity_sources(target, key_files, agent_keys)
+            if certified is not None:
+                sources.insert(0, InMemoryPrivateKey(target.user, certified))
             tried = "; ".join(notes)
             if not sources:
                 if agent is not None:
                     agent.close()
                 raise SSHAuthError(f"{self.name}: no usable key for {target.user}@{target.hostname} "
                                    f"(IdentitiesOnly; {agent_note}): {tried}")
-            auth["auth_strategy"] = _KeyList(self._config, sources)
+            auth = {"auth_strategy": _KeyList(sources)}
+        how = " via ProxyJump" if via_jump else ""
+        if sock is None and target.proxy_command is not None:
+            how = f" via ProxyCommand {target.proxy_command!r}"
+        key_name, key_port = ((target.host_key_alias, 22) if target.host_key_alias
+                              else (target.hostname, target.port))
         try:
+            # A socket of our own when paramiko must not connect by itself: the
+            # ProxyCommand's pipes, or a plain TCP socket when HostKeyAlias makes
+            # the known_hosts name differ from the address (paramiko looks the
+            # key up under the name it is given).
+            if sock is None and target.proxy_command is not None:
+                sock = self._proxy_command(target)
+            elif sock is None and target.host_key_alias:
+                sock = self._tcp_socket(target)
             client.connect(
-                target.hostname,
-                port=target.port,
+                key_name,
+                port=key_port,
                 username=target.user,
                 key_filename=key_files or None,
-                allow_agent=self.allow_agent,
+                allow_agent=allow_agent,
                 look_for_keys=self.look_for_keys,
                 password=None,  # never: keys and ssh-agent only
                 passphrase=None,
@@ -790,18 +1224,19 @@ class SSHTransport(Transport):
                 channel_timeout=self.connect_timeout,
                 **auth,
             )
-        except HostKeyError:
+        except SSHConnectError:  # ours (host key, ProxyCommand, TCP): the message is complete
             client.close()
             raise
         except paramiko.BadHostKeyException as e:
             client.close()
+            holder = ", ".join(str(p) for p in files)
             raise HostKeyError(
                 f"host key for {target.known_hosts_name} has CHANGED: the server offers "
-                f"{e.key.get_name()} {e.key.fingerprint} but {self.known_hosts} holds "
+                f"{e.key.get_name()} {e.key.fingerprint} but {holder} holds "
                 f"{e.expected_key.get_name()} {e.expected_key.fingerprint}; refusing to connect "
                 f"(possible man-in-the-middle). If the device was reinstalled, verify the new "
                 f"fingerprint, then remove the old entry with "
-                f"`ssh-keygen -R {shlex.quote(target.known_hosts_name)} -f {self.known_hosts}`"
+                f"`ssh-keygen -R {shlex.quote(target.known_hosts_name)} -f {files[0]}`"
             ) from None
         except paramiko.AuthenticationException as e:
             client.close()
@@ -812,9 +1247,10 @@ class SSHTransport(Transport):
             ) from None
         except (OSError, EOFError, paramiko.SSHException) as e:
             client.close()
+            said = f" (it said: {sock.stderr_tail()})" if isinstance(sock, _ProxyCommand) and sock.stderr_tail() else ""
             raise SSHConnectError(
-                f"{self.name}: cannot connect to {target}{' via ProxyJump' if via_jump else ''}: "
-                f"{_describe_connect_error(e, self.connect_timeout)}"
+                f"{self.name}: cannot connect to {target}{how}: "
+                f"{_describe_connect_error(e, self.connect_timeout)}{said}"
             ) from None
         finally:
             if agent is not None:
@@ -822,10 +1258,50 @@ class SSHTransport(Transport):
         transport = client.get_transport()
         assert transport is not None
         server_key = transport.get_remote_server_key()
-        if server_key in known.revoked:  # known *and* revoked: revocation wins, as in OpenSSH
+        if server_key in revoked:  # known *and* revoked: revocation wins, as in OpenSSH
             client.close()
-            raise HostKeyError(_revoked_message(target.known_hosts_name, server_key, self.known_hosts))
+            raise HostKeyError(_revoked_message(target.known_hosts_name, server_key, files[0]))
         return client
+
+    def _proxy_command(self, target: SSHTarget) -> _ProxyCommand:
+        """Start the ssh config's ProxyCommand the way OpenSSH does: ``exec`` in the user's shell."""
+        assert target.proxy_command is not None
+        try:
+            return _ProxyCommand(target.proxy_command)
+        except OSError as e:
+            raise SSHConnectError(f"{self.name}: cannot start ProxyCommand {target.proxy_command!r} "
+                                  f"(Host {target.alias}): {_reason(e)}") from None
+
+    def _tcp_socket(self, target: SSHTarget) -> socket.socket:
+        """A TCP connection to the target (bounded by ``connect_timeout``)."""
+        try:
+            return socket.create_connection((target.hostname, target.port), timeout=self.connect_timeout)
+        except OSError as e:
+            raise SSHConnectError(f"{self.name}: cannot connect to {target}: "
+                                  f"{_describe_connect_error(e, self.connect_timeout)}") from None
+
+    def _certified_key(self, target: SSHTarget, key_files: list[str]) -> paramiko.PKey:
+        """The first IdentityFile key that one of the CertificateFiles certifies, with that certificate loaded.
+
+        OpenSSH pairs certificates with identities the same way; a
+        certificate for a key held only by ssh-agent is not supported.
+        """
+        for path in key_files:
+            try:
+                key = paramiko.PKey.from_path(path)
+            except (paramiko.PasswordRequiredException, TypeError, OSError, ValueError, paramiko.SSHException):
+                continue  # passphrase-protected or unreadable: _connect_one reports the key files
+            for cert in target.certificate_files:
+                try:
+                    key.load_certificate(cert)
+                except (OSError, ValueError, paramiko.SSHException):
+                    continue
+                return key
+        raise SSHAuthError(
+            f"{self.name}: CertificateFile {' '.join(target.certificate_files)} (ssh config "
+            f"{self._resolver.source}, Host {target.alias}) certifies none of the readable identity files "
+            f"({', '.join(key_files) or 'none given'}); a certificate for a key held only by ssh-agent "
+            f"is not supported")
 
     def _identity_sources(
         self, target: SSHTarget, key_files: list[str], agent_keys: list[paramiko.AgentKey]
@@ -861,8 +1337,10 @@ class SSHTransport(Transport):
         """Connect to ``target``, through its ProxyJump hosts if it has any.
 
         Returns the clients jump-first.  The first hop is resolved with the
-        ssh config (so it may itself have a ProxyJump); later hops ride on the
-        previous one, as OpenSSH does for ``ProxyJump a,b``.
+        ssh config (so it may itself have a ProxyJump or a ProxyCommand); later
+        hops ride on the previous one, as OpenSSH does for ``ProxyJump a,b``.
+        OpenSSH uses whichever of ProxyJump and ProxyCommand the config sets
+        first, and ``ssh -G`` prints only that one, so a target has at most one.
         """
         if depth > MAX_JUMP_DEPTH:
             raise SSHConnectError(
@@ -873,12 +1351,13 @@ class SSHTransport(Transport):
         hops: list[SSHTarget] = []
         for spec in target.proxy_jump:
             u, h, p = parse_jump_spec(spec)
-            hops.append(resolve_target(h, self._config, user=u, port=p))
+            hops.append(resolve_target(h, self._resolver, user=u, port=p))
         clients = self._connect_chain(hops[0], depth + 1)
         try:
             for nxt in [*hops[1:], target]:
                 channel = self._jump_channel(clients[-1], nxt)
-                clients.append(self._connect_one(replace(nxt, proxy_jump=()), channel, via_jump=True))
+                clients.append(self._connect_one(replace(nxt, proxy_jump=(), proxy_command=None), channel,
+                                                 via_jump=True))
         except BaseException:
             for c in reversed(clients):
                 c.close()
@@ -901,7 +1380,7 @@ class SSHTransport(Transport):
     def _open_connection(self) -> _Connection:
         """One connection attempt: SSH chain, keepalive watch, SFTP (each step bounded)."""
         conn = _Connection(clients=self._connect_chain(self.target))
-        conn.liveness = _Liveness(conn, self._keepalive_s)
+        conn.liveness = _Liveness(conn, self._keepalive_s, self.target.alive_count_max or ALIVE_COUNT_MAX)
         try:
             with _Watchdog(self.connect_timeout, conn.abort) as dog:  # opening SFTP has no deadline of its own
                 conn.sftp = conn.client.open_sftp()
@@ -1092,13 +1571,18 @@ class SSHTransport(Transport):
 
     # ------------------------------------------------------------------ blobs
 
-    def ensure_blob(self, local_path: pathlib.Path, sha256: str) -> str:
+    def ensure_blob(
+        self, local_path: pathlib.Path, sha256: str, progress: Optional[Callable[[int, int], None]] = None
+    ) -> str:
         """Make ``<workdir>/blobs/<sha256>`` exist and be correct on the device; return its path.
 
         Uploads only when the blob is missing (or fails its check), to a temp
         name, verifies it on the device, then renames it into place.  A
         transfer cut by a lost link (or stalled) reconnects and resumes, up to
-        ``reconnect_attempts`` times.
+        ``reconnect_attempts`` times.  ``progress(done, total)`` (bytes) is
+        called as bytes are sent - from the resume point after a
+        reconnect - and once with ``(total, total)`` when the blob was already
+        there; it runs on the caller's thread and should return quickly.
         """
         sha = check_sha256(sha256)  # it becomes a file name on the device
         local_path = pathlib.Path(local_path)
@@ -1115,15 +1599,17 @@ class SSHTransport(Transport):
                     if not failure:
                         raise
                     raise BlobUploadError(f"{what}: {failure}; reconnecting failed: {e}") from None
-                progress = _Progress(local_path.stat().st_size)
+                state = _Progress(local_path.stat().st_size, report=progress)
                 try:
                     blobs = self._dir(conn, "blobs")
                     final = posixpath.join(blobs, sha)
                     if self._blob_is_good(conn, final, sha):
+                        if progress is not None:
+                            progress(state.size, state.size)
                         return final
-                    return self._upload(conn, local_path, sha, blobs, final, progress)
+                    return self._upload(conn, local_path, sha, blobs, final, state)
                 except (OSError, EOFError, paramiko.SSHException, SSHLinkError) as e:
-                    failure = self._transfer_failure(conn, e, progress)
+                    failure = self._transfer_failure(conn, e, state)
                     self._drop_connection()
                     if not _link_failed(conn, e) or attempt == attempts:
                         raise BlobUploadError(f"{what}: {failure}") from None
@@ -1213,6 +1699,7 @@ class SSHTransport(Transport):
         """
         assert conn.sftp is not None
         progress.done, progress.started = offset, True
+        progress.advance(0)
 
         def stalled() -> None:
             progress.stalled = True
@@ -1225,7 +1712,7 @@ class SSHTransport(Transport):
             remote.seek(offset)
             for chunk in iter(lambda: src.read(_CHUNK), b""):
                 remote.write(chunk)
-                progress.done += len(chunk)
+                progress.advance(len(chunk))
                 self.bytes_uploaded += len(chunk)
                 dog.tick()
             remote.close()  # waits until the device acknowledged every write

@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timezone
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, Callable, NamedTuple
 
 AGENT_SOURCE = pathlib.Path(__file__).with_name("agent.py")
 PROTOCOL = 2  # devices/agent.py speaks this one; harness/jobs.py writes its job documents
@@ -181,11 +181,14 @@ class Transport(abc.ABC):
     bytes_uploaded: int
 
     @abc.abstractmethod
-    def ensure_blob(self, local_path: pathlib.Path, sha256: str) -> str:
+    def ensure_blob(self, local_path: pathlib.Path, sha256: str,
+                    progress: Callable[[int, int], None] | None = None) -> str:
         """Make ``<workdir>/blobs/<sha256>`` exist on the device; return its device path.
 
         Uploads only when missing, through a temporary name that is hashed on
         arrival and renamed into place; a hash mismatch raises ValueError.
+        `progress(done, total)` hears about the bytes as they go (``(total, total)``
+        once when the blob is already there).
         """
 
     @abc.abstractmethod
@@ -292,7 +295,8 @@ class LocalTransport(Transport):
     def blob_path(self, sha256: str) -> pathlib.Path:
         return self.workdir / "blobs" / check_sha256(sha256)
 
-    def ensure_blob(self, local_path: pathlib.Path, sha256: str) -> str:
+    def ensure_blob(self, local_path: pathlib.Path, sha256: str,
+                    progress: Callable[[int, int], None] | None = None) -> str:
         """The device's copy of an artifact: a hard link when it can be (no second copy on this disk), else a copy.
 
         A link is safe because the artifact cache never rewrites a file in place
@@ -300,7 +304,11 @@ class LocalTransport(Transport):
         which leaves the linked inode alone), and the content is checked
         against `sha256` either way. Only copied bytes count as uploaded.
         """
-        return self._store(local_path, sha256, link=True)
+        path = self._store(local_path, sha256, link=True)
+        if progress is not None:
+            size = pathlib.Path(path).stat().st_size
+            progress(size, size)
+        return path
 
     def _store(self, local_path: pathlib.Path, sha256: str, link: bool) -> str:
         target = self.blob_path(sha256)

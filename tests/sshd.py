@@ -474,3 +474,56 @@ def ssh_agent(root: pathlib.Path) -> Iterator[str]:
 def set_link(netns: str, dev: str, up: bool) -> None:
     """``ip -n NETNS link set DEV up|down``: plug or cut a lab cable for real."""
     _ip("-n", netns, "link", "set", dev, "up" if up else "down")
+
+
+# --------------------------------------------------------------------------
+# ssh_config helpers (tests/devices/test_ssh_config.py)
+# --------------------------------------------------------------------------
+
+_RELAY_SRC = '''\
+"""A ProxyCommand: relay stdin/stdout to HOST:PORT, after writing "HOST PORT USER" to MARKER."""
+import os, socket, sys, threading
+host, port, user, marker = sys.argv[1:5]
+with open(marker, "a") as f:
+    f.write(f"{host} {port} {user}\\n")
+s = socket.create_connection((host, int(port)), timeout=10)
+s.settimeout(None)
+
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            s.shutdown(socket.SHUT_WR)
+            return
+        s.sendall(data)
+
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    os.write(1, data)
+'''
+
+
+def write_tcp_relay(path: pathlib.Path) -> pathlib.Path:
+    """A Python ProxyCommand script (``python3 RELAY %h %p %r MARKER``): a real TCP relay, no nc or socat needed."""
+    path.write_text(_RELAY_SRC)
+    return path
+
+
+def make_user_certificate(root: pathlib.Path, user: str) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """A user CA, a key that no authorized_keys lists, and the CA's certificate for it.
+
+    Returns (CA public key for ``TrustedUserCAKeys``, private key, certificate).
+    The certificate is *not* named ``<key>-cert.pub``, so nothing finds it
+    unless CertificateFile names it.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    ca = make_keypair(root / "user_ca", "snp-test-ca")
+    key = make_keypair(root / "cert_key", "snp-test-cert-user")
+    subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", "snp-test", "-n", user, "-V", "-5m:+1h",
+                    str(key.with_suffix(".pub"))], check=True, stdin=subprocess.DEVNULL)
+    cert = root / "user.cert"
+    (root / "cert_key-cert.pub").rename(cert)
+    return ca.with_suffix(".pub"), key, cert

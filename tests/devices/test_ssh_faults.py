@@ -532,7 +532,8 @@ def test_deadline_keys_are_validated_and_reach_the_transport() -> None:
             t.connect_timeout) == (5.0, 2.5, 0, 8.0, 3.0)
     defaults = parse_device("pi", {"kind": "ssh", "host": "pi"})
     assert (defaults.stall_timeout_s, defaults.keepalive_s, defaults.reconnect_attempts,
-            defaults.reconnect_backoff_max_s, defaults.connect_timeout) == (60.0, 15.0, 3, 30.0, 10.0)
+            defaults.reconnect_backoff_max_s, defaults.connect_timeout) == (60.0, 15.0, 3, 30.0, None)
+    # no connect_timeout of the device's own: the ssh config's ConnectTimeout decides (tests/devices/test_ssh_config.py)
     for key, value in (("stall_timeout_s", 0), ("keepalive_s", "15"), ("connect_timeout", True),
                        ("reconnect_attempts", 1.5), ("reconnect_attempts", -1)):
         with pytest.raises(DeviceConfigError, match=rf"\[devices\.pi\] {key} = {re.escape(show(value))}: must be"):
