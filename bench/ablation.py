@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from experiments.ablation import Settings, run_ablation
+from . import exit_codes
+from .options import (HelpFormatter, add_quiet, fraction, fractions, non_negative_int, note, output_dir,
+                      positive_int)
 
-from .options import HelpFormatter
+if TYPE_CHECKING:
+    from experiments.ablation import Settings
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
-        "ablation", help="train a small ViT on 8x8 digits and compare pruning criteria (accuracy, attention maps)",
+        "ablation", help=help,
         description="Evidence that the SNP criterion works: train a small timm ViT on scikit-learn's digits "
                     "(cached), prune it at several ratios with snp, l2, random and reverse, and report test "
                     "accuracy before and after a fixed fine-tune and the fidelity of the attention maps "
@@ -32,23 +37,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a smoke test: 4 blocks, 15 epochs, ratio 0.5 only, 20 fine-tune steps, one random seed; "
                         "writes to a temporary folder unless --out is given")
-    p.add_argument("--out", type=Path,
+    p.add_argument("--out", type=output_dir,
                    help="output folder (default: docs/ablation, or a temporary folder with --quick)")
-    p.add_argument("--ratios", help="comma-separated fractions removed (default: 0.3,0.5,0.7)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: 40, --quick: 15)")
-    p.add_argument("--finetune-steps", type=int, help="fine-tune steps per pruned model (default: 100, --quick: 20)")
-    p.add_argument("--seeds", type=int, help="seeds of the random criterion (default: 3, --quick: 1)")
-    p.add_argument("--embed", type=float, default=0.0, help="fraction of residual-stream channels removed")
-    p.add_argument("--cache", type=Path, default=Path("runs/ablation"), help="where trained weights are cached")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--ratios", type=fractions, help="comma-separated fractions removed (default: 0.3,0.5,0.7)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: 40, --quick: 15)")
+    p.add_argument("--finetune-steps", type=non_negative_int,
+                   help="fine-tune steps per pruned model (default: 100, --quick: 20)")
+    p.add_argument("--seeds", type=positive_int, help="seeds of the random criterion (default: 3, --quick: 1)")
+    p.add_argument("--embed", type=fraction, default=0.0, help="fraction of residual-stream channels removed")
+    p.add_argument("--cache", type=output_dir, default=Path("runs/ablation"), help="where trained weights are cached")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The study's settings: the defaults (or `Settings.quick`) with the flags given applied."""
+    from experiments.ablation import Settings
+
     settings = Settings.quick(args.cache) if args.quick else Settings(cache=args.cache)
     if args.ratios:
-        settings.ratios = tuple(float(r) for r in args.ratios.split(","))
+        settings.ratios = tuple(args.ratios)
     if args.epochs is not None:
         settings.train = dataclasses.replace(settings.train, epochs=args.epochs)
     if args.finetune_steps is not None:
@@ -63,7 +72,9 @@ def command_line(args: argparse.Namespace) -> str:
     """The command as quoted in the README: the flags that changed the run."""
     command = "python -m bench ablation" + (" --quick" if args.quick else "")
     command += f" --out {args.out}" if args.out else ""
-    for flag in ("ratios", "epochs", "finetune_steps", "seeds"):
+    if args.ratios is not None:
+        command += " --ratios " + ",".join(f"{r:g}" for r in args.ratios)
+    for flag in ("epochs", "finetune_steps", "seeds"):
         if getattr(args, flag) is not None:
             command += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     if args.embed:
@@ -72,12 +83,15 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from experiments.ablation import run_ablation
+
     if args.quick and args.out is None:
         out = Path(tempfile.mkdtemp(prefix="snp-ablation-"))
     else:
         out = args.out or Path("docs/ablation")
     outcome = run_ablation(settings_from_args(args), out, command_line(args),
-                           progress=lambda text: print(text, flush=True), threads=args.threads)
+                           progress=lambda text: note(args, text), threads=args.threads)
     print(outcome.table)
-    print(f"done in {outcome.seconds:.0f} s; wrote " + ", ".join(str(p) for p in outcome.paths))
-    return 0
+    sys.stdout.flush()
+    note(args, f"done in {outcome.seconds:.0f} s; wrote " + ", ".join(str(p) for p in outcome.paths))
+    return exit_codes.OK

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import snp_core
-from snp_core.plan import Plan
-
+from . import exit_codes
 from .options import HelpFormatter
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="describe a saved pruning plan and check that it rebuilds",
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("inspect", help=help,
                        description="Print a pruning plan's model, criterion, ratios, MACs, params and kept widths per "
                                    "block, then rebuild the model from plan + weights to check they fit.",
                        formatter_class=HelpFormatter)
@@ -22,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import snp_core
+    from snp_core.plan import Plan
+
     plan = Plan.read(args.path)
     crit = plan.criterion
     params = ", ".join(f"{k}={v}" for k, v in crit.get("params", {}).items())
@@ -49,4 +50,4 @@ def run(args: argparse.Namespace) -> int:
         model = snp_core.load(args.path)
         print(f"rebuilt    ok, {snp_core.count_params(model) / 1e6:.2f}M params, "
               f"{snp_core.count_macs(model) / 1e9:.3f} GMACs")
-    return 0
+    return exit_codes.OK

@@ -21,8 +21,10 @@
 3. ``--promote`` marks the new run as the baseline, only when it had no error
    and, unless ``--force``, no regression.
 
-Exit status: 1 when anything regressed (a slower job, or an ok job that now
-fails), 0 otherwise; 2 for a configuration error.
+Exit status (`bench.exit_codes`): 4 when anything regressed (a slower job, or
+an ok job that now fails), else 3 when a planned job has no ok record, else 0;
+2 for bad input (flags, bench.toml); 130 / 143 when interrupted.
+The report's summary goes to stdout, every other line to stderr.
 """
 
 from __future__ import annotations
@@ -31,29 +33,24 @@ import argparse
 import sys
 
 from harness import config as harness_config
-from harness.runner import SweepRequest
-from results import regression, report
 from results.runs import pick_run
 
-from .compare_cmd import (
-    _check_stats_options,
-    add_report_options,
-    compare_and_report,
-    report_dir,
-)
-from .options import HelpFormatter
-from .runs import add_store_options, open_store
+from . import exit_codes
+from .compare_cmd import add_report_options, compare_and_report, report_dir
+from .options import HelpFormatter, UsageError, add_quiet, note
+from .runs import RUN_HELP, add_store_options, load_config, open_store, outputs_root
 from .sweep import sweep_with_bars
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("nightly", help="run the nightly sweep, compare with the baseline run, report regressions",
-                       description=__doc__.split("\n\n")[0].split(": ", 1)[1]
-                       + " Exit status 1 when anything regressed.", formatter_class=HelpFormatter)
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("nightly", help=help, description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                       epilog="exit status: 0 ok; 2 bad input; 3 a planned job has no ok record; 4 a job regressed "
+                              "(wins over 3); 130 / 143 interrupted.", formatter_class=HelpFormatter)
     add_store_options(p)
     p.add_argument("--sweep", metavar="NAME", help=f"run [sweeps.NAME] of bench.toml (default: {harness_config.NIGHTLY_SWEEP}; "
                                                    "falls back to [sweep] when bench.toml has no [sweeps.nightly])")
-    p.add_argument("--baseline", metavar="RUN_ID", help="compare with this run instead of the store's baseline")
+    p.add_argument("--baseline", metavar="RUN", help=f"compare with this run ({RUN_HELP}) instead of the store's "
+                                                     "baseline")
     p.add_argument("--promote", action="store_true",
                    help="make the new run the baseline when it had no error and no regression")
     p.add_argument("--force", action="store_true", help="with --promote: promote despite a regression (never "
@@ -61,35 +58,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-new-hosts", action="store_true",
                    help="add first-seen SSH host keys to known_hosts (changed keys are always refused)")
     add_report_options(p)
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
-def _promote(store, run_id: str, errors: int, regressed: bool, force: bool) -> None:
+def _promote(store, run_id: str, errors: int, regressed: bool, args: argparse.Namespace) -> None:
     if errors:
-        print(f"not promoted: run {run_id} had {errors} error(s); a baseline must be complete")
-    elif regressed and not force:
-        print(f"not promoted: run {run_id} regressed (use --force to promote it anyway)")
+        print(f"warning: not promoted: run {run_id} had {errors} error(s); a baseline must be complete",
+              file=sys.stderr)
+    elif regressed and not args.force:
+        print(f"warning: not promoted: run {run_id} regressed (use --force to promote it anyway)", file=sys.stderr)
     else:
         store.set_baseline(run_id)
-        print(f"run {run_id} is now the baseline")
+        note(args, f"run {run_id} is now the baseline")
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_stats_options(args)
+    from harness.runner import SweepRequest
+    from results import regression, report
+
     if args.force and not args.promote:
-        raise harness_config.ConfigError("--force only applies to --promote")
-    cfg = harness_config.load(args.config)
+        raise UsageError("--force only applies to --promote")
+    cfg = load_config(args)
     selection, sweep_threshold, described = cfg.nightly_sweep(args.sweep)
     store = open_store(args, cfg, must_exist=False)
     # resolve the baseline before spending an hour on the sweep: a typo fails now
     baseline = pick_run(store, args.baseline, "baseline") if args.baseline else store.baseline()
     threshold = (args.threshold if args.threshold is not None else
                  sweep_threshold if sweep_threshold is not None else regression.DEFAULT_THRESHOLD)
-    print(f"nightly: {described}; baseline: "
-          f"{baseline['run_id'] if baseline else 'none yet'}; threshold {threshold * 100:g} %", flush=True)
+    note(args, f"nightly: {described}; baseline: "
+               f"{baseline['run_id'] if baseline else 'none yet'}; threshold {threshold * 100:g} %")
 
-    outcome = sweep_with_bars(cfg, store, SweepRequest(**selection, trust_new_hosts=args.trust_new_hosts),
-                              bars=sys.stderr.isatty())
+    outcome = sweep_with_bars(cfg, store, SweepRequest(**selection, trust_new_hosts=args.trust_new_hosts), args)
+    root = outputs_root(args, cfg)
     run_id = outcome.run_id
     candidate = store.get_run(run_id) or {"run_id": run_id}
     errors = len(outcome.errors)
@@ -98,15 +99,15 @@ def run(args: argparse.Namespace) -> int:
         hint = ("Run `python -m bench nightly --promote` to make a run without errors the baseline; later "
                 "nightlies are compared with it." if not args.promote else
                 "With --promote this run becomes the baseline if it had no error.")
-        paths = report.write_no_baseline(candidate, outcome.records, report_dir(run_id, args.out), hint)
+        paths = report.write_no_baseline(candidate, outcome.records, report_dir(run_id, args.out, root), hint)
         print(f"# Nightly run `{run_id}`\n\n**No baseline to compare with.** {hint}\n\n"
-              f"{len(outcome.records) - errors} job(s) ok, {errors} error(s).")
-        print(f"reports: {paths['markdown']} {paths['html']}")
+              f"{len(outcome.records) - errors} job(s) ok, {errors} error(s).", flush=True)
+        note(args, f"reports: {paths['markdown']} {paths['html']}")
         if args.promote:
-            _promote(store, run_id, errors, False, args.force)
-        return 0
+            _promote(store, run_id, errors, False, args)
+        return exit_codes.outcome(outcome.not_ok)
 
-    cmp, _ = compare_and_report(store, baseline, candidate, args, threshold)
+    cmp, _ = compare_and_report(store, baseline, candidate, args, threshold, root)
     if args.promote:
-        _promote(store, run_id, errors, cmp.regressed, args.force)
-    return 1 if cmp.regressed else 0
+        _promote(store, run_id, errors, cmp.regressed, args)
+    return exit_codes.outcome(outcome.not_ok, regressed=cmp.regressed)

@@ -3,40 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
-from results.export import FORMATS, export
 from results.runs import pick_run
 
-from .options import HelpFormatter
-from .runs import add_store_options, open_store
+from . import exit_codes, vocab
+from .options import STDOUT, HelpFormatter, note, output_file
+from .runs import RUN_HELP, add_store_options, load_config, open_store, outputs_root
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("results", help="list runs or export records from the store",
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("results", help=help,
                        description="Read the SQLite record store written by `bench sweep`.",
                        formatter_class=HelpFormatter)
     add_store_options(p)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("runs", help="list runs, newest last")
     e = actions.add_parser("export", help="write records as csv, parquet or jsonl", formatter_class=HelpFormatter)
-    e.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    e.add_argument("--run", help="run id (default: every run)")
-    e.add_argument("--out", type=Path, help="output file (default: runs/export.<format>)")
+    e.add_argument("--format", required=True, choices=vocab.EXPORT_FORMATS, help="file format of the export")
+    e.add_argument("--run", help=f"{RUN_HELP}; default: every run")
+    e.add_argument("--out", type=output_file, help="output file, '-' for stdout (default: ROOT/export.<format>)")
     e.add_argument("--samples", action="store_true", help="csv: include raw samples as a JSON column")
     p.set_defaults(func=run)
 
 
+def _export_to_stdout(store: object, run_id: str | None, fmt: str, include_samples: bool) -> int:
+    """`results.export.export` into a temporary file, then its bytes on stdout (parquet is binary)."""
+    from results.export import export
+
+    with tempfile.TemporaryDirectory(prefix="snp-export-") as tmp:
+        path = Path(tmp) / f"export.{fmt}"
+        count = export(store, run_id, fmt, path, include_samples=include_samples)
+        sys.stdout.flush()
+        with path.open("rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    return count
+
+
 def run(args: argparse.Namespace) -> int:
-    store = open_store(args)
+    from results.export import export
+
+    cfg = None if args.store else load_config(args)
+    store = open_store(args, cfg)
     if args.action == "runs":
         for r in store.runs():
             mark = " (baseline)" if r.get("is_baseline") else ""
             print(f"{r['run_id']}  {r['status']:11s} git {r['git_rev']}  {store.count(r['run_id'])} records{mark}")
-        return 0
-    if args.run:
-        pick_run(store, args.run)
-    out = args.out or Path("runs") / f"export.{args.format}"
-    count = export(store, args.run, args.format, out, include_samples=args.samples)
-    print(f"wrote {count} records to {out}")
-    return 0
+        return exit_codes.OK
+    run_id = pick_run(store, args.run)["run_id"] if args.run else None  # `latest` and `baseline` as everywhere
+    if args.out == STDOUT:
+        count = _export_to_stdout(store, run_id, args.format, args.samples)
+        note(args, f"wrote {count} records to stdout")
+        return exit_codes.OK
+    out = args.out or outputs_root(args, cfg) / f"export.{args.format}"
+    count = export(store, run_id, args.format, out, include_samples=args.samples)
+    note(args, f"wrote {count} records to {out}")
+    return exit_codes.OK

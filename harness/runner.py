@@ -32,6 +32,7 @@ line draws bars from it), and the result is an `Outcome`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import subprocess
@@ -72,6 +73,12 @@ class Progress:
 
     def exporting(self, what: str) -> None:
         """An artifact is being built and exported on the host (e.g. "deit_tiny onnx bs1")."""
+
+    def exported(self, done: int, total: int) -> None:
+        """`done` of the `total` artifacts a sweep needs are made: 0 before the first, `total` after the last."""
+
+    def uploading(self, device: str, what: str, done: int, total: int) -> None:
+        """`done` of the `total` bytes of artifact `what` are on `device` (called from that device's thread)."""
 
     def recorded(self, device: str, record: dict) -> None:
         """A job's record was stored (ok or error)."""
@@ -349,7 +356,7 @@ def _run_group(transport: Transport, group: Group, workdir: str, ctx: DeviceRun)
             return
         art = ctx.artifacts[job.artifact_key]
         try:
-            members[job.key] = (transport.ensure_blob(art.path, art.sha256), art)
+            members[job.key] = (transport.ensure_blob(art.path, art.sha256, _upload_progress(ctx.progress, job)), art)
         except Exception as exc:  # an upload failure ends this job, not the group's or the device's sweep
             ctx.record(job, error_result(job_stub(job, art), "transport", _reason(exc)))
     if not members or ctx.cancel.is_set():
@@ -359,6 +366,12 @@ def _run_group(transport: Transport, group: Group, workdir: str, ctx: DeviceRun)
     for job in group.jobs:
         if job.key in members:
             ctx.record(job, member_result(result, job.key))
+
+
+def _upload_progress(progress: Progress, job: Job) -> Callable[[int, int], None]:
+    """The transport's ``(done, total)`` bytes callback for one job's artifact, told on to `progress`."""
+    what = f"{job.model.name} {job.fmt} bs{job.batch}"
+    return lambda done, total: progress.uploading(job.device.name, what, done, total)
 
 
 def _formats(cfg: Config, selection: dict) -> list[str]:
@@ -556,6 +569,17 @@ def _outcome(plan: _Plan, store: Store, uploaded: dict[str, int], interrupted: s
     return Outcome(plan.run_id, store.records(plan.run_id), dict(uploaded), len(plan.jobs), interrupted)
 
 
+def _counting_exports(progress: Progress, total: int) -> Callable[[str], None]:
+    """`export_all`'s per-artifact callback: tells `progress` the artifact's name and how many are done before it."""
+    done = itertools.count()
+
+    def exporting(what: str) -> None:
+        progress.exported(next(done), total)
+        progress.exporting(what)
+
+    return exporting
+
+
 def run_sweep(cfg: Config, store: Store, request: SweepRequest, progress: Progress | None = None) -> Outcome:
     """Plan, prepare and run a sweep (or the rest of run `request.resume`); records are stored as they arrive.
 
@@ -574,8 +598,11 @@ def run_sweep(cfg: Config, store: Store, request: SweepRequest, progress: Progre
         try:
             if plan.todo:
                 needed = [m for m in plan.models if any(j.model is m for j in plan.todo)]
-                ctx.artifacts.update(export_all(needed, sorted({j.fmt for j in plan.todo}, key=formats.format_order),
-                                                plan.batches, cfg.artifacts, cfg.models, progress.exporting))
+                fmts = sorted({j.fmt for j in plan.todo}, key=formats.format_order)
+                total = len(needed) * len(fmts) * len(plan.batches)
+                ctx.artifacts.update(export_all(needed, fmts, plan.batches, cfg.artifacts, cfg.models,
+                                                _counting_exports(progress, total)))
+                progress.exported(total, total)
                 _start_hosts(plan.todo, plan.devices, ctx, uploaded, workers)
                 for worker in workers:
                     worker.wait()

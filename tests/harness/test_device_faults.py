@@ -91,11 +91,11 @@ def test_cli_counts_planned_jobs_and_fails_when_one_has_no_ok_record(tmp_path, a
     cfg = write_config(tmp_path, artifacts, local_device("good", tmp_path / "good") + local_device("broken", not_a_dir))
     r = subprocess.run([PY, "-m", "bench", "sweep", "--config", str(cfg), "--formats", "onnx"], cwd=tmp_path,
                        env=bench_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 1, r.stdout + r.stderr
-    summary = [line for line in r.stdout.splitlines() if line.startswith("run ") and " planned: " in line]
-    assert len(summary) == 1 and ": 4 planned: 2 ok, 2 error(s); " in summary[0], r.stdout
-    errors = [line for line in r.stdout.splitlines() if line.startswith("error: broken ")]
-    assert len(errors) == 2 and all("[connect]" in line and "a_file" in line for line in errors), r.stdout
+    assert r.returncode == 3, r.stdout + r.stderr  # exit_codes.JOB_FAILED
+    summary = [line for line in r.stderr.splitlines() if line.startswith("run ") and " planned: " in line]
+    assert len(summary) == 1 and ": 4 planned: 2 ok, 2 error(s); " in summary[0], r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: broken ")]
+    assert len(errors) == 2 and all("[connect]" in line and "a_file" in line for line in errors), r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -197,7 +197,7 @@ def test_interrupt_stops_the_agents_frees_the_lock_and_records_the_jobs_in_fligh
     name = signal.Signals(signum).name
     assert len(rows) == 2 and all(r["status"] == "error" and r["error_stage"] == "interrupted" for r in rows), rows
     assert all(f"interrupted by {name}" in r["error_message"] for r in rows)
-    assert f"2 planned: 0 ok, 2 error(s); interrupted by {name}" in out and "--resume" in err, out + err
+    assert f"2 planned: 0 ok, 2 error(s); interrupted by {name}" in err and "--resume" in err, out + err
 
     # the device is free again: a short sweep on the same workdir runs now (its 20 s budget includes the lock wait)
     short = write_config(tmp_path, artifacts, device(), iterations=5, min_seconds=0, timeout=20)

@@ -287,7 +287,7 @@ def test_cli_default_out_and_unknown_run(run, tmp_path, monkeypatch, capsys):
     assert main(["figures", "--store", str(store.path), "--only", "speedup"]) == 0  # latest run by default
     assert (tmp_path / "runs" / run_id / "figures" / "speedup.png").stat().st_size > 20_000
     assert (tmp_path / "runs" / run_id / "figures" / "speedup.pdf").exists()
-    assert "speedup: runs/" in capsys.readouterr().out
+    assert "speedup: runs/" in capsys.readouterr().err  # the files written: a note on stderr
 
     out = tmp_path / "elsewhere"
     assert main(["figures", "--store", str(store.path), "--run", run_id, "--out", str(out),
@@ -297,7 +297,8 @@ def test_cli_default_out_and_unknown_run(run, tmp_path, monkeypatch, capsys):
 
     assert main(["figures", "--store", str(store.path), "--run", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown run 'nope'") and err.count("\n") == 1
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # after the notes of the calls above
+    assert len(errors) == 1 and errors[0].startswith("error: unknown run 'nope'") and err.endswith(errors[0] + "\n")
 
 
 def test_cli_reports_skipped_accuracy(tmp_path, ok, capsys):
@@ -308,7 +309,7 @@ def test_cli_reports_skipped_accuracy(tmp_path, ok, capsys):
             store.add_record({k: v for k, v in r.items() if k not in ("id", "inserted")} | {"run_id": run_id})
     assert main(["figures", "--store", str(store.path), "--out", str(tmp_path / "f"),
                  "--only", "accuracy_vs_latency"]) == 0
-    assert "accuracy_vs_latency: skipped, no Top-1 values" in capsys.readouterr().out
+    assert "accuracy_vs_latency: skipped, no Top-1 values" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
 
 

@@ -275,7 +275,7 @@ def test_unknown_run_raises(store):
 
 # ----- reports and the compare command ------------------------------------------------
 
-def test_compare_command_writes_reports_prints_summary_and_exits_1_on_regression(store, tmp_path, capsys,
+def test_compare_command_writes_reports_prints_summary_and_exits_4_on_regression(store, tmp_path, capsys,
                                                                                  monkeypatch):
     rng = np.random.default_rng(12)
     b = new_run(store, [(job(1), ok_result(latencies_ms(rng, 800, 10.0, 0.02))),
@@ -283,7 +283,7 @@ def test_compare_command_writes_reports_prints_summary_and_exits_1_on_regression
     c = new_run(store, [(job(1), ok_result(latencies_ms(rng, 800, 12.0, 0.02))),
                         (job(2), ok_result(latencies_ms(rng, 800, 20.0, 0.02)))])
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["compare", b, c, "--store", str(store.path)]) == 1
+    assert cli.main(["compare", b, c, "--store", str(store.path)]) == 4  # exit_codes.REGRESSION
     out = capsys.readouterr().out
     assert out.index("**REGRESSION**") < out.index("Worst regressions") and "+20.0 %" in out
     assert "All compared jobs" not in out  # the summary only; the full table is in the files
@@ -384,26 +384,26 @@ def test_nightly_twice_unchanged_passes_and_a_heavier_model_fails(tmp_path, monk
 
     # 1. no baseline yet: a report that says so, exit 0; --promote makes the run the baseline
     assert cli.main(["nightly", "--config", str(config), "--promote"]) == 0
-    out = capsys.readouterr().out
-    assert "No baseline to compare with" in out and "is now the baseline" in out
+    out, err = capsys.readouterr()
+    assert "No baseline to compare with" in out and "is now the baseline" in err
     store = Store(tmp_path / "store" / "bench.sqlite")
     first = store.baseline()["run_id"]
     assert "data:image/png;base64," in (tmp_path / "runs" / first / "report.html").read_text()
 
     # 2. nothing changed: no regression, exit 0
     assert cli.main(["nightly", "--config", str(config)]) == 0, capsys.readouterr().out
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     second = store.latest_run()["run_id"]
-    assert f"baseline: {first}" in out and "**No regression** (2 job(s) compared" in out
+    assert f"baseline: {first}" in err and "**No regression** (2 job(s) compared" in out
     assert store.baseline()["run_id"] == first  # not promoted without --promote
 
-    # 3. the model got heavier (12 blocks instead of 2; same entry names, so the same jobs): regression, exit 1,
+    # 3. the model got heavier (12 blocks instead of 2; same entry names, so the same jobs): regression, exit 4,
     #    and --promote refuses it
     config.write_text(NIGHTLY_CONFIG.format(tmp=tmp_path, depth=12))
-    assert cli.main(["nightly", "--config", str(config), "--promote"]) == 1
-    out = capsys.readouterr().out
+    assert cli.main(["nightly", "--config", str(config), "--promote"]) == 4  # exit_codes.REGRESSION
+    out, err = capsys.readouterr()
     third = store.latest_run()["run_id"]
-    assert "**REGRESSION**: 2 job(s) slower by more than 90 %" in out and "not promoted" in out
+    assert "**REGRESSION**: 2 job(s) slower by more than 90 %" in out and "not promoted" in err
     assert store.baseline()["run_id"] == first and third not in (first, second)
     md = (tmp_path / "runs" / third / "report.md").read_text()
     rows = [line for line in md.split("## All compared jobs")[1].splitlines() if line.startswith("| deit_tiny")]

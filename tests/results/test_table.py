@@ -205,8 +205,8 @@ def test_efficiency_and_csv_numbers(swept, capsys):
 def test_html_and_out_file(swept, capsys, tmp_path):
     cfg, _, run_id = swept
     out_file = tmp_path / "sub" / "table.html"
-    rc, out, _ = cli(capsys, "--config", cfg, "--format", "html", "--out", out_file)
-    assert rc == 0 and str(out_file) in out
+    rc, out, err = cli(capsys, "--config", cfg, "--format", "html", "--out", out_file)
+    assert rc == 0 and out == "" and str(out_file) in err  # "wrote ..." is a note on stderr
     text = out_file.read_text()
     assert "<table" in text and "</table>" in text and "Test Box #1 (.onnx)" in text and run_id in text
     assert text.count("<tr") == 3  # header + 2 model rows
@@ -301,7 +301,8 @@ def test_unknown_run_is_one_line_error(synthetic, capsys):
     path, _, run_id, old = synthetic
     rc, out, err = cli(capsys, "--store", path, "--run", "nope")
     assert rc == 2 and out == ""
-    assert err.count("\n") == 1 and "unknown run 'nope'" in err and run_id in err and old in err
+    error = [line for line in err.splitlines() if line.startswith("error: ")]  # after the config's one line
+    assert len(error) == 1 and "unknown run 'nope'" in error[0] and run_id in error[0] and old in error[0]
     rc, _, err = cli(capsys, "--store", path, "--batch", "8")
     assert rc == 2 and "no records for batch size(s) 8" in err
     with pytest.raises(StoreError, match="recent runs"):
