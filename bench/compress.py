@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import exit_codes, vocab
 from .options import (HelpFormatter, add_quiet, bar_disable, non_negative_int, note, number, output_dir,
                       positive_int, positive_number)
-from .runs import add_store_options
+from .runs import add_store_options, load_config, outputs_root
 
 if TYPE_CHECKING:
     from harness.compress import CompressRequest, CompressResult
@@ -73,8 +74,11 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
                      help="calibration batch size (images per forward pass)")
     add_latency_arguments(p)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", type=output_dir, help="output folder (default: runs/compress/<model>-<criterion>, "
+    p.add_argument("--out", type=output_dir, help="output folder (default: ROOT/compress/<model>-<criterion>, "
                                                   "+ -<T>ms-<device> with --target-latency)")
+    p.add_argument("--root", type=Path, metavar="DIR",
+                   help="outputs root: the default --out and, with --target-latency, the store and artifacts go "
+                        "under DIR (default: [paths] root of the config, runs)")
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -144,6 +148,7 @@ def request(args: argparse.Namespace) -> CompressRequest:
     from harness.compress import CompressRequest, LatencyTarget
     from harness.latency_model import TargetLatencyError
 
+    root = outputs_root(args, load_config(args))  # --root, else the config's [paths] root
     latency = None
     if args.target_latency is None:
         given = [f"--{o}" for o in ("device", "runtime", "reprofile") if getattr(args, o)]
@@ -154,7 +159,7 @@ def request(args: argparse.Namespace) -> CompressRequest:
                                  "machine)")
     else:
         latency = LatencyTarget(args.target_latency, args.device, args.runtime, args.config, args.store,
-                                args.reprofile, args.trust_new_hosts)
+                                args.reprofile, args.trust_new_hosts, root)
     return CompressRequest(
         model=args.model, weights=args.weights, model_kwargs=args.model_kwargs, ratios=args.ratios,
         uniform={k: getattr(args, k) for k in vocab.KINDS if k != "heads" and getattr(args, k) is not None},
@@ -162,7 +167,7 @@ def request(args: argparse.Namespace) -> CompressRequest:
         criterion=args.criterion,
         criterion_options={"gamma": args.gamma, "weighting": args.weighting, "aggregate": args.aggregate},
         head_criterion=args.head_criterion, calib=args.calib, num_calib=args.num_calib, batch_size=args.batch_size,
-        seed=args.seed, out=args.out)
+        seed=args.seed, out=args.out, root=root)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,6 +38,8 @@ class LatencyTarget:
     store: Path | None = None
     reprofile: bool = False
     trust_new_hosts: bool = False
+    #: The outputs root (``--root``); None: the config's ``[paths] root``.
+    root: Path | None = None
 
 
 @dataclass
@@ -69,13 +71,15 @@ class CompressRequest:
     batch_size: int = 16
     seed: int = 0
     out: Path | None = None
+    #: Where `default_out` puts the folder: the outputs root (``--root``, ``[paths] root``).
+    root: Path = Path("runs")
 
     def default_out(self, latency: target_latency.Request | None = None) -> Path:
-        """runs/compress/<model>-<criterion>, + -<T>ms-<device> for a latency budget."""
+        """ROOT/compress/<model>-<criterion>, + -<T>ms-<device> for a latency budget."""
         name = f"{self.model}-{self.criterion}"
         if latency is not None:
             name += f"-{latency.target_ms:g}ms-{latency.device.name}"
-        return Path("runs") / "compress" / name
+        return self.root / "compress" / name
 
 
 @dataclass
@@ -123,7 +127,7 @@ def pattern(req: CompressRequest, groups: list[Group]) -> tuple[dict[str, float]
 def resolve_latency(target: LatencyTarget) -> target_latency.Request:
     """Where and against what to measure a latency budget; one-line errors before anything is built."""
     target_ms = parse_latency(target.target)
-    cfg = harness_config.load(target.config)
+    cfg = harness_config.load(target.config, root=target.root)
     device = cfg.pick_devices([target.device])[0]
     runtime = target.runtime or next(iter(device.runtimes))
     if runtime not in device.runtimes:
