@@ -1,7 +1,25 @@
-"""The results store: runs and records in ONE SQLite file (default ``runs/bench.sqlite``).
+"""The results store: runs and records in ONE SQLite file (default ``runs/bench.sqlite``) or a shared PostgreSQL.
 
 Why SQLite: one file to copy or archive, transactions (a record is either
-fully there or not), and safe concurrent writers without a server.
+fully there or not), and safe concurrent writers without a server.  It stays
+the embedded default; nothing about PostgreSQL is needed to use it.
+
+Why PostgreSQL too: a lab's machines write their sweeps into one database and
+every ``bench table|figures|compare|nightly|results`` reads them, ``--resume``
+works from any machine, and :func:`push` copies a laptop's runs in.  The store
+location decides (:func:`location`: ``--store`` > ``$SNP_BENCH_STORE`` > the
+config): a ``postgresql://`` URL (as text) opens PostgreSQL through psycopg 3
+(the ``pg`` extra), anything else is a SQLite file.  Both have the same schema,
+the same migrations (same version numbers) and the same behaviour;
+``results.store_backends`` holds what differs (connections, the write lock,
+types).  A URL never carries a password (it is refused): libpq's ~/.pgpass,
+PGPASSFILE, a service file or PGPASSWORD supply it, so neither config files nor
+messages hold credentials.
+
+The notes below are SQLite's; PostgreSQL keeps the same guarantees with a
+connection per thread, autocommit reads (MVCC: readers never wait), and write
+transactions that take one advisory lock first (``pg_advisory_xact_lock``, the
+counterpart of ``BEGIN IMMEDIATE``); each commit is durable when it returns.
 
 Concurrency and durability choices
 ----------------------------------
@@ -35,7 +53,7 @@ store applies the missing ones (``MIGRATIONS``) when it opens, inside one write
 transaction, so concurrent openers do not race.  A file whose version is newer
 than this code refuses to open (:class:`SchemaTooNewError`).
 
-``runs``: run_id (``YYYYmmdd-HHMMSS-xxxx``, UTC, sorts by time), created, finished,
+``runs``: run_id (``YYYYmmdd-HHMMSS-xxxxxxxxxx``, UTC, sorts by time; older ids have 4 hex digits), created, finished,
 git_rev, config (JSON), status (running / done / interrupted), note,
 is_baseline, baseline_seq (order of marking, so "the last baseline" is exact),
 kind (version 3, `RUN_KINDS`: ``sweep`` for ``bench sweep`` / ``bench nightly``,
@@ -80,14 +98,21 @@ import contextlib
 import json
 import os
 import secrets
-import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field as dataclass_field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from results.records import JSON_FIELDS, RECORD_FIELDS, SAMPLE_FIELDS, STATUSES
+from results.store_backends import (BackendError, PostgreSQLBackend, SQLiteBackend, check_url, is_url, open_backend,
+                                    redact)
+
+Backend = SQLiteBackend | PostgreSQLBackend
+#: Overrides the store's location everywhere (``--store`` still beats it): a lab points every command at its
+#: shared database once, in the environment, instead of in each bench.toml.
+STORE_ENV = "SNP_BENCH_STORE"
 
 DEFAULT_PATH = Path("runs") / "bench.sqlite"
 DEFAULT_BUSY_TIMEOUT_S = 30.0
@@ -236,6 +261,29 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# PostgreSQL's text of the migration statements (version, index in it) that use SQLite's JSON functions; every
+# other statement is translated by results.store_backends.postgresql_ddl (types only).  JSON columns are text on
+# both back ends, cast to jsonb here.
+POSTGRESQL_STATEMENTS: dict[tuple[int, int], str] = {
+    (3, 5): """UPDATE records SET
+            entry = NULLIF(extra::jsonb -> 'job' ->> 'entry', ''),
+            base_entry = NULLIF(extra::jsonb -> 'job' ->> 'base', ''),
+            label = NULLIF(extra::jsonb -> 'job' ->> 'label', ''),
+            device_label = NULLIF(extra::jsonb -> 'job' ->> 'device_label', ''),
+            top1 = (extra::jsonb -> 'job' ->> 'top1')::double precision
+           WHERE jsonb_typeof(extra::jsonb -> 'job') = 'object'""",
+    (3, 6): """UPDATE records SET extra = jsonb_set(extra::jsonb, '{job}', (extra::jsonb -> 'job')
+                                    - 'entry' - 'base' - 'label' - 'device_label' - 'top1')::text
+           WHERE jsonb_typeof(extra::jsonb -> 'job') = 'object'""",
+    (3, 7): """UPDATE records SET extra = (extra::jsonb - 'job')::text
+           WHERE jsonb_typeof(extra::jsonb -> 'job') = 'object' AND extra::jsonb -> 'job' = '{}'::jsonb""",
+    (3, 10): """UPDATE runs SET kind = CASE
+               WHEN config::jsonb ->> 'command' IS NULL THEN 'sweep'
+               WHEN config::jsonb ->> 'command' LIKE '%latency profile%' THEN 'latency-profile'
+               WHEN config::jsonb ->> 'command' LIKE '%verification%' THEN 'latency-verify'
+               ELSE 'other' END""",
+}
+
 
 class StoreError(ValueError):
     """Base class of the store's own errors; the message is one line for the user (the CLI prints it)."""
@@ -259,9 +307,14 @@ def utc_now() -> str:
 
 
 def new_run_id(now: float | None = None) -> str:
-    """``YYYYmmdd-HHMMSS-xxxx`` in UTC: sorts by start time, readable, unique thanks to the random suffix."""
+    """``YYYYmmdd-HHMMSS-xxxxxxxxxx`` in UTC: sorts by start time, readable, unique across machines.
+
+    The 40 random bits matter once laptops push their runs into a shared store
+    (:func:`push`): two runs started in the same second on two machines collide
+    with odds of one in a trillion; within one store the PRIMARY KEY and a retry
+    settle even that.  Ids of older versions (4 hex digits) stay valid."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
-    return f"{stamp}-{secrets.token_hex(2)}"
+    return f"{stamp}-{secrets.token_hex(5)}"
 
 
 def _dumps(value: Any) -> str:
@@ -302,7 +355,7 @@ def _encode_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _decode_record(row: sqlite3.Row) -> dict[str, Any]:
+def _decode_record(row: Mapping[str, Any]) -> dict[str, Any]:
     """A records row as the dict make_record built (plus ``id`` and ``inserted``)."""
     out: dict[str, Any] = {}
     for key in row.keys():
@@ -315,15 +368,40 @@ def _decode_record(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def _decode_run(row: sqlite3.Row) -> dict[str, Any]:
+def _decode_run(row: Mapping[str, Any]) -> dict[str, Any]:
     run = dict(row)
     run["config"] = json.loads(run["config"])
     run["is_baseline"] = bool(run["is_baseline"])
     return run
 
 
+def _execute(backend: Backend, conn: Any, sql: str, params: Sequence[Any]) -> Any:
+    """Run one statement of the store's SQL; without parameters none are passed (so psycopg reads no placeholder)."""
+    return conn.execute(backend.sql(sql), tuple(params)) if params else conn.execute(sql)
+
+
+class _Writer:
+    """The statements of one write transaction, in the store's SQL (``?`` placeholders) whatever the back end."""
+
+    def __init__(self, backend: Backend, conn: Any) -> None:
+        self._backend, self._conn = backend, conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return _execute(self._backend, self._conn, sql, params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.execute(sql, params).fetchone()
+
+    def insert(self, table: str, row: Mapping[str, Any]) -> int:
+        return self._backend.insert(self._conn, table, row)
+
+
 class Store:
-    """Runs and records in one SQLite file; usable from many threads and processes at once.
+    """Runs and records in one SQLite file or one PostgreSQL database; usable from many threads and processes.
+
+    `path` is where the store lives: a SQLite file (a path), or a
+    ``postgresql://`` URL given as text (see :func:`location`).  ``.path`` is
+    then that file, or the URL as messages show it.
 
     Open it once per process (or per sweep) and share the object between
     threads: each thread gets its own connection on first use.  ``close()``
@@ -331,12 +409,18 @@ class Store:
     """
 
     def __init__(self, path: Path | str = DEFAULT_PATH, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
-        self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._backend: Backend = open_backend(path, self.busy_timeout_s)
+        except BackendError as exc:
+            raise StoreError(str(exc)) from None
+        self.backend = self._backend.name
+        self.path: Path | str = self._backend.path if isinstance(self._backend, SQLiteBackend) else self._backend.display
+        #: The driver's constraint-violation error (a CHECK or UNIQUE the database enforces).
+        self.integrity_error: type[Exception] = self._backend.integrity_error
         self._local = threading.local()
         self._registry_lock = threading.Lock()  # guards _connections only, never held during SQL
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[Any] = []
         self._pid = os.getpid()
         self._closed = False
         try:
@@ -347,21 +431,7 @@ class Store:
 
     # ----- connections and transactions ------------------------------------
 
-    def _open_connection(self) -> sqlite3.Connection:
-        """A new connection with the store's pragmas (isolation_level=None: we issue BEGIN/COMMIT ourselves)."""
-        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            conn.close()
-            raise StoreError(f"{self.path}: SQLite refused WAL journal mode (got {mode!r}); use a local disk")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> Any:
         """This thread's connection, opened on first use (fresh ones after a fork)."""
         if self._closed:
             raise StoreError(f"{self.path}: store is closed")
@@ -372,33 +442,60 @@ class Store:
             self._connections = []
             self._registry_lock = threading.Lock()
         conn = getattr(self._local, "conn", None)
+        if conn is not None and not self._backend.usable(conn):
+            self._forget(conn)  # the server dropped it: this thread opens a new one
+            conn = None
         if conn is None:
-            conn = self._open_connection()
+            try:
+                conn = self._backend.connect()
+            except BackendError as exc:
+                raise StoreError(str(exc)) from None
             self._local.conn = conn
             with self._registry_lock:
                 self._connections.append(conn)
         return conn
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, write lock taken up front (BEGIN IMMEDIATE), committed on success."""
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+    def _forget(self, conn: Any) -> None:
+        """Drop this thread's broken connection (PostgreSQL only: a file's connection never breaks)."""
+        with self._registry_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        with contextlib.suppress(self._backend.error):
+            conn.close()
+        self._local.conn = None
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._connection().execute(sql, params).fetchall()
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Writer]:
+        """One write transaction holding the store's write lock from its start; committed on success.
+
+        A connection the server dropped while idle fails as the transaction
+        begins, before any statement of it ran: that is retried once on a new
+        connection (a sweep outlives a database restart).  A failure later in
+        the transaction is raised: whether it committed is then unknown.
+        """
+        with contextlib.ExitStack() as stack:
+            for attempt in range(2):
+                conn = self._connection()
+                try:
+                    stack.enter_context(self._backend.transaction(conn))
+                    break
+                except self._backend.error:
+                    if attempt or self._backend.usable(conn):
+                        raise
+            yield _Writer(self._backend, conn)
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows (read by column name) of one read statement; it sees every committed write.
+
+        A read on a connection the server dropped is retried once on a new one."""
+        for attempt in range(2):
+            conn = self._connection()
+            try:
+                return _execute(self._backend, conn, sql, params).fetchall()
+            except self._backend.error:
+                if attempt or self._backend.usable(conn):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         """Close every thread's connection (call when no other thread uses the store any more)."""
@@ -406,7 +503,7 @@ class Store:
             connections, self._connections = self._connections, []
         if os.getpid() == self._pid:
             for conn in connections:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(self._backend.error):
                     conn.close()
         self._local = threading.local()
         self._closed = True
@@ -420,20 +517,20 @@ class Store:
     # ----- schema -------------------------------------------------------------
 
     def _migrate(self) -> None:
-        """Create or upgrade the schema to SCHEMA_VERSION in one transaction."""
-        with self._write() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
-            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+        """Create or upgrade the schema to SCHEMA_VERSION in one transaction (the same versions on both back ends)."""
+        with self._write() as tx:
+            tx.execute(self._backend.schema_version_ddl())
+            current = tx.one("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")["v"]
             if current > len(MIGRATIONS):
                 raise SchemaTooNewError(f"{self.path}: schema version {current} is newer than this code's "
                                         f"{len(MIGRATIONS)}; upgrade the project")
             for version in range(current + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, utc_now()))
+                for index, statement in enumerate(MIGRATIONS[version - 1]):
+                    tx.execute(self._backend.migration(statement, POSTGRESQL_STATEMENTS.get((version, index))))
+                tx.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, utc_now()))
 
     def schema_version(self) -> int:
-        return int(self._query("SELECT MAX(version) FROM schema_version")[0][0])
+        return int(self._query("SELECT MAX(version) AS v FROM schema_version")[0]["v"])
 
     # ----- runs -----------------------------------------------------------------
 
@@ -444,14 +541,14 @@ class Store:
         for _ in range(20):
             run_id = new_run_id()
             try:
-                with self._write() as conn:
-                    conn.execute("INSERT INTO runs (run_id, created, git_rev, config, note, kind) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)",
-                                 (run_id, utc_now(), git_rev, _dumps(dict(config)), note, kind))
+                with self._write() as tx:
+                    tx.execute("INSERT INTO runs (run_id, created, git_rev, config, note, kind) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               (run_id, utc_now(), git_rev, _dumps(dict(config)), note, kind))
                 return run_id
-            except sqlite3.IntegrityError:
-                continue  # same second and same random suffix: draw again
-        raise StoreError("could not find a free run id")  # pragma: no cover - 20 collisions of 16 random bits
+            except self.integrity_error:
+                continue  # same second and same random suffix: draw again (the PRIMARY KEY is the last word)
+        raise StoreError("could not find a free run id")  # pragma: no cover - 20 collisions of 40 random bits
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
@@ -469,8 +566,8 @@ class Store:
         return _decode_run(rows[0]) if rows else None
 
     def _update_run(self, run_id: str, sql: str, params: Sequence[Any]) -> None:
-        with self._write() as conn:
-            if conn.execute(sql, (*params, run_id)).rowcount == 0:
+        with self._write() as tx:
+            if tx.execute(sql, (*params, run_id)).rowcount == 0:
                 raise UnknownRunError(f"no run {run_id!r} in {self.path}")
 
     def set_run_status(self, run_id: str, status: str) -> None:
@@ -512,24 +609,58 @@ class Store:
         """
         row = _encode_record(record)
         row["inserted"] = utc_now()
-        columns = list(row)
-        insert = (f"INSERT INTO records ({', '.join(columns)}) "
-                  f"VALUES ({', '.join(':' + c for c in columns)})")
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (row["run_id"],)).fetchone() is None:
+        with self._write() as tx:
+            if tx.one("SELECT 1 AS one FROM runs WHERE run_id = ?", (row["run_id"],)) is None:
                 raise UnknownRunError(f"no run {row['run_id']!r} in {self.path}; create it with new_run()")
-            old = conn.execute("SELECT id, status FROM records WHERE run_id = ? AND job_key = ?",
-                               (row["run_id"], row["job_key"])).fetchone()
+            old = tx.one("SELECT id, status FROM records WHERE run_id = ? AND job_key = ?",
+                         (row["run_id"], row["job_key"]))
             if old is not None and old["status"] == "ok":
                 raise DuplicateRecordError(f"run {row['run_id']} already has an ok record for {row['job_key']}")
             if old is not None:
-                conn.execute("DELETE FROM records WHERE id = ?", (old["id"],))
-            return int(conn.execute(insert, row).lastrowid)
+                tx.execute("DELETE FROM records WHERE id = ?", (old["id"],))
+            return tx.insert("records", row)
+
+    def _import_run(self, run: Mapping[str, Any], records: Sequence[Mapping[str, Any]], report: PushReport) -> None:
+        """Add a run of another store and those of its records this one lacks, in one transaction (see push)."""
+        with self._write() as tx:
+            there = tx.one("SELECT status FROM runs WHERE run_id = ?", (run["run_id"],))
+            if there is None:
+                tx.execute("INSERT INTO runs (run_id, created, finished, git_rev, config, status, note, kind) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (run["run_id"], run["created"], run["finished"], run["git_rev"], _dumps(run["config"]),
+                            run["status"], run["note"], run["kind"]))
+                report.runs_copied.append(run["run_id"])
+            elif run["status"] == "done" and there["status"] != "done":
+                tx.execute("UPDATE runs SET status = 'done', finished = ? WHERE run_id = ?",
+                           (run["finished"], run["run_id"]))
+                report.runs_updated.append(run["run_id"])
+            for record in records:
+                old = tx.one("SELECT id, status FROM records WHERE run_id = ? AND job_key = ?",
+                             (record["run_id"], record["job_key"]))
+                if old is not None and (old["status"] == "ok" or record["status"] == "error"):
+                    report.records_skipped += 1
+                    continue
+                if old is not None:
+                    tx.execute("DELETE FROM records WHERE id = ?", (old["id"],))
+                tx.insert("records", {**_encode_record(record), "inserted": record["inserted"]})
+                report.records_copied += 1
+
+    def _import_profile(self, profile: Mapping[str, Any]) -> int:
+        """Add a latency profile of another store unless one with its key and creation time is here: 1 or 0."""
+        row = {f: _dumps(profile[f]) if f in _PROFILE_JSON_FIELDS else profile[f]
+               for f in ("profile_key", *PROFILE_KEY_FIELDS, "name", "points", "run_id", "measure", "created",
+                         "updated", "git_rev")}
+        with self._write() as tx:
+            if tx.one("SELECT id FROM latency_profiles WHERE profile_key = ? AND created = ?",
+                      (row["profile_key"], row["created"])) is not None:
+                return 0
+            tx.insert("latency_profiles", row)
+            return 1
 
     def done_keys(self, run_id: str) -> set[str]:
         """Job keys of the run with an ok record: what ``--resume`` skips (error records are retried)."""
         rows = self._query("SELECT job_key FROM records WHERE run_id = ? AND status = 'ok'", (run_id,))
-        return {r[0] for r in rows}
+        return {r["job_key"] for r in rows}
 
     def records(self, run_id: str | None = None, status: str | None = None, device: str | None = None,
                 *, with_samples: bool = True) -> list[dict[str, Any]]:
@@ -545,8 +676,8 @@ class Store:
 
     def count(self, run_id: str | None = None) -> int:
         if run_id is None:
-            return int(self._query("SELECT COUNT(*) FROM records")[0][0])
-        return int(self._query("SELECT COUNT(*) FROM records WHERE run_id = ?", (run_id,))[0][0])
+            return int(self._query("SELECT COUNT(*) AS n FROM records")[0]["n"])
+        return int(self._query("SELECT COUNT(*) AS n FROM records WHERE run_id = ?", (run_id,))[0]["n"])
 
     # ----- latency profiles -----------------------------------------------------
 
@@ -566,10 +697,8 @@ class Store:
                    measure=dict(profile.get("measure") or {}), git_rev=profile.get("git_rev"))
         row.update({f: _dumps(row[f]) for f in _PROFILE_JSON_FIELDS})
         row.update(profile_key=profile_key(profile), created=utc_now())
-        columns = list(row)
-        with self._write() as conn:
-            return int(conn.execute(f"INSERT INTO latency_profiles ({', '.join(columns)}) "
-                                    f"VALUES ({', '.join(':' + c for c in columns)})", row).lastrowid)
+        with self._write() as tx:
+            return tx.insert("latency_profiles", row)
 
     def latency_profile(self, identity: Mapping[str, Any]) -> dict[str, Any] | None:
         """The newest profile whose `PROFILE_KEY_FIELDS` equal those of `identity`, or None."""
@@ -585,11 +714,11 @@ class Store:
     def add_latency_point(self, profile_id: int, point: Mapping[str, Any]) -> None:
         """Append one measured point (e.g. a verified pruned model) to a stored profile."""
         _check_points([point])
-        with self._write() as conn:
-            row = conn.execute("SELECT points FROM latency_profiles WHERE id = ?", (profile_id,)).fetchone()
+        with self._write() as tx:
+            row = tx.one("SELECT points FROM latency_profiles WHERE id = ?", (profile_id,))
             if row is None:
                 raise StoreError(f"no latency profile {profile_id} in {self.path}")
-            conn.execute("UPDATE latency_profiles SET points = ?, updated = ? WHERE id = ?",
+            tx.execute("UPDATE latency_profiles SET points = ?, updated = ? WHERE id = ?",
                          (_dumps([*json.loads(row["points"]), dict(point)]), utc_now(), profile_id))
 
 
@@ -608,8 +737,100 @@ def _check_points(points: object) -> None:
             raise ValueError(f"latency profile point needs numeric macs and a positive median_ms, got {point!r}")
 
 
-def _decode_profile(row: sqlite3.Row) -> dict[str, Any]:
+def _decode_profile(row: Mapping[str, Any]) -> dict[str, Any]:
     profile = dict(row)
     for f in _PROFILE_JSON_FIELDS:
         profile[f] = json.loads(profile[f])
     return profile
+
+
+# ----- where the store lives ------------------------------------------------------
+
+def location(explicit: str | Path | None, configured: str | Path | None) -> str | Path:
+    """The store to open: `explicit` (``--store``), else ``$SNP_BENCH_STORE``, else `configured` (bench.toml).
+
+    `configured` None (no config read) falls back to `DEFAULT_PATH`.  A ``postgresql://`` (or ``postgres://``) URL comes back as text, anything
+    else as a Path (a SQLite file).  A URL holding a password is refused with a
+    one-line :class:`StoreError`: credentials belong in libpq's password or
+    service file, or in PGPASSWORD, never in a config file, a shell history or
+    a log.
+    """
+    env = os.environ.get(STORE_ENV, "").strip()
+    for value, source in ((explicit, "--store"), (env or None, STORE_ENV), (configured, "the config")):
+        if value is None or str(value) == "":
+            continue
+        if is_url(value):
+            try:
+                check_url(str(value), source)
+            except BackendError as exc:
+                raise StoreError(str(exc)) from None
+            return str(value)
+        if isinstance(value, str) and "://" in value:
+            raise StoreError(f"store {redact(value)!r} (from {source}): unknown URL scheme; accepted: a SQLite "
+                             f"file path or a postgresql:// URL")
+        return Path(value)
+    return DEFAULT_PATH
+
+
+def describe(where: str | Path) -> str:
+    """A store location as messages and logs may show it (a URL's password, if any, masked)."""
+    return redact(where) if is_url(where) else str(where)
+
+
+# ----- copying runs between stores -------------------------------------------------
+
+@dataclass
+class PushReport:
+    """What :func:`push` did; a second push of the same runs copies nothing."""
+
+    runs_copied: list[str] = dataclass_field(default_factory=list)
+    runs_updated: list[str] = dataclass_field(default_factory=list)  # already there; their status brought to 'done'
+    records_copied: int = 0
+    records_skipped: int = 0  # already in the target (an ok one, or the same error)
+    profiles_copied: int = 0
+
+    def summary(self) -> str:
+        return (f"{len(self.runs_copied)} new run(s), {len(self.runs_updated)} updated, "
+                f"{self.records_copied} record(s) copied, {self.records_skipped} already there, "
+                f"{self.profiles_copied} latency profile(s) copied")
+
+
+def push(source: Store, target: Store, run_ids: Sequence[str] | None = None) -> PushReport:
+    """Copy runs (all, or `run_ids`) with their records and latency profiles from `source` into `target`.
+
+    Idempotent: runs are matched by run_id, records by (run_id, job_key), and
+    what the target has is kept, except that an ok record replaces an error one
+    (as a retried job does).  Each run is copied in one transaction, so an
+    interrupted push leaves whole runs and is simply run again.  A run id the
+    target holds for a *different* run (another creation time) stops the push
+    before anything is copied.  Baseline marks stay in the store that made them:
+    the shared store's baseline is chosen there.
+    """
+    if run_ids is None:
+        runs = source.runs()
+    else:
+        runs = []
+        for run_id in run_ids:
+            run = source.get_run(run_id)
+            if run is None:
+                raise UnknownRunError(f"no run {run_id!r} in {source.path}")
+            runs.append(run)
+    for run in runs:
+        there = target.get_run(run["run_id"])
+        if there is not None and there["created"] != run["created"]:
+            raise StoreError(f"run {run['run_id']} in {target.path} is another run (created {there['created']}, "
+                             f"not {run['created']}); nothing pushed")
+    report = PushReport()
+    for run in runs:
+        target._import_run(run, source.records(run["run_id"]), report)
+    pushed = {run["run_id"] for run in runs}
+    profiles = [p for p in source.latency_profiles()
+                if (p["run_id"] in pushed) or (run_ids is None and p["run_id"] is None)]
+    if profiles:
+        ids = {r["id"]: (r["run_id"], r["job_key"]) for r in source.records(with_samples=False)}
+        there = {(r["run_id"], r["job_key"]): r["id"] for r in target.records(with_samples=False)}
+        for profile in profiles:
+            points = [{**p, "record_id": there.get(ids.get(p["record_id"]))} if "record_id" in p else p
+                      for p in profile["points"]]
+            report.profiles_copied += target._import_profile({**profile, "points": points})
+    return report

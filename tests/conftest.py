@@ -41,3 +41,16 @@ def netns_devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab
     """
     with netns_lab(tmp_path_factory.mktemp("netns")) as lab:
         yield lab
+
+
+from pg import PGServer, start_postgres  # noqa: E402 - appended with the PostgreSQL store tests
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PGServer]:
+    """One real PostgreSQL server (unix socket only) for the session; skipped without it, unless CI=true.
+
+    ``pg_server.new_database()`` gives a test its own empty database URL (see tests/pg.py)."""
+    server = start_postgres()
+    yield server
+    server.stop()

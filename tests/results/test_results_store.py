@@ -1,6 +1,6 @@
 """Tests of the results stage: records (results/records.py), the SQLite store, and exports.
 
-Real parts only: real SQLite files in temporary folders, real threads, real
+Real parts only: real SQLite files in temporary folders and a real PostgreSQL server (tests/pg.py), real threads, real
 processes (one of them SIGKILLed mid-sweep), and result documents from the
 real device agent timing a tiny ONNX model through ``LocalTransport``.
 Hand-built results start from the agent's own ``new_result()`` skeleton and
@@ -106,9 +106,17 @@ def without_row_ids(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("id", "inserted")} for r in records]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path) -> pathlib.Path | str:
+    """Where a fresh store lives: a SQLite file, or an empty database of the session's real PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "runs" / "bench.sqlite"
+    return request.getfixturevalue("pg_server").new_database()
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "runs" / "bench.sqlite")
+def store(store_location):
+    s = Store(store_location)
     yield s
     s.close()
 
@@ -266,8 +274,8 @@ def test_store_file_schema_and_pragmas(tmp_path):
     assert store_module.DEFAULT_PATH == pathlib.Path("runs/bench.sqlite")
 
 
-def test_migrations_are_applied_once_and_newer_schemas_refused(tmp_path, monkeypatch):
-    path = tmp_path / "bench.sqlite"
+def test_migrations_are_applied_once_and_newer_schemas_refused(store_location, monkeypatch):
+    path = store_location
     Store(path).close()
     Store(path).close()  # reopening applies nothing twice
     extra = ("ALTER TABLE runs ADD COLUMN host TEXT",)
@@ -285,7 +293,7 @@ def test_runs_lifecycle(store):
     first = store.new_run({"models": ["deit_tiny_patch16_224"], "out": pathlib.Path("x")}, GIT_REV, note="pi only")
     time.sleep(1.1)  # run ids have one-second resolution
     second = store.new_run({}, GIT_REV)
-    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", first) and first < second
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{10}", first) and first < second  # 40 random bits
     run = store.get_run(first)
     assert run["status"] == "running" and run["note"] == "pi only" and run["git_rev"] == GIT_REV
     assert run["config"] == {"models": ["deit_tiny_patch16_224"], "out": "x"} and run["finished"] is None
@@ -488,7 +496,7 @@ def test_migration_from_schema_3_adds_round_columns_and_old_records_still_tabula
         assert "sample_rounds" not in s.records(new_run, with_samples=False)[0]
 
 
-def test_records_of_protocol_2_members(tmp_path):
+def test_records_of_protocol_2_members(store_location):
     samples = samples_for(0, 12)
     result = {**ok_result(samples), "sample_rounds": [k % 3 for k in range(12)], "rounds": 3, "group_key": "grp",
               "round_orders": [["a", "b"], ["b", "a"], ["a", "b"]], "seed": 7, "cooldown": [],
@@ -512,7 +520,7 @@ def test_records_of_protocol_2_members(tmp_path):
         assert (broken["status"], broken["error_stage"]) == ("error", "record"), bad
         assert says in broken["error_message"] and broken["samples_ns"] == samples
         assert broken["throughput_ips"] is None
-    with Store(tmp_path / "s.sqlite") as s:  # the store keeps every new field as it is
+    with Store(store_location) as s:  # the store keeps every new field as it is
         run_id = s.new_run({}, GIT_REV)
         record["run_id"] = run_id
         s.add_record(record)
@@ -520,8 +528,8 @@ def test_records_of_protocol_2_members(tmp_path):
         assert {f: back[f] for f in ROUND_FIELDS} == {f: record[f] for f in ROUND_FIELDS}
 
 
-def test_records_survive_reopening(tmp_path):
-    path = tmp_path / "bench.sqlite"
+def test_records_survive_reopening(store_location):
+    path = store_location
     with Store(path) as s:
         run_id = s.new_run({"sweep": 1}, GIT_REV)
         added = [make_ok_record(run_id, 0), make_error_record(run_id, 1), make_ok_record(run_id, 2, device="jetson")]
@@ -576,7 +584,9 @@ def test_bad_records_are_refused(store):
         store.add_record({**make_ok_record(run_id), "status": "fine"})
     with pytest.raises(ValueError, match="surprise"):
         store.add_record({**make_ok_record(run_id), "surprise": 1})
-    with pytest.raises(sqlite3.IntegrityError):  # an ok record must have statistics
+    assert store.integrity_error is (sqlite3.IntegrityError if store.backend == "sqlite" else
+                                     importlib.import_module("psycopg").IntegrityError)
+    with pytest.raises(store.integrity_error):  # an ok record must have statistics (a CHECK of the schema)
         store.add_record({**make_ok_record(run_id), "n": 0, "median_ms": None})
     assert store.count() == 0
 
@@ -652,8 +662,8 @@ _KILLED_WRITER = textwrap.dedent("""
 """)
 
 
-def test_sigkilled_writer_loses_nothing_committed(tmp_path):
-    path = tmp_path / "bench.sqlite"
+def test_sigkilled_writer_loses_nothing_committed(store_location):
+    path = store_location
     with Store(path) as s:
         run_id = s.new_run({}, GIT_REV)
     here = str(pathlib.Path(__file__).resolve().parent)  # where test_results_store is importable from
@@ -674,7 +684,8 @@ def test_sigkilled_writer_loses_nothing_committed(tmp_path):
     printed += rest.split()
     assert proc.returncode == -signal.SIGKILL
     with Store(path) as s:
-        assert s._connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        if s.backend == "sqlite":
+            assert s._connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         keys = [r["job_key"] for r in s.records(run_id)]
         assert set(printed) <= set(keys)
         assert len(keys) <= len(printed) + 1  # at most the one committed before its key was printed
