@@ -28,7 +28,7 @@ from results.store import Store
 
 from . import exit_codes, vocab
 from .options import HelpFormatter, int_at_least, non_negative_int, note, open_fraction, output_dir
-from .runs import RUN_HELP, add_store_options, load_config, open_store, outputs_root
+from .runs import RUN_HELP, add_store_options, load_config, open_store, outputs_root, store_given
 
 if TYPE_CHECKING:
     from results.regression import Comparison
@@ -95,7 +95,7 @@ def compare_and_report(store: Store, baseline: dict, candidate: dict, args: argp
 def run(args: argparse.Namespace) -> int:
     from results import regression
 
-    cfg = None if args.store else load_config(args)
+    cfg = None if store_given(args) else load_config(args)
     store = open_store(args, cfg)
     baseline = pick_run(store, args.baseline, "baseline")
     candidate = pick_run(store, args.candidate, "candidate")

@@ -13,7 +13,7 @@ from results.runs import pick_run
 
 from . import exit_codes, vocab
 from .options import HelpFormatter, add_quiet, note, output_dir
-from .runs import add_run_option, add_store_options, load_config, open_store, outputs_root
+from .runs import add_run_option, add_store_options, load_config, open_store, outputs_root, store_given
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from results.figures import make_figures
 
-    cfg = None if args.store else load_config(args)
+    cfg = None if store_given(args) else load_config(args)
     store = open_store(args, cfg)
     run_id = pick_run(store, args.run)["run_id"]
     records = store.records(run_id, status="ok")

@@ -12,12 +12,20 @@ from results.runs import pick_run
 
 from . import exit_codes, vocab
 from .options import STDOUT, HelpFormatter, note, output_file
-from .runs import RUN_HELP, add_store_options, load_config, open_store, outputs_root
+from .runs import (
+    RUN_HELP,
+    add_store_options,
+    load_config,
+    open_store,
+    outputs_root,
+    store_given,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("results", help=help,
-                       description="Read the SQLite record store written by `bench sweep`.",
+                       description="Read the results store written by `bench sweep` (a SQLite file or a "
+                                   "PostgreSQL database), or push its runs into another (a lab's shared store).",
                        formatter_class=HelpFormatter)
     add_store_options(p)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -27,6 +35,14 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     e.add_argument("--run", help=f"{RUN_HELP}; default: every run")
     e.add_argument("--out", type=output_file, help="output file, '-' for stdout (default: ROOT/export.<format>)")
     e.add_argument("--samples", action="store_true", help="csv: include raw samples as a JSON column")
+    u = actions.add_parser("push", help="copy runs into another store, e.g. the lab's PostgreSQL one (idempotent)",
+                           description="Copy runs with their records and latency profiles into the store --to names. "
+                                       "Runs are matched by id and records by job, so pushing again copies only "
+                                       "what is new; baseline marks stay in the store that made them.",
+                           formatter_class=HelpFormatter)
+    u.add_argument("--to", required=True, metavar="PATH|URL", help="the target store: a postgresql:// URL or a "
+                                                                   "SQLite file (created if missing)")
+    u.add_argument("--run", action="append", help=f"{RUN_HELP}; repeat for several (default: every run)")
     p.set_defaults(func=run)
 
 
@@ -47,12 +63,19 @@ def _export_to_stdout(store: object, run_id: str | None, fmt: str, include_sampl
 def run(args: argparse.Namespace) -> int:
     from results.export import export
 
-    cfg = None if args.store else load_config(args)
+    cfg = None if store_given(args) else load_config(args)
     store = open_store(args, cfg)
     if args.action == "runs":
         for r in store.runs():
             mark = " (baseline)" if r.get("is_baseline") else ""
             print(f"{r['run_id']}  {r['status']:11s} git {r['git_rev']}  {store.count(r['run_id'])} records{mark}")
+        return exit_codes.OK
+    if args.action == "push":
+        from results.store import Store, describe, location, push
+
+        with Store(location(args.to, None)) as target:
+            report = push(store, target, [pick_run(store, r)["run_id"] for r in args.run] if args.run else None)
+        note(args, f"pushed {describe(store.path)} to {describe(args.to)}: {report.summary()}")
         return exit_codes.OK
     run_id = pick_run(store, args.run)["run_id"] if args.run else None  # `latest` and `baseline` as everywhere
     if args.out == STDOUT:

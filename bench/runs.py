@@ -9,10 +9,11 @@ reads the config says which one on stderr first (`Config.describe`, not with ``-
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from harness import config as harness_config
-from results.store import Store
+from results.store import STORE_ENV, Store, location
 
 from .options import note
 
@@ -37,7 +38,9 @@ def add_store_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, root
     `root` False leaves ``--root`` out, for a command whose library call cannot take one yet (``compress``).
     """
     add_config_options(p, root)
-    p.add_argument("--store", type=Path, help="SQLite results store (default: ROOT/bench.sqlite, [paths] store)")
+    p.add_argument("--store", metavar="PATH|URL",
+                   help="results store: a SQLite file or a postgresql:// URL (default: $SNP_BENCH_STORE, else "
+                        "[paths] store, ROOT/bench.sqlite)")
 
 
 def add_run_option(p: argparse.ArgumentParser, default: str = "latest") -> None:
@@ -61,8 +64,18 @@ def outputs_root(args: argparse.Namespace, cfg: harness_config.Config | None) ->
 
 def open_store(args: argparse.Namespace, cfg: harness_config.Config | None = None, must_exist: bool = True) -> Store:
     """The store of ``--store``, else of the config; a missing file is an error when `must_exist`."""
-    path = Path(args.store or (cfg or load_config(args)).store)
-    if must_exist and not path.is_file():
-        raise harness_config.ConfigError(f"no results store at {path}; run `python -m bench sweep` first "
-                                         f"(or give --store / --config / --root)")
-    return Store(path)
+    where = store_location(args, cfg)
+    if must_exist and isinstance(where, Path) and not where.is_file():
+        raise harness_config.ConfigError(f"no results store at {where}; run `python -m bench sweep` first "
+                                         f"(or give --store / --config / --root, or set SNP_BENCH_STORE)")
+    return Store(where)
+
+
+def store_given(args: argparse.Namespace) -> bool:
+    """Whether the store is named without the config (``--store`` or ``$SNP_BENCH_STORE``)."""
+    return bool(args.store or os.environ.get(STORE_ENV))
+
+
+def store_location(args: argparse.Namespace, cfg: harness_config.Config | None = None) -> Path | str:
+    """``--store``, else ``$SNP_BENCH_STORE``, else the config's store (`results.store.location`)."""
+    return location(args.store, None if store_given(args) else (cfg or load_config(args)).store)

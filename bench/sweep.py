@@ -21,8 +21,16 @@ from harness import config as harness_config
 from results.store import Store
 
 from . import exit_codes
-from .options import HelpFormatter, add_deprecated, add_quiet, bar_disable, names, note, positive_ints
-from .runs import RUN_HELP, add_store_options, load_config
+from .options import (
+    HelpFormatter,
+    add_deprecated,
+    add_quiet,
+    bar_disable,
+    names,
+    note,
+    positive_ints,
+)
+from .runs import RUN_HELP, add_store_options, load_config, store_location
 
 if TYPE_CHECKING:
     from harness.runner import Outcome, SweepRequest
@@ -96,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.runner import SweepInterrupted, SweepRequest
 
     cfg = load_config(args)
-    store = Store(args.store or cfg.store)
+    store = Store(store_location(args, cfg))
     given = {"devices": args.devices, "models": args.models, "formats": args.formats, "batch": args.batch_size,
              "quick": args.quick}
     selection = {**(cfg.named_sweep(args.sweep) if args.sweep else {}), **{k: v for k, v in given.items() if v}}

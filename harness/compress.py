@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import snp_core
+from results.store import location
 from snp_core import ratios as ratio_sources
 from snp_core.errors import RatioError
 from snp_core.groups import Group
@@ -35,7 +36,7 @@ class LatencyTarget:
     device: str
     runtime: str | None = None
     config: Path | None = None
-    store: Path | None = None
+    store: Path | str | None = None  # a SQLite file or a postgresql:// URL; None: $SNP_BENCH_STORE or the config's
     reprofile: bool = False
     trust_new_hosts: bool = False
     #: The outputs root (``--root``); None: the config's ``[paths] root``.
@@ -134,7 +135,7 @@ def resolve_latency(target: LatencyTarget) -> target_latency.Request:
         raise TargetLatencyError(f"device {device.name!r} has no runtime {runtime!r}; its runtimes: "
                                  f"{', '.join(device.runtimes)}")
     return target_latency.Request(target_ms, device, runtime, device.formats_for(runtime)[0], cfg.measure,
-                                  Path(target.store or cfg.store), cfg.artifacts, target.trust_new_hosts)
+                                  location(target.store, cfg.store), cfg.artifacts, target.trust_new_hosts)
 
 
 def _check(req: CompressRequest) -> None:

@@ -37,7 +37,10 @@ from typing import Any, Callable
 
 import formats
 from devices.config import DeviceConfigError, DeviceSpec, parse_devices
-from formats.schema import SchemaError, toml_key as schema_key
+from formats.schema import SchemaError
+from formats.schema import toml_key as schema_key
+from results import store_backends
+from results.store import describe as describe_store
 
 from . import schema
 
@@ -223,7 +226,7 @@ class Config:
     sweep: dict
     measure: Measure
     quick: Measure
-    store: Path
+    store: Path | str  # a SQLite file, or a postgresql:// URL (results.store_backends)
     artifacts: Path
     sweeps: dict[str, dict] = field(default_factory=dict)
     #: The file read (as given), or `EMBEDDED` when there was none.
@@ -234,7 +237,7 @@ class Config:
     def describe(self) -> str:
         """One line saying where this command's settings come from and where its outputs go."""
         read = EMBEDDED if self.source == EMBEDDED else f"{self.source} over {EMBEDDED}"
-        return f"config: {read}; outputs under {self.root}/; store {self.store}"
+        return f"config: {read}; outputs under {self.root}/; store {describe_store(self.store)}"
 
     def named_sweep(self, name: str) -> dict[str, Any]:
         """The selection of ``[sweeps.NAME]`` (``bench sweep``'s keys, plus a raw ``threshold`` when given).
@@ -405,6 +408,19 @@ def _check_selection(selection: dict, where: str, cfg_models: dict, devices: dic
     return out
 
 
+def _store_location(raw: str | None, where: str, root: Path) -> Path | str:
+    """``[paths] store``: a SQLite file (default ``ROOT/bench.sqlite``) or a PostgreSQL URL, kept as text."""
+    if raw is None:
+        return root / "bench.sqlite"
+    if not store_backends.is_url(raw):
+        return Path(raw)
+    try:
+        store_backends.check_url(raw, where)
+    except store_backends.BackendError as exc:
+        raise ConfigError(str(exc)) from None
+    return raw
+
+
 def load(path: Path | str | None = None, root: Path | str | None = None) -> Config:
     """The embedded default, overlaid with `path` (default ./bench.toml when it exists).
 
@@ -438,7 +454,7 @@ def load(path: Path | str | None = None, root: Path | str | None = None) -> Conf
     measure = dict(doc["measure"])
     quick_only = measure.pop("quick", {})
     quick = {**measure, **quick_only}  # the keys the quick profile does not name are [measure]'s
-    store = Path(paths["store"]) if "store" in paths else out / "bench.sqlite"
+    store = _store_location(paths.get("store"), where("paths"), out)
     artifacts = Path(paths["artifacts"]) if "artifacts" in paths else out / "artifacts"
     return Config(models=models, devices=devices, sweep=sweep, measure=Measure(**measure), quick=Measure(**quick),
                   store=store, artifacts=artifacts, sweeps=sweeps, source=source, root=out)

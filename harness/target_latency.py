@@ -81,7 +81,7 @@ class Request:
     runtime: str
     fmt: str
     measure: Measure
-    store_path: Path
+    store_path: Path | str  # a SQLite file or a postgresql:// URL
     artifacts: Path
     trust_new_hosts: bool
 

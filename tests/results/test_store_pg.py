@@ -392,3 +392,27 @@ def test_bad_store_locations_say_what_is_accepted(tmp_path):
     with pytest.raises(StoreError, match=r"^cannot connect to the PostgreSQL store postgresql:///bench") as info:
         Store(missing)
     assert "\n" not in str(info.value)
+
+
+def test_the_command_line_sweeps_into_a_url_and_pushes_between_stores(pg_url, tmp_path, capsys, monkeypatch):
+    """`bench sweep --store URL`, `$SNP_BENCH_STORE`, `bench table` from the URL, `bench results push` twice."""
+    from bench import cli
+
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text(tiny_sweep_toml(tmp_path, tmp_path / "artifacts", local_device("here", tmp_path / "dev"))
+                   .replace('formats = ["onnx", "torchscript"]', 'formats = ["onnx"]'))
+    monkeypatch.delenv(store_module.STORE_ENV, raising=False)
+    assert cli.main(["sweep", "--config", str(cfg), "--store", pg_url, "--quiet"]) == 0
+    assert "tiny" in capsys.readouterr().out  # the run's table, read back from the PostgreSQL store
+    with Store(pg_url) as shared:
+        (run,) = shared.runs()
+        assert shared.count(run["run_id"]) == 2 and not (tmp_path / "bench.sqlite").exists()
+    monkeypatch.setenv(store_module.STORE_ENV, pg_url)  # the environment names the store for every command
+    assert cli.main(["table", "--config", str(cfg), "--run", run["run_id"]]) == 0
+    assert "tiny" in capsys.readouterr().out
+    laptop = tmp_path / "laptop.sqlite"
+    for expected in ("1 new run(s)", "0 new run(s)"):
+        assert cli.main(["results", "push", "--to", str(laptop)]) == 0
+        assert expected in capsys.readouterr().err
+    with Store(laptop) as copy:
+        assert [r["run_id"] for r in copy.runs()] == [run["run_id"]] and copy.count(run["run_id"]) == 2
