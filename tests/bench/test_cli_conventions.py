@@ -330,3 +330,11 @@ def test_sweep_with_a_failed_job_exits_3_bars_only_on_a_terminal_and_quiet_leave
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(FAILED_JOB), quiet.stderr
     assert len(lines) <= 3 and all(re.match(r"(error|ERROR): ", line) for line in lines[1:]), quiet.stderr
+
+
+def test_an_old_python_gets_one_line_not_a_traceback():
+    """`python -m bench` on Python 3.10 (simulated: sys.version_info replaced before bench is run)."""
+    code = "import runpy, sys; sys.version_info = (3, 10, 12); runpy.run_module('bench', run_name='__main__')"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.startswith("error: snp-bench needs Python 3.11 or newer") and r.stderr.count("\n") == 1
