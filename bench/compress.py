@@ -153,7 +153,7 @@ def request(args: argparse.Namespace) -> CompressRequest:
     if args.target_latency is None:
         given = [f"--{o}" for o in ("device", "runtime", "reprofile") if getattr(args, o)]
         if given:
-            raise TargetLatencyError(f"{', '.join(given)} only apply with --target-latency")
+            raise TargetLatencyError(f"{', '.join(given)}: only used with --target-latency (a latency budget)")
     elif not args.device:
         raise TargetLatencyError("--target-latency needs --device NAME (a device of bench.toml; 'local' is this "
                                  "machine)")

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from results.runs import pick_run
+from results.store import StoreError
 
 from . import exit_codes, vocab
 from .options import STDOUT, HelpFormatter, note, output_file
@@ -72,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.OK
     if args.action == "push":
         from results.store import Store, describe, location, push
+        from results.store_backends import BackendError, check_url, is_url
 
+        if is_url(args.to):
+            try:
+                check_url(args.to, "--to")
+            except BackendError as exc:
+                raise StoreError(str(exc)) from None
         with Store(location(args.to, None)) as target:
             report = push(store, target, [pick_run(store, r)["run_id"] for r in args.run] if args.run else None)
         note(args, f"pushed {describe(store.path)} to {describe(args.to)}: {report.summary()}")

@@ -9,6 +9,8 @@ and fail the test, which is what "never a traceback" means.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +18,8 @@ import snp_core
 from bench import cli
 from helpers import tiny_vit
 from snp_core.adapters import VitAdapter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: (bench.toml text, what the one error line must contain)
 BAD_TOML = [
@@ -103,8 +107,59 @@ def test_bad_bench_toml_is_one_line_and_exit_2(tmp_path, capsys, toml, message):
     assert out == ""
 
 
+# ----- the subcommands' flags and arguments ------------------------------------------------------------------------
+
+SHIPPED = str(ROOT / "bench.toml")
+
+#: (argv, what the one error line must contain); ``{tmp}`` is the test's folder, ``{store}`` an empty store in it.
+BAD_FLAGS = [
+    (["sweep", "--batch-size", "0"], "argument --batch-size: '0'"),
+    (["sweep", "--config", SHIPPED, "--devices", "nope"], "unknown device 'nope'; known devices: local"),
+    (["sweep", "--config", SHIPPED, "--formats", "tflite"], "unknown format 'tflite'"),
+    (["sweep", "--config", SHIPPED, "--sweep", "nope"], "has no [sweeps.nope]; known sweeps:"),
+    (["sweep", "--config", "{tmp}/missing.toml"], "config file '{tmp}/missing.toml' does not exist"),
+    (["sweep", "--config", SHIPPED, "--store", "mysql://lab/bench"],
+     "store 'mysql://lab/bench' (from --store): unknown URL scheme; accepted: a SQLite file path or a postgresql://"),
+    (["table", "--cv-threshold", "abc"], "argument --cv-threshold: 'abc'"),
+    (["table", "--config", SHIPPED, "--store", "{tmp}/missing.sqlite"], "no results store at {tmp}/missing.sqlite"),
+    (["table", "--store", "{store}", "--run", "20990101-000000-ffff"], "unknown run '20990101-000000-ffff' in"),
+    (["compress", "--num-calib", "-3"], "argument --num-calib: '-3'"),
+    (["compress", "--config", SHIPPED, "--model", "deit_tinyy", "--weights", "random"], "unknown model 'deit_tinyy'"),
+    (["compress", "--config", SHIPPED, "--target-latency", "fast", "--device", "local", "--weights", "random"],
+     "--target-latency 'fast' is not a positive latency"),
+    (["compress", "--config", SHIPPED, "--device", "local", "--weights", "random"],
+     "--device: only used with --target-latency"),
+    (["compare", "nope", "latest", "--store", "{store}"], "unknown baseline run 'nope' in"),
+    (["results", "--store", "{store}", "export", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    (["results", "--store", "{store}", "push", "--to", "postgresql://ann:secret@lab/bench"], "(from --to) contains a password"),
+    (["figures", "--only", "bogus"], "argument --only: invalid choice: 'bogus'"),
+    (["figures", "--store", "{store}", "--out", "-"], "argument --out: '-' (stdout) cannot be a folder"),
+    (["nightly", "--config", SHIPPED, "--sweep", "nope"], "has no [sweeps.nope]"),
+    (["inspect", "{tmp}/no_plan"], "plan file '{tmp}/no_plan' does not exist"),
+    (["devices", "--config", SHIPPED, "--devices", "nope", "--no-check"], "unknown device 'nope'; known devices: local"),
+    (["finetune", "--model", "m", "--data", "{tmp}", "--out", "{tmp}/o", "--epochs", "0"], "argument --epochs: '0'"),
+    (["evaluate", "--model", "m", "--data", "{tmp}", "--batch-size", "x"], "argument --batch-size: 'x'"),
+    (["ablation", "--seeds", "0"], "argument --seeds: '0'"),
+    (["sweep", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_FLAGS, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in
+                                                          enumerate(BAD_FLAGS)])
+def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    from results.store import Store
+
+    Store(tmp_path / "empty.sqlite").close()
+    fill = {"{tmp}": str(tmp_path), "{store}": str(tmp_path / "empty.sqlite")}
+    argv = [fill.get(a, a) if a in fill else a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, out, err = run_cli(argv, capsys)
+    line = the_error_line(err)
+    assert code == 2 and message.replace("{tmp}", str(tmp_path)) in line, err
+    assert out == ""
+
+
 def test_the_bad_inputs_table_is_long_enough():
-    assert len(BAD_TOML) + len(BAD_API) >= 40
+    assert len(BAD_TOML) + len(BAD_FLAGS) + len(BAD_API) >= 40 and len(BAD_FLAGS) >= 20
 
 
 # ----- the Python API -----------------------------------------------------------------------------------------------

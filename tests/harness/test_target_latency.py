@@ -214,7 +214,7 @@ def compress(capsys, *args: str) -> tuple[int, str, str]:
     (["--target-latency", "30ms", "--device", "local", "--runtime", "tensorrt"],
      "device 'local' has no runtime 'tensorrt'; its runtimes: onnxruntime, torch"),
     (["--target-latency", "30ms", "--device", "local", "--target-gmacs", "0.5"], "are exclusive"),
-    (["--device", "local"], "--device only apply with --target-latency"),
+    (["--device", "local"], "--device: only used with --target-latency"),
 ])
 def test_bad_requests_are_one_line_errors_before_any_work(tmp_path, artifacts, capsys, args, message):
     cfg = write_config(tmp_path, local_device("local", tmp_path / "dev"), artifacts)
