@@ -1455,10 +1455,7 @@ class SSHTransport(Transport):
             code, out, stderr = self._run_agent([], line, timeout_s, keep_stdin_open=watch)
             if code == -1:  # paramiko's "no exit status": sshd sent exit-signal instead
                 code = None
-                result = parse_agent_output(job, out, stderr, None)
-                if result.get("error", {}).get("type") == "TransportError":
-                    result["error"]["message"] = (
-                        "agent killed by a signal (the OOM killer?) before it wrote a result")
+                result = parse_agent_output(job, out, stderr, None, signal_unknown=True)
             else:
                 result = parse_agent_output(job, out, stderr, code)
                 if code is not None and code > 128 and result.get("error", {}).get("type") == "TransportError":

@@ -126,7 +126,7 @@ def agent_died(returncode: int | None, signal_unknown: bool = False) -> str:
     and paramiko says -1 (which must not read as SIGHUP).
     """
     if signal_unknown:
-        return "agent killed by a signal (exit status unknown) before it wrote a result"
+        return "agent killed by a signal (exit status unknown; the OOM killer?) before it wrote a result"
     if returncode is not None and returncode < 0:
         return f"agent killed by {signal_name(-returncode)} before it wrote a result"
     return f"agent exited with code {returncode} without a result document"

@@ -338,7 +338,7 @@ def test_check_reads_an_ssh_minus_one_as_an_unknown_signal():
     for doc in (as_passed_on, annotated):
         line = probe_failure(doc, "ssh")
         assert "SIGHUP" not in line
-        assert line == ("transport: agent killed by a signal (exit status unknown) before it wrote a result "
+        assert line == ("transport: agent killed by a signal (exit status unknown; the OOM killer?) before it wrote a result "
                         "(Fatal Python error: Segmentation fault)")
     dash = {**parse_agent_output({}, "", "", 137), "transport": {"name": "pi", "returncode": 137}}
     assert probe_failure(dash, "ssh") == ("transport: agent exited with code 137 without a result document "
