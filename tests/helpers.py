@@ -65,11 +65,14 @@ def uniform_plan(model, name: str, criterion: str = "l2", **ratios) -> snp_core.
 
 
 def tiny_sweep_toml(store_dir, artifacts, devices: str, *, iterations: int = 5, min_seconds: float = 0.0,
-                    timeout: float = 120, grace: float = 30, tiny_extra: str = "") -> str:
+                    timeout: float = 120, grace: float = 30, tiny_extra: str = "", cold_start: bool = False) -> str:
     """bench.toml text for a real sweep of a 2-block 64x64 DeiT-T and its l2-pruned version.
 
     The same code paths as a full DeiT sweep, in seconds; `devices` is appended as
     given and `tiny_extra` lines go into the original model's table (label, top1).
+    `cold_start` is off unless a test asks: each cold start is one more process
+    per model importing its runtime (torch: seconds), and only the tests of cold
+    start need it.
     """
     return f"""
 [paths]
@@ -98,6 +101,7 @@ iterations = {iterations}
 min_seconds = {min_seconds}
 timeout_s = {timeout}
 grace_s = {grace}
+cold_start = {str(cold_start).lower()}
 """ + devices
 
 

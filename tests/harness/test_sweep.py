@@ -33,10 +33,10 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 def write_config(tmp: Path, artifacts: Path, devices: str, iterations: int = 5, min_seconds: float = 0.0,
-                 timeout: float = 120, grace: float = 30) -> Path:
+                 timeout: float = 120, grace: float = 30, cold_start: bool = False) -> Path:
     path = tmp / "bench.toml"
     path.write_text(tiny_sweep_toml(tmp, artifacts, devices, iterations=iterations, min_seconds=min_seconds,
-                                    timeout=timeout, grace=grace))
+                                    timeout=timeout, grace=grace, cold_start=cold_start))
     return path
 
 
@@ -47,7 +47,7 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
     hooks = f'pre = ["echo pre >> {tmp_path}/hooks.log"]\npost = ["echo post >> {tmp_path}/hooks.log"]\n'
-    cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev") + hooks)
+    cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev") + hooks, cold_start=True)
     r = bench("sweep", "--config", str(cfg), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     # the closing table is `bench table --efficiency`: speedups with their intervals, both formats
@@ -122,7 +122,6 @@ def test_faults_leave_error_records_and_other_devices_finish(tmp_path, artifacts
                + local_device("hangs", tmp_path / "h", python=str(hang))
                + local_device("killed", tmp_path / "k", python=str(killer)))
     cfg = harness_config.load(write_config(tmp_path, artifacts, devices, iterations=5, min_seconds=0.0))
-    cfg.measure.cold_start = False  # a cold start imports the runtime again per model: slow on a loaded machine
     outcome = run_sweep(cfg, Store(cfg.store), SweepRequest(devices=["good", "unreachable", "badkey"]))
     by_device: dict[str, list[dict]] = {}
     for r in outcome.records:
