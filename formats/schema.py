@@ -191,7 +191,7 @@ class ListOf(Node):
         if not isinstance(value, list) or (self.nonempty and not value):
             raise self.fail(value, path, headers)
         out = []
-        for i, item in enumerate(value):
+        for item in value:
             try:
                 out.append(self.item.check(item, path, headers))
             except SchemaError:

@@ -150,8 +150,7 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     from results.store import Store
 
     Store(tmp_path / "empty.sqlite").close()
-    fill = {"{tmp}": str(tmp_path), "{store}": str(tmp_path / "empty.sqlite")}
-    argv = [fill.get(a, a) if a in fill else a.replace("{tmp}", str(tmp_path)) for a in argv]
+    argv = [a.replace("{store}", str(tmp_path / "empty.sqlite")).replace("{tmp}", str(tmp_path)) for a in argv]
     code, out, err = run_cli(argv, capsys)
     line = the_error_line(err)
     assert code == 2 and message.replace("{tmp}", str(tmp_path)) in line, err

@@ -18,7 +18,6 @@ import torch
 import snp_core
 from harness import target_latency
 from bench.cli import main
-from harness.config import ConfigError
 from harness.latency_model import Candidate, Curve, TargetLatencyError, choose, information_loss, parse_latency
 from results.runs import pick_run
 from helpers import local_device, ssh_device, tiny_vit

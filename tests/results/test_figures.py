@@ -10,7 +10,6 @@ medians twice: in the data the function returns and in the Axes' artists.
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections import Counter
 from pathlib import Path
 

@@ -39,7 +39,6 @@ PLAIN_CELL = re.compile(r"^(?P<ms>[\d.]+)(?: \((?P<speedup>[\d.]+)×\))?(?P<mark
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A real sweep: 2 models x (onnx, torchscript) on the local machine; returns (config path, store, run id)."""
-    import sys
     tmp = tmp_path_factory.mktemp("table_sweep")
     cfg_path = tmp / "bench.toml"
     cfg_path.write_text(tiny_sweep_toml(tmp, tmp / "artifacts", local_device("box", tmp / "dev", label="Test Box #1"),
