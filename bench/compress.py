@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     crit.add_argument("--weighting", default="none", choices=("none", "sigma"), help="SNP: weight components by σ")
     crit.add_argument("--aggregate", default="mean", choices=("mean", "median"), help="SNP: over calibration images")
     crit.add_argument("--seed", type=non_negative_int, default=0, help="seed for calibration sampling and the random criterion")
-    cal = p.add_argument_group("calibration (only for criteria that use activations: snp, reverse)")
+    cal = p.add_argument_group("calibration (only for criteria that use activations: snp and its variants snp_*, reverse)")
     cal.add_argument("--calib", metavar="PATH",
                      help="image folder (ImageFolder layout or flat) or a .npy/.pt tensor [N,3,H,W]; "
                           "default: scikit-image sample photos (logged warning)")

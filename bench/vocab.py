@@ -14,7 +14,7 @@ import importlib.util
 from pathlib import Path
 
 #: `snp_core.CRITERIA` (sorted names).
-CRITERIA = ("l2", "random", "reverse", "snp")
+CRITERIA = ("gm", "l2", "random", "reverse", "snp", "snp_inverted", "snp_magnitude", "snp_magnitude_inverted")
 #: `snp_core.HEAD_CRITERIA` (sorted names).
 HEAD_CRITERIA = ("proj_l1", "qk_sum", "random")
 #: `snp_core.ratios.KINDS`: the group kinds a ratio applies to.

@@ -24,7 +24,7 @@ from formats.schema import AnyTable, Bool, Either, Int, ListOf, MapOf, Number, S
 
 #: Importance criteria `snp_core.CRITERIA` knows (tests/harness/test_config.py holds the two lists together:
 #: importing snp_core here would cost every command torch's import time).
-CRITERIA = ("snp", "l2", "random", "reverse")
+CRITERIA = ("snp", "l2", "random", "reverse", "gm", "snp_inverted", "snp_magnitude", "snp_magnitude_inverted")
 #: Ratio kinds of a uniform ``ratios = { ... }`` table (`snp_core.groups.KINDS`, also held together by a test).
 RATIO_KINDS = ("qk", "v", "ffn", "embed", "heads")
 

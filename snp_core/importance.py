@@ -4,9 +4,12 @@ Each criterion is a small class with one method per group kind, in the style of
 Torch-Pruning's ``importance.py``; the pruner asks it for scores and keeps the
 highest. Higher score = more important = kept.
 
-* `SNPImportance` is the paper's criterion (docs/method.md §2–§5).
-* `L2Importance`, `RandomImportance` and `ReverseImportance` are the baselines of
-  the paper's ablation (ℓ2-norm, random, SNP's ranking inverted).
+* `SNPImportance` is the paper's criterion (docs/method.md §2–§5); its options
+  `redundancy` and `magnitude` (§14) select the variants registered as
+  ``snp_inverted``, ``snp_magnitude`` and ``snp_magnitude_inverted``.
+* `L2Importance`, `GeometricMedianImportance`, `RandomImportance` and
+  `ReverseImportance` are the baselines of the paper's ablation (ℓ2-norm,
+  geometric median, random, SNP's ranking inverted).
 
 Shapes: ``q``/``k`` activations are ``[B, H, N, d]`` (batch, heads, tokens, per-head
 width); per-head weights are ``[H, d, C]`` (one row of the projection per neuron);
@@ -130,9 +133,30 @@ def redundancy(rows: torch.Tensor) -> torch.Tensor:
     over every row given (for values: all neurons of all heads, hence "inter-head");
     the l = i term is 0. Biases are ignored [INF, §3].
     """
+    return rows.shape[0] - collinearity(rows)
+
+
+def collinearity(rows: torch.Tensor) -> torch.Tensor:
+    """Σ_l |cos(w_i, w_l)| over every row given (the l = i term is 1): n − `redundancy`.
+
+    The same ranking as `redundancy`, reversed, and positive, so a magnitude can weight
+    it (docs/method.md §14.1: SNP's ``redundancy="inverted"``).
+    """
     w = rows.reshape(rows.shape[0], -1).float()  # float32: DeiT-B's 3072² Gram matrices stay fast
     wn = w / w.norm(dim=1, keepdim=True).clamp_min(_EPS)
-    return w.shape[0] - (wn @ wn.T).abs().sum(dim=1)
+    return (wn @ wn.T).abs().sum(dim=1)
+
+
+def distance_sums(rows: torch.Tensor) -> torch.Tensor:
+    """FPGM's score (docs/method.md §14.3): Σ_l ‖w_i − w_l‖ over the rows of each set.
+
+    `rows` is ``[n, F]`` (one set) or ``[S, n, F]`` (S independent sets, e.g. heads);
+    the result is ``[n]`` or ``[S, n]``. A row near the sets' geometric median has the
+    smallest sum: the others can stand in for it, so it is pruned first. float64, so
+    the matrix-product form of `torch.cdist` loses nothing that a ranking could see.
+    """
+    w = rows.double()
+    return torch.cdist(w, w).sum(dim=-1).float()
 
 
 def tss(scores: torch.Tensor) -> torch.Tensor:
@@ -166,43 +190,121 @@ class SNPImportance(Importance):
     * Residual channels: `channel_score` of each producer's output-channel rows
       (``"redundancy"``, the default [INF, docs/method.md §5: the suggested reading], or ``"l2"``),
       TSS-normalised per producer and averaged over producers (policy AVERAGE).
+
+    Two options leave the paper's reading (docs/method.md §14), because the project's
+    ablation found its V/FFN direction worse than random and magnitude-blind scores
+    behind ℓ2 (§13.4):
+
+    * `redundancy`: ``"paper"`` (default) keeps the least redundant value and hidden
+      neurons (score ω of §3); ``"inverted"`` keeps the most collinear ones (score
+      `collinearity` = n − ω, the reverse ranking). Residual channels follow
+      `channel_score` either way.
+    * `magnitude` (default False): the Q/K pair score of each image is multiplied by
+      ‖Q_i‖·‖K_i‖, the norms over tokens of that image's query and key activations
+      (the calibration activations this criterion always has; not weight norms), before
+      the images are aggregated; the value/hidden score is multiplied by the ℓ2 norm of
+      the neuron's weight row. Residual channels are unchanged.
+
+    `params` records the two only when they differ from the paper's reading, so plans
+    made with the defaults are what they were before the options existed.
     """
 
     name = "snp"
     uses_activations = True
-    options = ("gamma", "weighting", "aggregate", "channel_score")
+    options = ("gamma", "weighting", "aggregate", "channel_score", "redundancy", "magnitude")
 
     def __init__(self, gamma: float | int = 0.9, weighting: str = "none", aggregate: str = "mean",
-                 channel_score: str = "redundancy") -> None:
+                 channel_score: str = "redundancy", redundancy: str = "paper", magnitude: bool = False) -> None:
         if aggregate not in ("mean", "median"):
             raise SNPError(f"aggregate {aggregate!r} is not one of: mean, median")
         if channel_score not in ("redundancy", "l2"):
             raise SNPError(f"channel_score {channel_score!r} is not one of: redundancy, l2")
+        if redundancy not in ("paper", "inverted"):
+            raise SNPError(f"redundancy {redundancy!r} is not one of: paper, inverted")
+        if not isinstance(magnitude, bool):
+            raise SNPError(f"magnitude {magnitude!r} is not a bool (True or False)")
         _component_weights(torch.ones(1, 1, 2), gamma, weighting)  # validates gamma and weighting now
         self.gamma, self.weighting, self.aggregate, self.channel_score = gamma, weighting, aggregate, channel_score
+        self.redundancy, self.magnitude = redundancy, magnitude
 
     def qk_per_image(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return attention_score_pairs(q, k, self.gamma, self.weighting)
+        scores = attention_score_pairs(q, k, self.gamma, self.weighting)
+        if self.magnitude:
+            scores = scores * (q.double().norm(dim=-2) * k.double().norm(dim=-2)).to(scores.dtype)
+        return scores
 
     def query_key(self, wq, wk, per_image):
         if per_image is None:
-            raise SNPError("the snp criterion needs calibration activations for query/key pairs")
+            raise SNPError(f"the {self.name} criterion needs calibration activations for query/key pairs")
         return per_image.mean(0) if self.aggregate == "mean" else per_image.median(0).values
+
+    def _rows_score(self, rows: torch.Tensor) -> torch.Tensor:
+        """The value/hidden score of each row of ``[n, F]``: §3's ω, or its reverse, times ‖row‖ if asked."""
+        score = redundancy(rows) if self.redundancy == "paper" else collinearity(rows)
+        return score * rows.float().norm(dim=1) if self.magnitude else score
 
     def value(self, wv):
         heads, d, _ = wv.shape
-        return redundancy(wv.reshape(heads * d, -1)).reshape(heads, d)
+        return self._rows_score(wv.reshape(heads * d, -1)).reshape(heads, d)
 
     def hidden(self, w):
-        return redundancy(w)
+        return self._rows_score(_rows(w))
 
     def channels(self, producers):
         score = redundancy if self.channel_score == "redundancy" else (lambda r: r.norm(dim=1))
         return group_average([score(_rows(p)) for p in producers])
 
     def params(self):
-        return {"gamma": self.gamma, "weighting": self.weighting, "aggregate": self.aggregate,
-                "channel_score": self.channel_score}
+        params = {"gamma": self.gamma, "weighting": self.weighting, "aggregate": self.aggregate,
+                  "channel_score": self.channel_score}
+        if self.redundancy != "paper":
+            params["redundancy"] = self.redundancy
+        if self.magnitude:
+            params["magnitude"] = True
+        return params
+
+
+class _SNPVariant(SNPImportance):
+    """SNP with some options fixed by the registered name (`fixed`); the others stay settable.
+
+    A fixed option may be passed only with its fixed value (so a plan's recorded
+    params rebuild the criterion); any other value is refused rather than silently
+    turning, say, ``snp_inverted`` back into ``snp``.
+    """
+
+    fixed: ClassVar[dict[str, object]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.options = tuple(o for o in SNPImportance.options if o not in cls.fixed)
+
+    def __init__(self, **options: object) -> None:
+        for key, value in options.items():
+            if key in self.fixed and value != self.fixed[key]:
+                raise SNPError(f"criterion {self.name!r} fixes {key}={self.fixed[key]!r}, got {value!r}; "
+                               f"use 'snp' with {key}=... to choose it")
+        super().__init__(**{**options, **self.fixed})
+
+
+class SNPInvertedImportance(_SNPVariant):
+    """SNP with the V/FFN redundancy ranking reversed (docs/method.md §14.1)."""
+
+    name = "snp_inverted"
+    fixed: ClassVar[dict[str, object]] = {"redundancy": "inverted"}
+
+
+class SNPMagnitudeImportance(_SNPVariant):
+    """SNP with magnitude-aware Q/K and V/FFN scores (docs/method.md §14.2)."""
+
+    name = "snp_magnitude"
+    fixed: ClassVar[dict[str, object]] = {"magnitude": True}
+
+
+class SNPMagnitudeInvertedImportance(_SNPVariant):
+    """SNP with both: reversed V/FFN ranking, weighted by magnitudes (docs/method.md §14.1–§14.2)."""
+
+    name = "snp_magnitude_inverted"
+    fixed: ClassVar[dict[str, object]] = {"redundancy": "inverted", "magnitude": True}
 
 
 class L2Importance(Importance):
@@ -223,6 +325,33 @@ class L2Importance(Importance):
 
     def channels(self, producers):
         return group_average([_rows(p).norm(dim=1) for p in producers])
+
+
+class GeometricMedianImportance(Importance):
+    """Baseline: filter pruning via geometric median (FPGM; He et al., CVPR 2019; docs/method.md §14.3).
+
+    Within each set of neurons, the one whose weight row is nearest the set's geometric
+    median is the most replaceable; its score is the sum of Euclidean distances from its
+    row to every other row of the set (`distance_sums`; higher = keep). The sets:
+    Q/K pairs and values within each head (a pair's row is ``[W_q,i, W_k,i]``); MLP
+    hidden neurons over the rows of the first Linear; residual channels over the rows
+    obtained by concatenating, channel by channel, every producer's row (one score per
+    channel, so no per-producer normalisation). Data-free and deterministic.
+    """
+
+    name = "gm"
+
+    def query_key(self, wq, wk, per_image):
+        return distance_sums(torch.cat([wq, wk], dim=-1))
+
+    def value(self, wv):
+        return distance_sums(wv)
+
+    def hidden(self, w):
+        return distance_sums(_rows(w))
+
+    def channels(self, producers):
+        return distance_sums(torch.cat([_rows(p) for p in producers], dim=1))
 
 
 class RandomImportance(Importance):
@@ -273,7 +402,9 @@ class ReverseImportance(SNPImportance):
 
 
 CRITERIA: dict[str, type[Importance]] = {
-    cls.name: cls for cls in (SNPImportance, L2Importance, RandomImportance, ReverseImportance)
+    cls.name: cls for cls in (SNPImportance, SNPInvertedImportance, SNPMagnitudeImportance,
+                              SNPMagnitudeInvertedImportance, L2Importance, GeometricMedianImportance,
+                              RandomImportance, ReverseImportance)
 }
 
 
