@@ -1,92 +1,208 @@
-"""Speedup efficiency (speedup ÷ MACs ratio, docs/design.md §3) of the paper's configs on this machine.
+"""Speedup efficiency of the paper's configs on this machine, against two yardsticks (issue 15, docs/speedup.md).
 
-For each config, the original and the pruned model are timed in ONE process,
-interleaved round by round, with onnxruntime (CPU, each thread count given) on
-the exported .onnx and with PyTorch eager; prints a table of efficiencies,
-which the project aims to keep >= 0.90. Random weights: latency does not
-depend on them.
+For each config the original, the SNP-pruned model, a hand-written ViT of exactly
+the pruned widths (`reference_models.HandWrittenViT`, same weights) and
+Torch-Pruning's uniform model at the same MACs (`reference_models.uniform_peer`)
+are timed in ONE process, interleaved round by round (order alternating), per
+runtime and thread count:
 
-    .venv/bin/python benchmarks/efficiency.py [--configs deit_tiny,deit_small] [--threads 1,2] [--round-to 8]
+* ``onnxruntime``: the .onnx the harness ships (``exporters.export``), CPU,
+  ORT_ENABLE_ALL, ``intra_op_num_threads`` = threads;
+* ``onnxruntime+attention``: the same graph with each block's attention fused into
+  ONNX's ``Attention`` operator (`exporters.fused_attention`, opset 23);
+* ``torchscript``: the .pt the harness ships (traced, frozen), ``torch.set_num_threads``;
+* ``eager``: the nn.Module in ``torch.inference_mode``.
+
+Printed per cell: median ms per inference of original and pruned; efficiency =
+(original ms / pruned ms) / MACs ratio (docs/design.md §3, goal >= 0.90) as the
+median over rounds of the per-round ratio, with a 95 % bootstrap interval of that
+median (rounds resampled); and pruned ms / hand-written ms and pruned ms /
+uniform-peer ms the same way (<= 1.00 means the pruned model is at least as fast).
+Every exported graph is checked against eager PyTorch (max abs diff <= 1e-4)
+before it is timed, and the hand-written model against the pruned one. Random
+weights: latency does not depend on them. EfficientFormer has no hand-written or
+uniform peer here: its pruned model is timm's own modules with narrower tensors
+(the same graph as the original, tests/exporters/test_graph_shape.py), and
+Torch-Pruning has no uniform recipe for its attention biases.
+
+    .venv/bin/python benchmarks/efficiency.py [--configs deit_tiny,deit_small_1.3g] [--threads 1,2]
+        [--runtimes onnxruntime,torchscript] [--round-to 16] [--rounds 9] [--round-ms 60]
+
+About 25 minutes for everything on 2 cores with warm artifact caches. Timings on
+a shared machine are noisy: read the ratios (measured in the same rounds), not
+milliseconds across runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import exporters  # noqa: E402
 import snp_core  # noqa: E402
+from benchmarks.reference_models import HandWrittenViT, uniform_peer  # noqa: E402
+from exporters.fused_attention import fuse_attention  # noqa: E402
+from exporters.parity import eager_outputs, max_abs_diff  # noqa: E402
 from snp_core import ratios as ratio_sources  # noqa: E402
 
+CONFIGS = ("deit_tiny", "deit_small", "deit_small_1.3g", "deit_base", "efficientformer_l1_0.6g",
+           "efficientformer_l1_0.5g")
+RUNTIMES = ("onnxruntime", "onnxruntime+attention", "torchscript", "eager")
+PARITY = 1e-4
+GOAL = 0.90
 
-def ort_runner(path: Path, threads: int, x: np.ndarray):
+
+def interleaved(runners: dict[str, Callable[[], object]], rounds: int, round_s: float) -> dict[str, list[float]]:
+    """Per round, the median seconds per call of each runner (about `round_s` of calls); the order alternates."""
+    iters = {}
+    for name, fn in runners.items():
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn()
+        iters[name] = max(2, round(round_s / ((time.perf_counter() - t0) / 3)))
+    names, samples = list(runners), {k: [] for k in runners}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fn, calls = runners[name], []
+            for _ in range(iters[name]):
+                t0 = time.perf_counter()
+                fn()
+                calls.append(time.perf_counter() - t0)
+            samples[name].append(statistics.median(calls))
+    return samples
+
+
+def ratio_ci(num: list[float], den: list[float], scale: float = 1.0, resamples: int = 2000) -> tuple[float, float, float]:
+    """Median over rounds of num/den (paired by round) times `scale`, and its 95 % bootstrap interval."""
+    r = np.asarray(num) / np.asarray(den) * scale
+    draws = np.random.default_rng(0).choice(r, size=(resamples, len(r)), replace=True)
+    lo, hi = np.quantile(np.median(draws, axis=1), [0.025, 0.975])
+    return float(np.median(r)), float(lo), float(hi)
+
+
+def build(config: str, round_to: int | None) -> tuple[str, dict[str, torch.nn.Module], float]:
+    """The config's models (original, pruned and, for a DeiT, its yardsticks) and the MACs ratio."""
+    timm_name = ratio_sources.load_config(config)["model"]
+    original = snp_core.create(timm_name).eval()
+    pruned, plan = snp_core.compress(original, ratios=config, calib=None, criterion="l2", round_to=round_to)
+    models = {"original": original, "pruned": pruned.eval()}
+    if isinstance(pruned, VisionTransformer):
+        models["hand-written"] = HandWrittenViT.like(pruned)
+        x = torch.randn(1, *snp_core.models.input_size(original))
+        with torch.inference_mode():
+            diff = (models["hand-written"](x) - pruned(x)).abs().max().item()
+        if diff > PARITY:
+            raise SystemExit(f"{config}: the hand-written model differs from the pruned one by {diff:.2e}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peer, _, peer_macs = uniform_peer(lambda: snp_core.create(timm_name), plan.macs["pruned"],
+                                              snp_core.models.input_size(original))
+        models["uniform peer"] = peer
+        print(f"{config}: uniform peer at {peer_macs / 1e9:.3f} GMACs (pruned {plan.macs['pruned'] / 1e9:.3f})",
+              file=sys.stderr)
+    return timm_name, models, plan.macs["original"] / plan.macs["pruned"]
+
+
+def ort_session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
-    return lambda: session.run(None, feed)
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def interleaved_medians(runners: dict[str, object], rounds: int, iters: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    names = list(runners)
-    for fn in runners.values():
-        for _ in range(5):
-            fn()
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            fn = runners[name]
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+def runners_for(runtime: str, models: dict[str, torch.nn.Module], timm_name: str, x: np.ndarray, threads: int,
+                cache: Path) -> dict[str, Callable[[], object]]:
+    """One no-argument callable per model for `runtime`, each checked against eager PyTorch first."""
+    shape, xt = x.shape, torch.from_numpy(x)
+    out = {}
+    for kind, model in models.items():
+        reference = eager_outputs(model, xt)
+        if runtime.startswith("onnxruntime"):
+            proto = onnx.load(str(exporters.export(model, "onnx", cache, input_shape=shape, source=timm_name).path))
+            if runtime == "onnxruntime+attention":
+                proto = fuse_attention(proto, "onnx_attention")[0]
+            s = ort_session(proto, threads)
+            got = [s.run(None, {"input": x})[0]]
+            fn = (lambda s=s: s.run(None, {"input": x}))
+        else:
+            torch.set_num_threads(threads)
+            m = (torch.jit.load(str(exporters.export(model, "torchscript", cache, input_shape=shape,
+                                                     source=timm_name).path))
+                 if runtime == "torchscript" else model)
+
+            def fn(m=m):
+                with torch.inference_mode():
+                    return m(xt)
+            got = [fn().numpy()]
+        diff = max_abs_diff(reference, got)
+        if not diff <= PARITY:
+            raise SystemExit(f"{timm_name} {kind} {runtime}: parity {diff:.2e} > {PARITY:g}")
+        out[kind] = fn
+    return out
+
+
+def fmt(ci: tuple[float, float, float]) -> str:
+    return f"{ci[0]:.2f} [{ci[1]:.2f}, {ci[2]:.2f}]"
+
+
+def run_config(config: str, runtimes: list[str], threads: list[int], rounds: int, round_s: float, cache: Path,
+               round_to: int | None) -> None:
+    timm_name, models, macs_ratio = build(config, round_to)
+    label = config + (f" (round-to {round_to})" if round_to else "")
+    x = np.random.default_rng(0).standard_normal((1, *snp_core.models.input_size(models["original"])),
+                                                 dtype=np.float32)
+    for runtime in runtimes:
+        for t in threads:
+            samples = interleaved(runners_for(runtime, models, timm_name, x, t, cache), rounds, round_s)
+            med = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+            eff = ratio_ci(samples["original"], samples["pruned"], 1 / macs_ratio)
+            cells = [fmt(ratio_ci(samples["pruned"], samples[k])) if k in samples else "—"
+                     for k in ("hand-written", "uniform peer")]
+            verdict = "yes" if eff[0] >= GOAL else "no"
+            print(f"| {label} | {macs_ratio:.2f}× | {runtime} | {t} | {med['original']:.1f} | {med['pruned']:.1f} | "
+                  f"{med['original'] / med['pruned']:.2f}× | {fmt(eff)} | {verdict} | {cells[0]} | {cells[1]} |",
+                  flush=True)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default="deit_tiny,deit_small,deit_small_1.3g,deit_base")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma-separated, of {', '.join(RUNTIMES)}")
     p.add_argument("--threads", default="1,2")
-    p.add_argument("--round-to", type=int)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--round-to", type=int, help="round kept widths to a multiple of this (snp_core round_to)")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--round-ms", type=float, default=60.0, help="milliseconds of calls per model per round")
+    p.add_argument("--cache", type=Path, default=Path("runs/artifacts"))
     args = p.parse_args()
-    threads = [int(t) for t in args.threads.split(",")]
-    print(f"| config | MACs ratio | " + " | ".join(f"ORT {t}T" for t in threads) + " | torch eager 1T |")
-    print("|---|---|" + "---|" * (len(threads) + 1))
-    for name in args.configs.split(","):
-        timm_name = ratio_sources.load_config(name)["model"]
-        original = snp_core.create(timm_name)
-        plan = snp_core.make_plan(original, timm_name, ratio_sources.resolve(name, timm_name),
-                                  snp_core.get_criterion("l2"), round_to=args.round_to)
-        pruned = snp_core.prune(original, plan)
-        macs_ratio = plan.macs["original"] / plan.macs["pruned"]
-        shape = (1, *snp_core.models.input_size(original))
-        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        paths = {k: exporters.export(m, "onnx", Path("runs/artifacts"), input_shape=shape, source=timm_name).path
-                 for k, m in (("original", original), ("pruned", pruned))}
-        cells = []
-        for t in threads:
-            med = interleaved_medians({k: ort_runner(paths[k], t, x) for k in paths}, args.rounds, args.iters)
-            cells.append(f"{med['original'] / med['pruned'] / macs_ratio:.2f}")
-        torch.set_num_threads(1)
-        xt = torch.from_numpy(x)
-        with torch.inference_mode():
-            med = interleaved_medians({"original": lambda: original(xt), "pruned": lambda: pruned(xt)},
-                                      args.rounds, args.iters)
-        cells.append(f"{med['original'] / med['pruned'] / macs_ratio:.2f}")
-        label = name + (f" (round-to {args.round_to})" if args.round_to else "")
-        print(f"| {label} | {macs_ratio:.2f}x | " + " | ".join(cells) + " |", flush=True)
+    runtimes = args.runtimes.split(",")
+    for bad in set(runtimes) - set(RUNTIMES) or set(args.configs.split(",")) - set(CONFIGS):
+        raise SystemExit(f"error: unknown runtime or config {bad!r}; known: {', '.join(RUNTIMES + CONFIGS)}")
+    warnings.simplefilter("ignore")
+    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start; {args.rounds} rounds of ~{args.round_ms:g} ms per model\n")
+    print("| config | MACs ratio | runtime | threads | original ms | pruned ms | speedup | efficiency [95 % CI] | "
+          f"≥ {GOAL}? | pruned / hand-written | pruned / uniform peer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for config in args.configs.split(","):
+        run_config(config, runtimes, [int(t) for t in args.threads.split(",")], args.rounds, args.round_ms / 1e3,
+                   args.cache, args.round_to)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
 

@@ -37,6 +37,23 @@ log = logging.getLogger(__name__)
 
 #: The formats `export` makes, from the shared registry (`formats.FORMATS`: file extension, agent format).
 FORMATS = tuple(formats.FORMATS)
+#: What an artifact is made for: the device type its runtime computes on (a torch ``device`` option).
+TARGETS = ("cpu", "cuda")
+
+
+def attention_kernel(fmt: str, target: str) -> str:
+    """The `snp_core.PrunedAttention` kernel an artifact of `fmt` for `target` is traced with, and why.
+
+    A trace bakes the kernel into the artifact, so it is chosen for where the artifact
+    runs, not where it is made (docs/speedup.md, `benchmarks/efficiency.py`):
+    ONNX (onnx, trt) holds the explicit matmul-softmax-matmul, which the runtimes fuse
+    themselves; a .pt/.pt2 for CUDA holds scaled-dot-product attention with unequal
+    widths (CUDA's fused kernels take them); one for a CPU holds SDPA on zero-padded
+    equal widths, which takes CPU's fused kernel instead of its slow generic path.
+    """
+    if formats.FORMATS[fmt].agent_format == "onnx":
+        return "explicit"
+    return "sdpa" if target == "cuda" else "sdpa_padded"
 
 
 @dataclass
@@ -87,6 +104,12 @@ def _check_request(model: nn.Module, fmt: str, input_shape: Sequence[int], opset
     return shape
 
 
+def _has_pruned_attention(model: nn.Module) -> bool:
+    import snp_core
+
+    return any(isinstance(m, snp_core.PrunedAttention) for m in model.modules())
+
+
 def _macs(model: nn.Module, shape: tuple[int, ...]) -> int | None:
     """MACs of one sample (snp_core's paper-style count); None for inputs it cannot count."""
     import snp_core
@@ -121,20 +144,28 @@ def _plan_labels(plan: object) -> tuple[str | None, int | None]:
 def export(model: nn.Module, fmt: str, cache_dir: Path, *, input_shape: Sequence[int] = (1, 3, 224, 224),
            opset: int = 17, dynamic_batch: bool = False, source: str = "", variant: str = "original",
            plan: Union["snp_core.Plan", str, "os.PathLike[str]", None] = None,
-           onnx_exporter: str = "auto") -> Artifact:
+           onnx_exporter: str = "auto", target: str = "cpu") -> Artifact:
     """Export `model` as `fmt` into the content-addressed cache under `cache_dir`; see the package docstring.
 
     `plan` (the pruning plan of a pruned model, or its plan.json path) only labels the
     artifact: its sha256 is the manifest's ``plan_id`` and its MACs ``plan_macs``.
     `onnx_exporter` picks the ONNX exporter for onnx/trt ("auto": dynamo, TorchScript
-    exporter as fallback). Raises `ExportError` (one line) on any failure.
+    exporter as fallback). `target` ("cpu" or "cuda") is where the artifact will run: it
+    picks the pruned attention's kernel (`attention_kernel`). Raises `ExportError` (one
+    line) on any failure.
     """
     shape = _check_request(model, fmt, input_shape, opset, onnx_exporter)
+    if target not in TARGETS:
+        raise ExportError(f"unknown export target {target!r}; choose one of: {', '.join(TARGETS)}")
+    import snp_core
+
+    kernel = attention_kernel(fmt, target) if _has_pruned_attention(model) else None
     cache_dir = Path(cache_dir)
     is_onnx = formats.FORMATS[fmt].agent_format == "onnx"
     label = source or type(model).__name__
     options = {"input_shape": list(shape), "input_dtype": "float32", "dynamic_batch": bool(dynamic_batch),
-               "opset": opset if is_onnx else None, "onnx_exporter": onnx_exporter if is_onnx else None}
+               "opset": opset if is_onnx else None, "onnx_exporter": onnx_exporter if is_onnx else None,
+               "target": None if is_onnx else target, "attention_kernel": kernel}
     versions = manifests.library_versions()
     key_versions = {k: versions[k] for k in (("torch", "timm", "onnx", "onnxscript", "onnxruntime") if is_onnx
                                              else ("torch", "timm"))}
@@ -147,7 +178,8 @@ def export(model: nn.Module, fmt: str, cache_dir: Path, *, input_shape: Sequence
         return _artifact(*hit, fmt, cached=True)
     cache.discard(cache_dir, key)  # a broken or foreign entry in the way (no-op when there is none)
 
-    with _eval(model), cache.staging(cache_dir, key) as tmp:
+    traced_with = snp_core.attention_kernel(model, kernel) if kernel else contextlib.nullcontext()
+    with _eval(model), traced_with, cache.staging(cache_dir, key) as tmp:
         started = time.perf_counter()
         path = tmp / f"model.{formats.FORMATS[fmt].extension}"
         # Traced on one input, checked on others: a branch or value baked in at trace time shows up.

@@ -18,7 +18,7 @@ Step by step (what `compress` does)::
 """
 
 from . import calibration, models, ratios
-from .adapters import ADAPTERS, PrunedAttention, adapter_for
+from .adapters import ADAPTERS, ATTENTION_KERNELS, PrunedAttention, adapter_for, attention_kernel
 from .compress import Compressed, compress
 from .errors import (CalibrationError, PlanError, RatioError, SNPError, UnknownModelError,
                      UnsupportedModelError)
@@ -32,8 +32,9 @@ from .pruner import kept_widths, load, make_plan, prune, save, score_groups, sel
 __version__ = "0.1.0"
 
 __all__ = [
-    "ADAPTERS", "CRITERIA", "CalibrationError", "Compressed", "HEAD_CRITERIA", "HeadImportance", "Importance", "Plan", "PlanError",
+    "ADAPTERS", "ATTENTION_KERNELS", "CRITERIA", "CalibrationError", "Compressed", "HEAD_CRITERIA", "HeadImportance", "Importance", "Plan", "PlanError",
     "PrunedAttention", "RatioError", "SNPError", "UnknownModelError", "UnsupportedModelError", "adapter_for",
+    "attention_kernel",
     "calibration", "compress", "count_macs", "count_params", "create", "criterion_from_options", "get_criterion",
     "get_head_criterion", "kept_widths", "load", "make_plan", "models", "prune", "ratios", "save", "score_groups",
     "select", "summary",

@@ -7,7 +7,8 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .base import Adapter, Keep
 from .efficientformer import EfficientFormerAdapter
-from .vit import PrunedAttention, VitAdapter
+from .vit import KERNELS as ATTENTION_KERNELS
+from .vit import PrunedAttention, VitAdapter, attention_kernel
 
 ADAPTERS: list[type[Adapter]] = [VitAdapter, EfficientFormerAdapter]
 
@@ -23,4 +24,5 @@ def adapter_for(model: nn.Module, model_name: str = "") -> Adapter:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "EfficientFormerAdapter", "Keep", "PrunedAttention", "VitAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "ATTENTION_KERNELS", "Adapter", "EfficientFormerAdapter", "Keep", "PrunedAttention", "VitAdapter", "adapter_for",
+           "attention_kernel"]

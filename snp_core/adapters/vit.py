@@ -23,6 +23,9 @@ width ``H·(2·d_qk + d_v)`` split into q, k, v, and the original softmax scale
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerScale, Mlp
@@ -37,20 +40,37 @@ from ..groups import Group
 from .base import Adapter, Keep, zero_outputs
 
 
+#: How `PrunedAttention` computes softmax(q kᵀ · scale) v (see `PrunedAttention.kernel`).
+KERNELS = ("auto", "explicit", "sdpa", "sdpa_padded")
+
+
 class PrunedAttention(nn.Module):
     """Multi-head self-attention whose q/k width per head differs from its v width.
 
     One Linear computes q, k and v for all heads (one GEMM instead of three), laid
-    out ``[q of all heads | k of all heads | v of all heads]``. Inference on CPU with
-    unequal widths uses explicit matmul-softmax-matmul (see `forward`); everything
-    else uses scaled dot-product attention, which accepts a value width different
-    from the query/key width.
+    out ``[q of all heads | k of all heads | v of all heads]``.
+
+    `kernel` picks how the attention itself is computed, because the fast kernels
+    differ per runtime and the traced artifacts bake the choice in (`attention_kernel`;
+    the exporters choose per format and target, docs/speedup.md):
+
+    * ``"explicit"``: matmul, softmax, matmul. What the ONNX graphs hold (runtimes
+      fuse the scale and k's transpose into one MatMul themselves).
+    * ``"sdpa"``: ``F.scaled_dot_product_attention`` with unequal widths. On CUDA a
+      fused kernel takes them; on CPU it falls back to a generic path ~2x slower
+      than "explicit".
+    * ``"sdpa_padded"``: the narrower of q/k and v padded with zeros to the wider
+      width, so CPU SDPA takes its fused (flash) kernel; zero q/k columns add 0 to
+      every q·k, zero v columns are sliced off the output, so the result is the same.
+    * ``"auto"`` (default, eager use): SDPA when the widths are equal, on CUDA, with
+      a mask or in training; otherwise "explicit".
     """
 
     def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, scale: float, qkv_bias: bool = True,
                  proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         self.num_heads, self.qk_dim, self.v_dim, self.scale = num_heads, qk_dim, v_dim, scale
+        self.kernel = "auto"
         self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias)
@@ -64,18 +84,45 @@ class PrunedAttention(nn.Module):
         return (q.view(B, N, H, dqk).transpose(1, 2), k.view(B, N, H, dqk).transpose(1, 2),
                 v.view(B, N, H, self.v_dim).transpose(1, 2))
 
+    def _kernel(self, q: torch.Tensor, masked: bool) -> str:
+        if masked or self.training:
+            return "sdpa"
+        if self.kernel != "auto":
+            return self.kernel
+        return "sdpa" if self.qk_dim == self.v_dim or q.is_cuda else "explicit"
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         B, N, _ = x.shape
         q, k, v = self.project(x)
-        if self.qk_dim == self.v_dim or q.is_cuda or attn_mask is not None or is_causal or self.training:
+        kernel = self._kernel(q, attn_mask is not None or is_causal)
+        if kernel == "explicit":
+            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        elif kernel == "sdpa_padded" and self.qk_dim != self.v_dim:
+            width = max(self.qk_dim, self.v_dim)
+            q, k = F.pad(q, (0, width - self.qk_dim)), F.pad(k, (0, width - self.qk_dim))
+            x = F.scaled_dot_product_attention(q, k, F.pad(v, (0, width - self.v_dim)), scale=self.scale)
+            x = x[..., : self.v_dim]
+        else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
                                                dropout_p=self.attn_drop if self.training else 0.0)
-        else:
-            # On CPU, SDPA's fused kernel needs equal q/k and v widths; otherwise it falls back
-            # to a generic path with NaN guards that runs ~2x slower than these three ops.
-            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.v_dim)
         return self.proj_drop(self.proj(x))
+
+
+@contextlib.contextmanager
+def attention_kernel(model: nn.Module, kernel: str) -> Iterator[None]:
+    """Run (or trace) `model` with every `PrunedAttention` on `kernel` (`KERNELS`), restoring theirs after."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; known: {', '.join(KERNELS)}")
+    modules = [m for m in model.modules() if isinstance(m, PrunedAttention)]
+    saved = [m.kernel for m in modules]
+    for m in modules:
+        m.kernel = kernel
+    try:
+        yield
+    finally:
+        for m, k in zip(modules, saved):
+            m.kernel = k
 
 
 def _timm_attention_macs(m: Attention, x: torch.Tensor) -> int:
