@@ -28,6 +28,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("compress", "bench.compress:add_parser", "prune a timm ViT with SNP and save plan.json + model.safetensors"),
     ("inspect", "bench.inspect_plan:add_parser", "describe a saved pruning plan and check that it rebuilds"),
     ("sweep", "bench.sweep:add_parser", "time original and pruned models on the configured devices"),
+    ("tune", "bench.tune_cmd:add_parser",
+     "measure runtime settings (threads, ...) per device and model; sweeps then use the fastest"),
     ("devices", "bench.devices_cmd:add_parser", "list devices from bench.toml and check that each is usable"),
     ("results", "bench.results_cmd:add_parser", "list runs or export records from the store"),
     ("table", "bench.table_cmd:add_parser", "latency and speedup table of a run (markdown, LaTeX, CSV, HTML)"),

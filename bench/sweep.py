@@ -57,6 +57,9 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--quick", action="store_true", help="fewer iterations ([measure.quick]): a smoke test, not a figure")
     p.add_argument("--resume", metavar="RUN", help=f"continue an interrupted run ({RUN_HELP}): only jobs without an "
                                                    "ok record run")
+    p.add_argument("--no-tuned", action="store_true",
+                   help="ignore the runtime settings `bench tune` stored: run with bench.toml's options and the "
+                        "runtimes' defaults (records say where each option came from)")
     p.add_argument("--trust-new-hosts", action="store_true",
                    help="add first-seen SSH host keys to known_hosts (changed keys are always refused)")
     add_quiet(p)
@@ -109,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
              "quick": args.quick}
     selection = {**(cfg.named_sweep(args.sweep) if args.sweep else {}), **{k: v for k, v in given.items() if v}}
     selection.pop("threshold", None)  # a nightly setting; a plain sweep compares nothing
-    request = SweepRequest(**selection, resume=args.resume, trust_new_hosts=args.trust_new_hosts)
+    request = SweepRequest(**selection, resume=args.resume, trust_new_hosts=args.trust_new_hosts,
+                           tuned=not args.no_tuned)
     try:
         outcome = sweep_with_bars(cfg, store, request, args)
     except SweepInterrupted as stop:  # the agents are stopped and the run is marked: show what it has, 128 + signal

@@ -16,7 +16,7 @@ anything else from this project: the device has nothing but this file.
 Because of Python 3.6 there are no f-strings with "=", no dataclasses, no
 walrus, no ``subprocess.run(capture_output=...)`` and no ``perf_counter_ns``.
 
-Protocol (version 2)
+Protocol (version 3)
 ====================
 
 Why rounds: a speedup is the ratio of two latencies.  Timed one after the
@@ -30,17 +30,27 @@ drift of the device hits every member alike.
 The job is ONE JSON object on stdin (never on the command line, so nothing
 leaks into ``ps`` and there is no quoting to get wrong).  Fields:
 
-``protocol``    int, required, must be 2.  Anything else (protocol 1 included)
-                is an error result in stage "parse" that names the protocol
-                this agent speaks: a job is never half-understood.
+``protocol``    int, required, 3 (or 2: a protocol-3 job without per-member
+                ``options``).  Anything else (protocol 1 included) is an
+                error result in stage "parse" that names the protocols this
+                agent speaks: a job is never half-understood (an agent of
+                protocol 2 refuses a protocol-3 job rather than ignore its
+                members' options).
 ``job_id``      str or int, required: the group's key, echoed back.
 ``runtime``     "onnxruntime" (format onnx) | "torch" (torchscript or pt2)
                 | "tensorrt" (format onnx: the engine is built ON the device).
-``options``     object, optional, runtime specific, one set for the group:
+``options``     object, optional, runtime specific, the group's (a member's
+                own ``options`` override it key by key):
                 onnxruntime: ``threads`` (intra-op threads), ``providers``
                   (list of names, or of [name, {provider options}]) or
                   ``execution_provider`` (one name), ``graph_optimization``
-                  ("all" default | "extended" | "basic" | "disable");
+                  ("all" default | "extended" | "basic" | "disable"),
+                  ``allow_spinning`` (bool; default: onnxruntime's, which
+                  spins: session config entries
+                  ``session.intra_op.allow_spinning`` / ``inter_op``),
+                  ``execution_mode`` ("sequential" default | "parallel"),
+                  ``inter_op_threads`` (int >= 1; only with "parallel", a
+                  warning otherwise);
                 torch: ``threads``, ``interop_threads``, ``device``
                   ("cpu" default | "cuda" | "cuda:N");
                 tensorrt: ``precision`` ("fp32" default | "fp16"),
@@ -54,7 +64,13 @@ leaks into ``ps`` and there is no quoting to get wrong).  Fields:
                               "torchscript" | "pt2", one the runtime takes);
                 ``input``     ``shape`` (list of positive ints, batch first) and
                               ``dtype`` ("float32" default | "float16"); random
-                              normal data from a fixed seed.
+                              normal data from a fixed seed;
+                ``options``   object, optional (protocol 3): this member's
+                              runtime options over the group's, so original
+                              and pruned models each run at their own best
+                              settings in the same rounds.  torch's thread
+                              count is per process: it is set to the member's
+                              before each of its warm-ups and timed blocks.
 ``warmup``      object, optional, per member, once after loading (before round
                 0): ``iterations`` (default 200) and ``seconds`` (default 0);
                 warm-up runs until BOTH are reached.
@@ -166,6 +182,7 @@ load, build, warmup, rewarm, measure, cooldown, total), ``started_utc`` /
 order:
 
 ``id``, ``status`` ("ok" | "error"), ``format``, ``artifact_sha256``,
+``options`` (the member's runtime options as used, defaults filled in),
 ``backend`` (runtime-specific facts: for onnxruntime ``providers`` actually
 active, ``requested_providers``, ``available_providers``,
 ``provider_fallback``; for torch ``device`` and thread counts; for tensorrt
@@ -248,8 +265,10 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-AGENT_VERSION = "2.0.0"
-PROTOCOL = 2
+AGENT_VERSION = "3.0.0"
+PROTOCOL = 3
+#: Protocol 2 is protocol 3 without per-member ``options``: an older harness still gets its jobs run.
+ACCEPTED_PROTOCOLS = (2, 3)
 
 RUNTIME_FORMATS = {
     "onnxruntime": ("onnx",),
@@ -257,7 +276,8 @@ RUNTIME_FORMATS = {
     "tensorrt": ("onnx",),
 }
 RUNTIME_OPTIONS = {
-    "onnxruntime": ("threads", "providers", "execution_provider", "graph_optimization"),
+    "onnxruntime": ("threads", "providers", "execution_provider", "graph_optimization", "allow_spinning",
+                    "execution_mode", "inter_op_threads"),
     "torch": ("threads", "interop_threads", "device"),
     "tensorrt": ("precision", "device", "workspace_mb"),
 }
@@ -397,9 +417,11 @@ def parse_job(text):
     """Parse and validate the job JSON; return a normalised dict with defaults filled in."""
     raw = _load_job_json(text)
     protocol = raw.get("protocol")
-    if not isinstance(protocol, int) or isinstance(protocol, bool) or protocol != PROTOCOL:
-        raise JobError("job field job.protocol is %s: this agent (version %s) speaks protocol %d only"
-                       % ("missing" if protocol is None else repr(protocol), AGENT_VERSION, PROTOCOL))
+    if not isinstance(protocol, int) or isinstance(protocol, bool) or protocol not in ACCEPTED_PROTOCOLS:
+        raise JobError("job field job.protocol is %s: this agent (version %s) speaks protocol %d (and %s, "
+                       "without per-member options) only"
+                       % ("missing" if protocol is None else repr(protocol), AGENT_VERSION, PROTOCOL,
+                          ", ".join(str(p) for p in ACCEPTED_PROTOCOLS if p != PROTOCOL)))
     job = {"protocol": protocol, "job_id": _field(raw, "job_id", "job", (str, int))}
 
     runtime = _field(raw, "runtime", "job", (str,))
@@ -420,6 +442,7 @@ def parse_job(text):
         if not isinstance(member, dict):
             raise JobError("job field %s must be an object, got %s" % (where, type(member).__name__))
         parsed = _parse_member(member, where, runtime)
+        _member_options(parsed, member, where, job, raw_options)
         if parsed["id"] in seen:
             raise JobError("job field %s.id %r is not unique in job.members" % (where, parsed["id"]))
         seen.add(parsed["id"])
@@ -519,6 +542,22 @@ def _parse_member(member, where, runtime):
             "input": {"shape": list(shape), "dtype": dtype}}
 
 
+def _member_options(parsed, member, where, job, group_raw):
+    """A member's own ``options`` (protocol 3) override the group's key by key; without them it has the group's.
+
+    Why per member: the original and its pruned models are each timed at their own best settings (tuned on the
+    device), still in the same interleaved rounds.
+    """
+    own = _field(member, "options", where, (dict,), None)
+    if own is not None and job["protocol"] < 3:
+        raise JobError("job field %s.options needs protocol 3, the job says protocol %d" % (where, job["protocol"]))
+    merged = dict(group_raw)
+    merged.update(own or {})
+    parsed["options_raw"] = merged
+    parsed["options"] = job["options"] if own is None else _parse_options(job["runtime"], merged,
+                                                                          where + ".options")
+
+
 def known_members(text):
     """The members a job that failed to parse names (id, format, sha256 where readable), for its error result."""
     try:
@@ -538,9 +577,15 @@ def known_members(text):
 
 
 def member_job(job, member):
-    """What a backend reads: one member's artifact and input with the group's runtime, options and workdir."""
-    return {"id": member["id"], "runtime": job["runtime"], "options": job["options"], "workdir": job["workdir"],
-            "artifact": member["artifact"], "input": member["input"]}
+    """What a backend reads: one member's artifact and input with the group's runtime and workdir, and the
+    member's options (the group's unless it has its own)."""
+    return {"id": member["id"], "runtime": job["runtime"], "options": member.get("options", job["options"]),
+            "workdir": job["workdir"], "artifact": member["artifact"], "input": member["input"]}
+
+
+def public_options(options):
+    """Parsed options as results report them: the values used, without the parser's bookkeeping."""
+    return dict((k, v) for k, v in options.items() if k not in ("unknown", "notes"))
 
 
 def round_orders(member_ids, seed, rounds):
@@ -553,21 +598,20 @@ def round_orders(member_ids, seed, rounds):
     return orders
 
 
-def _parse_options(runtime, options):
-    """Validate the runtime options; unknown names are kept aside as warnings."""
+def _parse_options(runtime, options, where="job.options"):
+    """Validate the runtime options; unknown names are kept aside as warnings, settings without effect as notes."""
     known = RUNTIME_OPTIONS[runtime]
-    out = {"unknown": sorted(k for k in options if k not in known)}
-    where = "job.options"
+    out = {"unknown": sorted(k for k in options if k not in known), "notes": []}
     threads = _field(options, "threads", where, (int,), None) if "threads" in known else None
     if threads is not None and threads < 1:
-        raise JobError("job field job.options.threads must be >= 1, got %r" % threads)
+        raise JobError("job field %s.threads must be >= 1, got %r" % (where, threads))
     out["threads"] = threads
 
     if runtime == "onnxruntime":
         providers = _field(options, "providers", where, (list, str), None)
         single = _field(options, "execution_provider", where, (str,), None)
         if providers is not None and single is not None:
-            raise JobError("job fields job.options.providers and job.options.execution_provider are exclusive")
+            raise JobError("job fields %s.providers and %s.execution_provider are exclusive" % (where, where))
         if providers is None:
             providers = [single] if single is not None else ["CPUExecutionProvider"]
         elif isinstance(providers, str):
@@ -580,45 +624,59 @@ def _parse_options(runtime, options):
                   and isinstance(entry[1], dict)):
                 checked.append([entry[0], dict(entry[1])])
             else:
-                raise JobError("job field job.options.providers[%d] must be a name or [name, {options}], got %r"
-                               % (i, entry))
+                raise JobError("job field %s.providers[%d] must be a name or [name, {options}], got %r"
+                               % (where, i, entry))
         if not checked:
-            raise JobError("job field job.options.providers is an empty list")
+            raise JobError("job field %s.providers is an empty list" % where)
         out["providers"] = checked
         level = _field(options, "graph_optimization", where, (str,), "all")
         if level not in ("all", "extended", "basic", "disable"):
-            raise JobError("job field job.options.graph_optimization must be all|extended|basic|disable, got %r"
-                           % level)
+            raise JobError("job field %s.graph_optimization must be all|extended|basic|disable, got %r"
+                           % (where, level))
         out["graph_optimization"] = level
+        # None: onnxruntime's default (its intra-op threads spin while waiting for work)
+        out["allow_spinning"] = _field(options, "allow_spinning", where, (bool,), None)
+        mode = _field(options, "execution_mode", where, (str,), "sequential")
+        if mode not in ("sequential", "parallel"):
+            raise JobError("job field %s.execution_mode must be sequential|parallel, got %r" % (where, mode))
+        out["execution_mode"] = mode
+        inter = _field(options, "inter_op_threads", where, (int,), None)
+        if inter is not None and inter < 1:
+            raise JobError("job field %s.inter_op_threads must be >= 1, got %r" % (where, inter))
+        if inter is not None and mode != "parallel":
+            out["notes"].append("%s.inter_op_threads=%d has no effect with execution_mode sequential"
+                                % (where, inter))
+        out["inter_op_threads"] = inter
 
     elif runtime == "torch":
         interop = _field(options, "interop_threads", where, (int,), None)
         if interop is not None and interop < 1:
-            raise JobError("job field job.options.interop_threads must be >= 1, got %r" % interop)
+            raise JobError("job field %s.interop_threads must be >= 1, got %r" % (where, interop))
         out["interop_threads"] = interop
-        out["device"] = _parse_device(_field(options, "device", where, (str,), "cpu"), allow_cpu=True)
+        out["device"] = _parse_device(_field(options, "device", where, (str,), "cpu"), allow_cpu=True, where=where)
 
     elif runtime == "tensorrt":
         precision = _field(options, "precision", where, (str,), "fp32")
         if precision not in ("fp32", "fp16"):
-            raise JobError("job field job.options.precision must be fp32 or fp16, got %r" % precision)
+            raise JobError("job field %s.precision must be fp32 or fp16, got %r" % (where, precision))
         out["precision"] = precision
-        out["device"] = _parse_device(_field(options, "device", where, (str,), "cuda:0"), allow_cpu=False)
+        out["device"] = _parse_device(_field(options, "device", where, (str,), "cuda:0"), allow_cpu=False,
+                                      where=where)
         workspace = _field(options, "workspace_mb", where, (int,), 1024)
         if workspace < 1:
-            raise JobError("job field job.options.workspace_mb must be >= 1, got %r" % workspace)
+            raise JobError("job field %s.workspace_mb must be >= 1, got %r" % (where, workspace))
         out["workspace_mb"] = workspace
     return out
 
 
-def _parse_device(text, allow_cpu):
+def _parse_device(text, allow_cpu, where="job.options"):
     """Normalise "cpu" / "cuda" / "cuda:N" to "cpu" or "cuda:N"."""
     if text == "cpu" and allow_cpu:
         return "cpu"
     m = re.match(r"^cuda(?::(\d+))?$", text)
     if not m:
         allowed = "cpu, cuda or cuda:N" if allow_cpu else "cuda or cuda:N"
-        raise JobError("job field job.options.device must be %s, got %r" % (allowed, text))
+        raise JobError("job field %s.device must be %s, got %r" % (where, allowed, text))
     return "cuda:%d" % int(m.group(1) or 0)
 
 
@@ -1277,6 +1335,14 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[opts["graph_optimization"]])
         if opts["threads"] is not None:
             so.intra_op_num_threads = opts["threads"]
+        so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if opts["execution_mode"] == "parallel"
+                             else ort.ExecutionMode.ORT_SEQUENTIAL)
+        if opts["inter_op_threads"] is not None:
+            so.inter_op_num_threads = opts["inter_op_threads"]
+        if opts["allow_spinning"] is not None:
+            spin = "1" if opts["allow_spinning"] else "0"
+            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            so.add_session_config_entry("session.inter_op.allow_spinning", spin)
 
         available = list(ort.get_available_providers())
         requested = [name for name, _ in opts["providers"]]
@@ -1351,19 +1417,34 @@ class OnnxRuntimeBackend(Backend):
         return {"providers": self.active, "requested_providers": self.requested,
                 "available_providers": self.available, "provider_fallback": self.fallback,
                 "io_binding": self.io_binding is not None, "threads": self.options["threads"],
-                "graph_optimization": self.options["graph_optimization"], "input_name": self.input_name}
+                "graph_optimization": self.options["graph_optimization"],
+                "allow_spinning": self.options["allow_spinning"], "execution_mode": self.options["execution_mode"],
+                "inter_op_threads": self.options["inter_op_threads"], "input_name": self.input_name}
+
+
+#: torch's intra-op thread count when this process first imported it: what a member without ``threads`` runs with.
+_TORCH_START_THREADS = []
 
 
 class TorchBackend(Backend):
-    """TorchScript (torch.jit.load) or torch.export (.pt2) programs on CPU or CUDA."""
+    """TorchScript (torch.jit.load) or torch.export (.pt2) programs on CPU or CUDA.
+
+    torch's intra-op thread count is one per process, but members of a group may
+    ask for different ones (protocol 3): each member's count is set again on
+    entering ``running`` (around its warm-up and each timed block) when it is not
+    already the current one.
+    """
 
     def load(self, progress):
         import torch
         self.torch = torch
         opts = self.options
         self.device = opts["device"]
-        if opts["threads"] is not None:
-            torch.set_num_threads(opts["threads"])
+        if not _TORCH_START_THREADS:
+            _TORCH_START_THREADS.append(torch.get_num_threads())
+        self.threads = opts["threads"] if opts["threads"] is not None else _TORCH_START_THREADS[0]
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         if opts["interop_threads"] is not None:
             try:
                 torch.set_num_interop_threads(opts["interop_threads"])
@@ -1413,6 +1494,8 @@ class TorchBackend(Backend):
 
     def running(self):
         torch = self.torch
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         return torch.inference_mode() if hasattr(torch, "inference_mode") else torch.no_grad()
 
     def run_once(self):
@@ -1440,7 +1523,7 @@ class TorchBackend(Backend):
 
     def info(self):
         torch = self.torch
-        out = {"device": self.device, "threads": torch.get_num_threads(),
+        out = {"device": self.device, "threads": self.threads,
                "interop_threads": torch.get_num_interop_threads()}
         if self.device != "cpu":
             out["cuda_version"] = getattr(torch.version, "cuda", None)
@@ -2076,14 +2159,19 @@ def run_cold(text):
     return doc
 
 
+def cold_child_job(job, member, budget):
+    """The one-member job an ``agent.py --cold`` child reads: the member with its own options as the group's."""
+    return {"protocol": PROTOCOL, "job_id": job["job_id"], "runtime": job["runtime"],
+            "options": member.get("options_raw", job["options_raw"]), "workdir": job["workdir"],
+            "timeout_s": budget, "members": [dict((k, member[k]) for k in ("id", "artifact", "input"))]}
+
+
 def measure_cold(job, member, deadline):
     """Run ``agent.py --cold`` for one member: (its cold dict, None) or (None, a warning saying why not)."""
     budget = deadline.work_left()
     if budget < 1.0:
         return None, "cold start not measured: the job timeout is near"
-    child_job = {"protocol": PROTOCOL, "job_id": job["job_id"], "runtime": job["runtime"],
-                 "options": job["options_raw"], "workdir": job["workdir"], "timeout_s": budget,
-                 "members": [member]}
+    child_job = cold_child_job(job, member, budget)
     argv = [sys.executable or "python3", os.path.abspath(__file__), "--cold"]
     try:
         proc = subprocess.run(argv, input=json.dumps(child_job), stdout=subprocess.PIPE, universal_newlines=True,
@@ -2125,7 +2213,8 @@ def new_member_doc(member_id, fmt=None, sha256=None):
     return {
         "id": member_id, "status": "error", "format": fmt, "artifact_sha256": sha256, "backend": None,
         "providers": None, "provider_fallback": None, "timer": None, "samples_ns": [], "sample_rounds": [],
-        "stats": summarize([]), "warmup": None, "measure": None, "cold": None, "warnings": [], "error": None,
+        "stats": summarize([]), "warmup": None, "measure": None, "cold": None, "options": None, "warnings": [],
+        "error": None,
     }
 
 
@@ -2199,6 +2288,7 @@ class Member(object):
         """The member's result object; a group failure makes every member that had not failed an error."""
         art = self.spec["artifact"]
         doc = new_member_doc(self.id, art["format"], art["sha256"])
+        doc["options"] = public_options(self.job["options"])
         doc["cold"] = self.cold
         doc["warmup"] = self.warmup
         if self.info is not None:
@@ -2420,9 +2510,19 @@ def run_job(text, stdin_fd=None):
             result["settings"] = dict((k, job[k]) for k in ("options", "members", "warmup", "measure", "rounds",
                                                             "seed", "rewarm", "isolate", "cold_start", "cooldown",
                                                             "timeout_s", "workdir"))
+            result["settings"]["members"] = [
+                {"id": m["id"], "artifact": m["artifact"], "input": m["input"],
+                 "options": public_options(m["options"])} for m in job["members"]]
             for name in job["options"]["unknown"]:
                 result["warnings"].append("unknown option %r for runtime %s ignored" % (name, job["runtime"]))
+            result["warnings"].extend(job["options"]["notes"])
             members = [Member(spec, job) for spec in job["members"]]
+            for m in members:
+                own = m.job["options"]
+                if own is not job["options"]:  # the member's own options: their warnings are its own
+                    m.warnings.extend("unknown option %r for runtime %s ignored" % (name, job["runtime"])
+                                      for name in own["unknown"] if name not in job["options"]["unknown"])
+                    m.warnings.extend(n for n in own["notes"] if n not in job["options"]["notes"])
             for phase in TIMING_PHASES:
                 timings[phase] = 0.0
             deadline = Deadline(job["timeout_s"])

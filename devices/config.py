@@ -8,7 +8,9 @@ artifact formats, which is how a sweep gives every device only what it can run:
 runtime        artifact formats            options (all optional)
 =============  ==========================  ==========================================
 onnxruntime    onnx                        threads, providers / execution_provider,
-                                           graph_optimization
+                                           graph_optimization, allow_spinning,
+                                           execution_mode (sequential/parallel),
+                                           inter_op_threads (with parallel)
 torch          torchscript (.pt), pt2      threads, interop_threads, device (cpu/cuda)
 tensorrt       trt (the .onnx is shipped;  precision (fp32/fp16), device, workspace_mb
                the engine is built on the
@@ -25,6 +27,10 @@ Example::
     label = "Raspberry Pi 4B"
     pre = ["sudo -n cpufreq-set -g performance"]
     runtimes = { onnxruntime = { threads = 4 } }
+
+Options given here are fixed: ``bench tune`` searches only the others
+(`formats.Runtime.tunable`), and a sweep uses the stored tuned winner for
+those (docs/tuning.md).
 
 ``pre``/``post`` are shell commands the user wrote in their own config; they run
 on the device as written (that is their purpose). Everything the project itself
@@ -79,6 +85,8 @@ _OPTION = {
     "providers": schema.ListOf(schema.Str(nonempty=True), nonempty=True),
     "execution_provider": schema.Str(nonempty=True),
     "graph_optimization": schema.Str(choices=("all", "extended", "basic", "disable")),
+    "allow_spinning": schema.Bool(), "execution_mode": schema.Str(choices=("sequential", "parallel")),
+    "inter_op_threads": schema.Int(min=1),
     "device": schema.Str(pattern=r"cpu|cuda(:[0-9]+)?", rule='"cpu", "cuda" or "cuda:N"'),
     "precision": schema.Str(choices=("fp32", "fp16")), "workspace_mb": schema.Int(min=1),
 }

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Callable, NamedTuple
 
 AGENT_SOURCE = pathlib.Path(__file__).with_name("agent.py")
-PROTOCOL = 2  # devices/agent.py speaks this one; harness/jobs.py writes its job documents
+PROTOCOL = 3  # devices/agent.py speaks this one; harness/jobs.py writes its job documents
 STDERR_TAIL_CHARS = 4000
 PROBE_TIMEOUT_S = 180.0
 #: After closing a timed-out or cancelled agent's stdin: how long it may take to stop, report and unlock.

@@ -40,6 +40,9 @@ class Runtime:
     formats: tuple[str, ...]
     #: Option keys of ``[devices.NAME] runtimes = { NAME = { ... } }`` the agent understands.
     options: tuple[str, ...]
+    #: The options ``bench tune`` searches on a device (harness/tune.py), in search order: settings that change
+    #: the speed without changing the result. Precision or the device are choices of the user, never tuned.
+    tunable: tuple[str, ...] = ()
 
 
 #: Formats in the order tables show them.
@@ -53,8 +56,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 #: Runtimes in the order tables show them.
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("onnxruntime", "onnxruntime", ("onnx",),
-            ("threads", "providers", "execution_provider", "graph_optimization")),
-    Runtime("torch", "PyTorch", ("torchscript", "pt2"), ("threads", "interop_threads", "device")),
+            ("threads", "providers", "execution_provider", "graph_optimization", "allow_spinning", "execution_mode",
+             "inter_op_threads"),
+            ("threads", "graph_optimization", "execution_mode", "allow_spinning")),
+    Runtime("torch", "PyTorch", ("torchscript", "pt2"), ("threads", "interop_threads", "device"), ("threads",)),
     Runtime("tensorrt", "TensorRT", ("trt",), ("precision", "device", "workspace_mb")),
 )}
 

@@ -5,15 +5,21 @@ record. `plan_jobs` gives every device only the formats its runtimes take
 (`formats.RUNTIMES`). The jobs of one device that share runtime, runtime options,
 format and batch size form a comparison `Group`, measured together by one agent
 run in interleaved rounds (`group_job`: the JSON the device agent reads,
-``devices/agent.py`` protocol 2), so that drift of the device hits every member
+``devices/agent.py`` protocol 3), so that drift of the device hits every member
 alike. `member_result` takes one member's part of the agent's answer, and
 `job_spec` is what the results store needs besides it (`results.records.make_record`).
+
+Runtime options: a job's `Job.options` are bench.toml's (they name the job and
+its group); what it runs with, `Job.effective_options`, adds the settings
+``bench tune`` stored for it (`Job.tuned`, only for options bench.toml leaves
+open), so each member of a group carries its own options to the agent and
+original and pruned are each timed at their best (docs/tuning.md).
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import exporters
@@ -24,7 +30,9 @@ from results import records
 from .config import Measure
 
 #: The agent protocol the harness speaks (``devices/agent.py`` PROTOCOL).
-PROTOCOL = 2
+PROTOCOL = 3
+#: Where an option a job runs with came from (`Job.option_origins`).
+ORIGINS = ("config", "tuned", "default")
 
 
 class JobModel(Protocol):
@@ -52,10 +60,26 @@ class Job:
     runtime: str
     fmt: str
     batch: int
+    #: Settings `bench tune` stored for this job (options bench.toml leaves open), and that row's id.
+    tuned: dict = field(default_factory=dict)
+    tuned_id: int | None = None
 
     @property
     def options(self) -> dict:
+        """bench.toml's options for the runtime: part of the job's key and its group's."""
         return self.device.runtimes[self.runtime]
+
+    @property
+    def effective_options(self) -> dict:
+        """What the agent runs the job with: bench.toml's options, then the tuned ones it leaves open."""
+        return {**{k: v for k, v in self.tuned.items() if k not in self.options}, **self.options}
+
+    @property
+    def option_origins(self) -> dict[str, str]:
+        """Where each option came from (`ORIGINS`), for every option set and every tunable one left at its default."""
+        keys = [*self.options, *self.tuned, *formats.RUNTIMES[self.runtime].tunable]
+        return {k: "config" if k in self.options else "tuned" if k in self.tuned else "default"
+                for k in dict.fromkeys(keys)}
 
     @property
     def artifact_key(self) -> tuple[str, str, int]:
@@ -107,35 +131,55 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class Member:
+    """One member of an agent job: its id, its artifact (path on the device and the exported artifact) and the
+    runtime options it runs with."""
+
+    id: str
+    path: str
+    artifact: exporters.Artifact
+    options: dict
+
+
 def group_job(group: Group, members: dict[str, tuple[str, exporters.Artifact]], workdir: str,
               measure: Measure) -> dict:
-    """The JSON document the device agent reads on stdin (devices/agent.py, protocol 2).
+    """The JSON document the device agent reads on stdin (devices/agent.py, protocol 3).
 
     `members` maps a job key to (its artifact's path on the device, the artifact)
-    for the members that reached the device; the job's time budget is the
-    per-model `Measure.timeout_s` once per member. The job id is the group's key
-    plus a fresh token: records measured together share it (``group_key``), and a
-    member timed again later (``--resume``) does not.
+    for the members that reached the device; each runs with its job's
+    `Job.effective_options`. The job id is the group's key plus a fresh token:
+    records measured together share it (``group_key``), and a member timed again
+    later (``--resume``) does not.
     """
-    first = group.jobs[0]
+    jobs = {job.key: job for job in group.jobs}
+    return agent_job(group.key, group.jobs[0].runtime, group.jobs[0].fmt, group.jobs[0].options,
+                     [Member(key, path, art, jobs[key].effective_options) for key, (path, art) in members.items()],
+                     workdir, measure)
+
+
+def agent_job(key: str, runtime: str, fmt: str, options: dict, members: list[Member], workdir: str,
+              measure: Measure, cold_start: bool | None = None) -> dict:
+    """An agent job timing `members` in interleaved rounds: the group's `options`, and a member's own where its
+    options differ; the time budget is the per-model `Measure.timeout_s` once per member."""
     return {
-        "protocol": PROTOCOL, "job_id": f"{group.key}#{secrets.token_hex(4)}", "runtime": first.runtime,
-        "options": first.options,
+        "protocol": PROTOCOL, "job_id": f"{key}#{secrets.token_hex(4)}", "runtime": runtime, "options": options,
         "workdir": workdir, "timeout_s": measure.timeout_s * max(1, len(members)),
-        "members": [{"id": key, "artifact": {"path": path, "sha256": art.sha256,
-                                             "format": formats.FORMATS[first.fmt].agent_format},
-                     "input": {"shape": list(art.manifest["input_shape"]), "dtype": "float32"}}
-                    for key, (path, art) in members.items()],
+        "members": [{"id": m.id, "artifact": {"path": m.path, "sha256": m.artifact.sha256,
+                                              "format": formats.FORMATS[fmt].agent_format},
+                     "input": {"shape": list(m.artifact.manifest["input_shape"]), "dtype": "float32"},
+                     **({"options": m.options} if m.options != options else {})}
+                    for m in members],
         "warmup": {"iterations": measure.warmup_iterations, "seconds": 0.0},
         "measure": {"iterations": measure.iterations, "min_seconds": measure.min_seconds,
                     "max_iterations": 100000 * measure.rounds, "max_seconds": None},
         "rounds": measure.rounds, "seed": measure.seed, "rewarm": {"iterations": measure.rewarm_iterations},
-        "isolate": measure.isolate, "cold_start": measure.cold_start,
+        "isolate": measure.isolate, "cold_start": measure.cold_start if cold_start is None else cold_start,
         "cooldown": {"max_temp_c": measure.cooldown_temp_c, "max_wait_s": measure.cooldown_max_wait_s},
     }
 
 
-#: Keys of a protocol-2 result that describe the whole group and are handed to every member's record.
+#: Keys of a protocol-3 result that describe the whole group and are handed to every member's record.
 _GROUP_KEYS = ("protocol", "agent_version", "runtime", "settings", "env", "timings_s", "started_utc",
                "finished_utc", "rounds", "seed", "isolated", "round_orders", "cooldown")
 
@@ -171,8 +215,12 @@ def job_stub(job: Job, artifact: exporters.Artifact | None) -> dict:
 def job_spec(job: Job, art: exporters.Artifact | None, input_shape: list[int] | None = None) -> dict:
     """What the record store needs to know about a job besides the agent's result.
 
-    Without an artifact (its export failed) the record names no sha256 and takes
-    the input shape the export was asked for.
+    ``runtime_options`` are bench.toml's (what pairs an original with its pruned
+    models in the reports); the options the job ran with, where each came from
+    (`ORIGINS`) and the tuned row used go to the record's ``extra["job"]`` as
+    ``options``, ``options_from`` and ``tuned_id``. Without an artifact (its
+    export failed) the record names no sha256 and takes the input shape the
+    export was asked for.
     """
     manifest = art.manifest if art else {}
     return {"job_key": job.key, "model": job.model.timm, "variant": job.model.variant, "entry": job.model.name,
@@ -182,4 +230,6 @@ def job_spec(job: Job, art: exporters.Artifact | None, input_shape: list[int] | 
                          "macs": manifest.get("macs"), "params": manifest.get("params")},
             "device": job.device.name, "device_label": job.device.display, "runtime": job.runtime,
             "runtime_options": job.options, "batch_size": job.batch,
-            "input_shape": list(manifest["input_shape"]) if art else input_shape, "top1": job.model.known_top1}
+            "input_shape": list(manifest["input_shape"]) if art else input_shape, "top1": job.model.known_top1,
+            # not record columns: kept in the record's extra["job"]
+            "options": job.effective_options, "options_from": job.option_origins, "tuned_id": job.tuned_id}

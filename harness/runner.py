@@ -94,6 +94,8 @@ class SweepRequest:
     Each None falls back to the config's ``[sweep]`` table, then to every device /
     the embedded default models / `formats.DEFAULT_SWEEP_FORMATS` / batch 1.
     `resume` names a run to finish instead (its own selection is used).
+    `tuned` False ignores the settings ``bench tune`` stored (``--no-tuned``):
+    every job runs with bench.toml's options and the runtime's defaults.
     """
 
     devices: list[str] | None = None
@@ -103,11 +105,12 @@ class SweepRequest:
     quick: bool = False
     resume: str | None = None
     trust_new_hosts: bool = False
+    tuned: bool = True
 
     def selection(self) -> dict[str, Any]:
         """The selection as stored with the run (and read back by a resume)."""
         return {"devices": self.devices, "models": self.models, "formats": self.formats, "batch": self.batch,
-                "quick": self.quick}
+                "quick": self.quick, "tuned": self.tuned}
 
 
 @dataclass
@@ -415,6 +418,8 @@ def _plan(cfg: Config, store: Store, request: SweepRequest) -> _Plan:
     jobs = plan_jobs(models, devices, fmts, batches)
     if not jobs:
         raise ConfigError(f"nothing to run: no selected device has a runtime for formats {fmts}")
+    if selection.get("tuned", True):
+        apply_tuned(store, jobs)
     try:
         keys = {id(job): job.key for job in jobs}
     except (records.RecordError, TypeError) as exc:  # a runtime option with '|' (the key's separator), or a date
@@ -429,6 +434,18 @@ def _plan(cfg: Config, store: Store, request: SweepRequest) -> _Plan:
     done = store.done_keys(run_id)
     return _Plan(run_id, git_rev, devices, models, batches, measure, jobs,
                  [job for job in jobs if keys[id(job)] not in done])
+
+
+def apply_tuned(store: Store, jobs: list[Job]) -> None:
+    """Give each job the settings ``bench tune`` stored for it (the newest row for its device, runtime, format,
+    model entry, batch size and bench.toml options); options bench.toml sets are never replaced."""
+    for job in jobs:
+        row = store.tuned(job.device.name, job.runtime, job.fmt, job.model.name, job.batch, job.options)
+        if row is not None:
+            job.tuned = {k: v for k, v in row["settings"].items() if k not in job.options}
+            job.tuned_id = row["id"]
+            log.info("%s %s %s bs%d on %s: tuned settings #%d %s", job.model.name, job.runtime, job.fmt, job.batch,
+                     job.device.name, row["id"], records.options_key(job.tuned) if job.tuned else "(the defaults won)")
 
 
 def _host_key(device: DeviceSpec, transport: Transport) -> tuple[Any, ...]:

@@ -81,6 +81,17 @@ samples_ns), load_s, build_s, first_inference_ms, peak_rss_mb, gpu_peak_mb and
 throughput_ips.  Rows already there keep NULL in all of them: statistics read
 such a record as one round holding every sample (``results.intervals``).
 
+``tuned_settings`` (version 5, ``bench tune``): the runtime settings measured
+fastest for one model entry on one device (`TUNED_KEY_FIELDS`: device, runtime,
+format, entry, batch_size and the runtime options bench.toml fixed then,
+``config_options``; also kept as one canonical text, ``tune_key``), with the
+host the agent reported, the artifact's sha256, ``settings`` (the winner's
+options, {} when the defaults won), the medians of the default and the winner
+and their ratio, ``candidates`` (every candidate's settings and median per
+stage of the search), ``rule`` (the winner rule's parameters), run_id (the tune
+run), created and git_rev.  Rows are never overwritten: :meth:`Store.tuned`
+returns the newest.
+
 ``latency_profiles`` (version 2): measured latency against MACs of one model
 along one ratio pattern on one device, runtime, format and runtime options
 (``bench compress --target-latency`` builds its latency model from them). The
@@ -119,7 +130,7 @@ DEFAULT_BUSY_TIMEOUT_S = 30.0
 RUN_STATUSES = ("running", "done", "interrupted")
 #: What made a run: a sweep, or the profiling / verification steps of ``bench compress --target-latency``;
 #: ``other`` only for old runs of a command version 3 did not recognise.
-RUN_KINDS = ("sweep", "latency-profile", "latency-verify", "other")
+RUN_KINDS = ("sweep", "latency-profile", "latency-verify", "tune", "other")
 
 _REQUIRED_RECORD_FIELDS = ("run_id", "job_key", "model", "variant", "artifact_sha256", "format", "device",
                            "runtime", "batch_size", "status")
@@ -132,6 +143,11 @@ _READ_ONLY_FIELDS = frozenset({"id", "inserted"})  # present in records() output
 PROFILE_KEY_FIELDS = ("device", "runtime", "format", "runtime_options", "model", "model_kwargs", "input_shape",
                       "pattern")
 _PROFILE_JSON_FIELDS = ("runtime_options", "model_kwargs", "input_shape", "pattern", "points", "measure")
+
+#: What a tuned setting is for: the sweep uses the newest row whose values equal its job's. `config_options` are
+#: the runtime options bench.toml fixed when it was tuned: a winner found under other fixed options does not apply.
+TUNED_KEY_FIELDS = ("device", "runtime", "format", "entry", "batch_size", "config_options")
+_TUNED_JSON_FIELDS = ("config_options", "settings", "candidates", "rule")
 
 # Each migration is a list of statements; migration i (1-based) brings the schema to version i.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -257,6 +273,31 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE records ADD COLUMN peak_rss_mb REAL",
         "ALTER TABLE records ADD COLUMN gpu_peak_mb REAL",
         "ALTER TABLE records ADD COLUMN throughput_ips REAL",
+    ),
+    (
+        # bench tune: the runtime settings found fastest for one model on one device (docs/tuning.md)
+        """CREATE TABLE tuned_settings (
+            id               INTEGER PRIMARY KEY,
+            tune_key         TEXT NOT NULL,
+            device           TEXT NOT NULL,
+            host             TEXT,
+            runtime          TEXT NOT NULL,
+            format           TEXT NOT NULL,
+            entry            TEXT NOT NULL,
+            batch_size       INTEGER NOT NULL,
+            config_options   TEXT NOT NULL DEFAULT '{}',
+            artifact_sha256  TEXT,
+            settings         TEXT NOT NULL DEFAULT '{}',
+            default_ms       REAL,
+            best_ms          REAL,
+            ratio            REAL,
+            candidates       TEXT NOT NULL DEFAULT '[]',
+            rule             TEXT NOT NULL DEFAULT '{}',
+            run_id           TEXT REFERENCES runs(run_id),
+            created          TEXT NOT NULL,
+            git_rev          TEXT
+        )""",
+        "CREATE INDEX tuned_settings_key ON tuned_settings (tune_key, id)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -657,6 +698,16 @@ class Store:
             tx.insert("latency_profiles", row)
             return 1
 
+    def _import_tuned(self, tuned: Mapping[str, Any]) -> int:
+        """Add a tuned row of another store unless one with its key and creation time is here: 1 or 0."""
+        row = {k: _dumps(v) if k in _TUNED_JSON_FIELDS else v for k, v in tuned.items() if k != "id"}
+        with self._write() as tx:
+            if tx.one("SELECT id FROM tuned_settings WHERE tune_key = ? AND created = ?",
+                      (row["tune_key"], row["created"])) is not None:
+                return 0
+            tx.insert("tuned_settings", row)
+            return 1
+
     def done_keys(self, run_id: str) -> set[str]:
         """Job keys of the run with an ok record: what ``--resume`` skips (error records are retried)."""
         rows = self._query("SELECT job_key FROM records WHERE run_id = ? AND status = 'ok'", (run_id,))
@@ -678,6 +729,35 @@ class Store:
         if run_id is None:
             return int(self._query("SELECT COUNT(*) AS n FROM records")[0]["n"])
         return int(self._query("SELECT COUNT(*) AS n FROM records WHERE run_id = ?", (run_id,))[0]["n"])
+
+    # ----- tuned runtime settings -------------------------------------------------
+
+    def add_tuned(self, row: Mapping[str, Any]) -> int:
+        """Store one tuned result (every `TUNED_KEY_FIELDS` field, settings, medians, candidates, run_id, ...)."""
+        missing = [f for f in TUNED_KEY_FIELDS if row.get(f) is None]
+        if missing:
+            raise ValueError(f"tuned settings lack identity fields: {', '.join(missing)}")
+        if not isinstance(row.get("settings"), Mapping):
+            raise ValueError(f"tuned settings must be an object, got {row.get('settings')!r}")
+        values = {f: row.get(f) for f in ("device", "host", "runtime", "format", "entry", "artifact_sha256",
+                                          "default_ms", "best_ms", "ratio", "run_id", "git_rev")}
+        values.update(batch_size=int(row["batch_size"]), tune_key=tune_key(row), created=utc_now(),
+                      **{f: _dumps(row.get(f) or ([] if f == "candidates" else {})) for f in _TUNED_JSON_FIELDS})
+        with self._write() as tx:
+            return tx.insert("tuned_settings", values)
+
+    def tuned(self, device: str, runtime: str, fmt: str, entry: str, batch_size: int = 1,
+              config_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The newest tuned row for this device, runtime, format, model entry, batch size and fixed options."""
+        key = tune_key({"device": device, "runtime": runtime, "format": fmt, "entry": entry,
+                        "batch_size": batch_size, "config_options": dict(config_options or {})})
+        rows = self._query("SELECT * FROM tuned_settings WHERE tune_key = ? ORDER BY id DESC LIMIT 1", (key,))
+        return _decode_tuned(rows[0]) if rows else None
+
+    def tuned_settings(self, device: str | None = None) -> list[dict[str, Any]]:
+        """Every tuned row (of one device when given), oldest first."""
+        where, params = _where(device=device)
+        return [_decode_tuned(r) for r in self._query(f"SELECT * FROM tuned_settings{where} ORDER BY id", params)]
 
     # ----- latency profiles -----------------------------------------------------
 
@@ -720,6 +800,20 @@ class Store:
                 raise StoreError(f"no latency profile {profile_id} in {self.path}")
             tx.execute("UPDATE latency_profiles SET points = ?, updated = ? WHERE id = ?",
                          (_dumps([*json.loads(row["points"]), dict(point)]), utc_now(), profile_id))
+
+
+def tune_key(identity: Mapping[str, Any]) -> str:
+    """The canonical text of a tuned row's identity (`TUNED_KEY_FIELDS`), whatever the key order."""
+    key = {f: identity.get(f) for f in TUNED_KEY_FIELDS}
+    key.update(batch_size=int(identity["batch_size"]), config_options=dict(identity.get("config_options") or {}))
+    return _dumps(key)
+
+
+def _decode_tuned(row: Mapping[str, Any]) -> dict[str, Any]:
+    tuned = dict(row)
+    for f in _TUNED_JSON_FIELDS:
+        tuned[f] = json.loads(tuned[f])
+    return tuned
 
 
 def profile_key(identity: Mapping[str, Any]) -> str:
@@ -788,15 +882,17 @@ class PushReport:
     records_copied: int = 0
     records_skipped: int = 0  # already in the target (an ok one, or the same error)
     profiles_copied: int = 0
+    tuned_copied: int = 0  # tuned settings of the pushed `bench tune` runs
 
     def summary(self) -> str:
         return (f"{len(self.runs_copied)} new run(s), {len(self.runs_updated)} updated, "
                 f"{self.records_copied} record(s) copied, {self.records_skipped} already there, "
-                f"{self.profiles_copied} latency profile(s) copied")
+                f"{self.profiles_copied} latency profile(s) copied, {self.tuned_copied} tuned setting(s) copied")
 
 
 def push(source: Store, target: Store, run_ids: Sequence[str] | None = None) -> PushReport:
-    """Copy runs (all, or `run_ids`) with their records and latency profiles from `source` into `target`.
+    """Copy runs (all, or `run_ids`) with their records, latency profiles and tuned settings from `source` into
+    `target`.
 
     Idempotent: runs are matched by run_id, records by (run_id, job_key), and
     what the target has is kept, except that an ok record replaces an error one
@@ -833,4 +929,7 @@ def push(source: Store, target: Store, run_ids: Sequence[str] | None = None) -> 
             points = [{**p, "record_id": there.get(ids.get(p["record_id"]))} if "record_id" in p else p
                       for p in profile["points"]]
             report.profiles_copied += target._import_profile({**profile, "points": points})
+    for tuned in source.tuned_settings():
+        if tuned["run_id"] in pushed:
+            report.tuned_copied += target._import_tuned(tuned)
     return report

@@ -64,9 +64,9 @@ def member(path: pathlib.Path, fmt: str, member_id: str = "m0", shape=(1, 16)) -
 
 def make_job(path: pathlib.Path | None, fmt: str, runtime: str, workdir: pathlib.Path, members=None,
              **overrides) -> dict:
-    """A protocol-2 job; by default one member (id "m0") timing `path`, in 2 rounds of 10 iterations."""
+    """A protocol-3 job; by default one member (id "m0") timing `path`, in 2 rounds of 10 iterations."""
     job = {
-        "protocol": 2,
+        "protocol": 3,
         "job_id": "test-job",
         "runtime": runtime,
         "options": {"threads": 1},
@@ -114,7 +114,7 @@ def assert_ok(result: dict) -> None:
 GROUP_KEYS = {"protocol", "agent_version", "job_id", "status", "runtime", "settings", "env", "rounds", "seed", "isolated",
               "round_orders", "cooldown", "warnings", "error", "timings_s", "started_utc", "finished_utc", "members"}
 MEMBER_KEYS = {"id", "status", "format", "artifact_sha256", "backend", "providers", "provider_fallback", "timer",
-               "samples_ns", "sample_rounds", "stats", "warmup", "measure", "cold", "warnings", "error"}
+               "samples_ns", "sample_rounds", "stats", "warmup", "measure", "cold", "options", "warnings", "error"}
 COLD_KEYS = {"load_s", "build_s", "first_inference_ns", "peak_rss_bytes", "base_rss_bytes", "gpu_peak_bytes"}
 
 
@@ -158,8 +158,8 @@ def test_onnxruntime_cpu_result_document(models, tmp_path):
     result = run_agent(job)
     assert_ok(result)
     assert set(result) == GROUP_KEYS
-    assert result["job_id"] == "test-job" and result["protocol"] == 2 == agent.PROTOCOL
-    assert result["agent_version"] == agent.AGENT_VERSION == "2.0.0"
+    assert result["job_id"] == "test-job" and result["protocol"] == 3 == agent.PROTOCOL
+    assert result["agent_version"] == agent.AGENT_VERSION == "3.0.0"
     assert result["runtime"] == "onnxruntime" and result["error"] is None
     assert result["rounds"] == 4 and result["seed"] == 7
     assert result["round_orders"] == agent.round_orders(["a", "b"], 7, 4)
@@ -230,7 +230,7 @@ def test_cold_child_reports_load_first_inference_and_peak_rss(models, tmp_path):
     job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path)
     doc = run_agent(job, args=["--cold"])
     assert doc["status"] == "ok" and doc["error"] is None and doc["id"] == "m0"
-    assert doc["protocol"] == 2 and doc["agent_version"] == agent.AGENT_VERSION
+    assert doc["protocol"] == 3 and doc["agent_version"] == agent.AGENT_VERSION
     check_cold(doc["cold"])
     assert doc["cold"]["gpu_peak_bytes"] is None
     assert not (tmp_path / "agent.lock").exists()  # the child runs under its parent's lock, takes none
@@ -345,7 +345,7 @@ def test_one_bad_member_is_an_error_member_the_other_is_timed(models, tmp_path):
 
 
 def test_missing_artifact_is_a_verify_error(tmp_path):
-    job = {"protocol": 2, "job_id": 7, "runtime": "onnxruntime", "workdir": str(tmp_path),
+    job = {"protocol": 3, "job_id": 7, "runtime": "onnxruntime", "workdir": str(tmp_path),
            "members": [{"id": "x", "input": {"shape": [1, 4]},
                         "artifact": {"path": str(tmp_path / "absent.onnx"), "sha256": "a" * 64, "format": "onnx"}}]}
     result = run_agent(job)
@@ -355,19 +355,20 @@ def test_missing_artifact_is_a_verify_error(tmp_path):
 
 
 def test_protocol_1_job_is_refused(models, tmp_path):
-    """A protocol-1 job (one artifact at the top) is never half-understood: parse error naming protocol 2."""
+    """A protocol-1 job (one artifact at the top) is never half-understood: parse error naming protocols 3 and 2."""
     job = {"protocol": 1, "job_id": "old", "artifact": {"path": str(models["onnx"]), "sha256": sha256(models["onnx"]),
                                                          "format": "onnx"},
            "runtime": "onnxruntime", "input": {"shape": [1, 16]}, "workdir": str(tmp_path)}
     result = run_agent(job)
     assert result["status"] == "error" and result["error"]["stage"] == "parse"
     message = result["error"]["message"]
-    assert "protocol 2" in message and "job.protocol" in message and "1" in message
-    assert result["members"] == [] and result["protocol"] == 2
+    assert "speaks protocol 3 (and 2, without per-member options) only" in message
+    assert "job.protocol is 1" in message and "\n" not in message
+    assert result["members"] == [] and result["protocol"] == 3
     assert not (tmp_path / "agent.lock").exists()  # refused before taking the device
-    for protocol in (None, 3, "2", True):
+    for protocol in (None, 4, "3", True):
         result = run_agent(dict(job, protocol=protocol))
-        assert result["error"]["stage"] == "parse" and "speaks protocol 2" in result["error"]["message"]
+        assert result["error"]["stage"] == "parse" and "speaks protocol 3" in result["error"]["message"]
 
 
 def _malformed(job: dict, edit) -> str:
@@ -405,6 +406,16 @@ MALFORMED = [
     (lambda j: j.update(timeout_s=0), "job.timeout_s"),
     (lambda j: j["options"].update(threads=0), "job.options.threads"),
     (lambda j: j["options"].update(providers=[3]), "job.options.providers"),
+    (lambda j: j["options"].update(allow_spinning="no"), "job.options.allow_spinning must be boolean"),
+    (lambda j: j["options"].update(allow_spinning=1), "job.options.allow_spinning must be boolean"),
+    (lambda j: j["options"].update(execution_mode="async"), "job.options.execution_mode must be sequential|parallel"),
+    (lambda j: j["options"].update(inter_op_threads=0), "job.options.inter_op_threads must be >= 1"),
+    (lambda j: j["options"].update(inter_op_threads=True), "job.options.inter_op_threads must be integer"),
+    (lambda j: _m0(j).update(options=[1]), "job.members[0].options must be object"),
+    (lambda j: _m0(j).update(options={"threads": 0}), "job.members[0].options.threads must be >= 1"),
+    (lambda j: _m0(j).update(options={"execution_mode": 2}), "job.members[0].options.execution_mode must be string"),
+    (lambda j: (j.update(protocol=2), _m0(j).update(options={"threads": 2})),
+     "job.members[0].options needs protocol 3, the job says protocol 2"),
     (lambda j: j.pop("workdir"), "job.workdir"),
 ]
 
@@ -418,6 +429,7 @@ def test_malformed_job_names_the_field(tmp_path, edit, field):
     assert result["status"] == "error"
     assert result["error"]["stage"] == "parse"
     assert field in result["error"]["message"], result["error"]["message"]
+    assert "\n" not in result["error"]["message"]
     # A group failure: every member the job names is described as an error member.
     for m in result["members"]:
         assert set(m) == MEMBER_KEYS and m["status"] == "error" and m["error"] == result["error"]
@@ -516,6 +528,59 @@ def test_sigterm_still_yields_a_result(models, tmp_path):
     assert all(m["error"]["message"] == result["error"]["message"] for m in result["members"])
 
 
+def test_new_onnxruntime_options_reach_the_session_and_protocol_2_still_runs(models, tmp_path):
+    """allow_spinning, execution_mode and inter_op_threads are used (the backend reports them); inter_op_threads
+    without the parallel mode is a warning; a protocol-2 job (no member options) still runs."""
+    options = {"threads": 1, "allow_spinning": False, "execution_mode": "parallel", "inter_op_threads": 2}
+    result = run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, options=options))
+    assert_ok(result)
+    backend = only(result)["backend"]
+    assert (backend["allow_spinning"], backend["execution_mode"], backend["inter_op_threads"]) == (False, "parallel", 2)
+    assert only(result)["options"]["execution_mode"] == "parallel" and "unknown" not in only(result)["options"]
+    old = run_agent(make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, protocol=2,
+                             options={"threads": 1, "inter_op_threads": 2}))
+    assert_ok(old)
+    assert only(old)["backend"]["execution_mode"] == "sequential" and only(old)["backend"]["allow_spinning"] is None
+    assert any("inter_op_threads=2 has no effect with execution_mode sequential" in w for w in old["warnings"])
+
+
+@pytest.mark.parametrize("fmt, runtime", [("onnx", "onnxruntime"), ("torchscript", "torch")])
+def test_each_member_runs_with_its_own_options(models, tmp_path, fmt, runtime):
+    """Members' own options override the group's: one member at 1 thread, one at 2, in the same rounds."""
+    job = make_job(None, fmt, runtime, tmp_path, options={"threads": 1}, cold_start=False,
+                   members=[member(models[fmt], fmt, "one"), dict(member(models[fmt], fmt, "two"),
+                                                                  options={"threads": 2})])
+    result = run_agent(job)
+    assert_ok(result)
+    got = by_id(result)
+    assert got["one"]["options"]["threads"] == 1 and got["two"]["options"]["threads"] == 2
+    assert got["one"]["backend"]["threads"] == 1 and got["two"]["backend"]["threads"] == 2
+    assert [m["options"]["threads"] for m in result["settings"]["members"]] == [1, 2]
+    assert result["settings"]["options"]["threads"] == 1  # the group's own stays as given
+
+
+def test_torch_thread_count_is_set_before_each_members_block(models, tmp_path):
+    """torch has one thread count per process: each member's is set again when its block starts (in-process)."""
+    import torch
+
+    def loaded(threads: int):
+        job = agent.parse_job(json.dumps(make_job(models["torchscript"], "torchscript", "torch", tmp_path,
+                                                  options={"threads": threads})))
+        backend = agent.TorchBackend(agent.member_job(job, job["members"][0]), [])
+        backend.load(None)
+        return backend
+
+    before = torch.get_num_threads()
+    try:
+        one, two = loaded(1), loaded(2)
+        for backend, n in [(one, 1), (two, 2), (one, 1)]:
+            with backend.running():
+                assert torch.get_num_threads() == n
+                backend.run_once()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_unknown_option_is_a_warning(models, tmp_path):
     job = make_job(models["onnx"], "onnx", "onnxruntime", tmp_path, options={"thread": 2})
     result = run_agent(job)
@@ -527,7 +592,7 @@ def test_probe_and_version():
     proc = subprocess.run([sys.executable, str(AGENT), "--probe"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["status"] == "ok" and doc["busy"] is False and doc["protocol"] == 2
+    assert doc["status"] == "ok" and doc["busy"] is False and doc["protocol"] == 3
     assert doc["runtimes"]["onnxruntime"]["importable"] is True
     assert "CPUExecutionProvider" in doc["runtimes"]["onnxruntime"]["providers"]
     assert doc["runtimes"]["tensorrt"]["importable"] in (True, False)

@@ -468,8 +468,8 @@ class Scripted(agent.Backend):
         return self.ns * (2 if runs[0] > 200 else 1)
 agent.BACKENDS["onnxruntime"] = Scripted
 # the cold child, in-process: exercises run_cold and resource on this Python
-agent.measure_cold = lambda job, member, deadline: (agent.run_cold(json.dumps(dict(
-    job, options=job["options_raw"], members=[member])))["cold"], None)
+agent.measure_cold = lambda job, member, deadline: (agent.run_cold(json.dumps(
+    agent.cold_child_job(job, member, 60.0)))["cold"], None)
 job = json.loads(sys.stdin.read())
 result = agent.run_job(json.dumps(job))
 print(json.dumps(result))

@@ -441,7 +441,7 @@ def test_migration_from_schema_2_backfills_columns_and_kinds(tmp_path):
     _schema2_store(path, runs, records)
 
     with Store(path) as s:
-        assert s.schema_version() == store_module.SCHEMA_VERSION == 4
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 5
         got = {r["job_key"]: r for r in s.records()}
         a, b, c = got[full["job_key"]], got[labelled["job_key"]], got[bare["job_key"]]
         assert {f: a[f] for f in REPORT_FIELDS} == {"entry": "deit_tiny", "base_entry": None, "label": "DeiT-T",
@@ -461,7 +461,7 @@ def test_migration_from_schema_2_backfills_columns_and_kinds(tmp_path):
                                  GIT_REV))
         assert s.records(run_id)[0]["base_entry"] == "b"
     with Store(path) as s:  # reopening migrates nothing twice
-        assert s.schema_version() == 4 and len(s.records()) == 4
+        assert s.schema_version() == 5 and len(s.records()) == 4
 
 
 def test_migration_from_schema_3_adds_round_columns_and_old_records_still_tabulate(tmp_path):
@@ -474,7 +474,7 @@ def test_migration_from_schema_3_adds_round_columns_and_old_records_still_tabula
                          ok_result([s // 2 for s in samples_for(1, 200)], sha=SHA_B), GIT_REV)
     _old_store(path, 3, [(run_id, {"models": ["orig", "pruned"], "devices": ["pi"]})], [orig, pruned], ROUND_FIELDS)
     with Store(path) as s:
-        assert s.schema_version() == store_module.SCHEMA_VERSION == 4
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 5
         columns = {r[1] for r in s._query("PRAGMA table_info(records)")}
         assert set(ROUND_FIELDS) <= columns
         got = s.records(run_id)
@@ -494,6 +494,68 @@ def test_migration_from_schema_3_adds_round_columns_and_old_records_still_tabula
         (back,) = s.records(new_run)
         assert back["sample_rounds"] == result["sample_rounds"] and back["rounds"] == 4
         assert "sample_rounds" not in s.records(new_run, with_samples=False)[0]
+
+
+def tuned_row(run_id: str, **overrides) -> dict:
+    """A `Store.add_tuned` row: tiny on pi, onnxruntime .onnx bs1 with threads fixed to 4 in bench.toml."""
+    row = {"device": "pi", "host": "pi4", "runtime": "onnxruntime", "format": "onnx", "entry": "tiny",
+           "batch_size": 1, "config_options": {"threads": 4}, "artifact_sha256": SHA_A,
+           "settings": {"graph_optimization": "basic"}, "default_ms": 2.0, "best_ms": 1.5, "ratio": 0.75,
+           "candidates": [{"stage": 0, "settings": {}, "median_ms": 2.0}], "rule": {"min_gain": 0.02},
+           "run_id": run_id, "git_rev": GIT_REV}
+    row.update(overrides)
+    return row
+
+
+def test_tuned_settings_newest_first_by_exact_identity(store):
+    run_id = store.new_run({"command": "tune"}, GIT_REV, kind="tune")
+    assert store.get_run(run_id)["kind"] == "tune" and store.tuned("pi", "onnxruntime", "onnx", "tiny") is None
+    first = store.add_tuned(tuned_row(run_id))
+    newer = store.add_tuned(tuned_row(run_id, settings={"threads": 2}, config_options={}))
+    got = store.tuned("pi", "onnxruntime", "onnx", "tiny", 1, {"threads": 4})
+    assert got["id"] == first and got["settings"] == {"graph_optimization": "basic"} and got["host"] == "pi4"
+    assert got["candidates"] == [{"stage": 0, "settings": {}, "median_ms": 2.0}] and got["ratio"] == 0.75
+    assert store.tuned("pi", "onnxruntime", "onnx", "tiny", 1)["id"] == newer  # other fixed options, other row
+    again = store.add_tuned(tuned_row(run_id, settings={}))
+    assert store.tuned("pi", "onnxruntime", "onnx", "tiny", 1, {"threads": 4})["id"] == again  # the newest wins
+    assert store.tuned("pi", "onnxruntime", "onnx", "tiny", 8, {"threads": 4}) is None  # batch size is part of it
+    assert store.tuned("pi", "torch", "onnx", "tiny", 1, {"threads": 4}) is None
+    assert [r["id"] for r in store.tuned_settings("pi")] == [first, newer, again] and store.tuned_settings("x") == []
+    with pytest.raises(ValueError, match="lack identity fields: entry"):
+        store.add_tuned(tuned_row(run_id, entry=None))
+    with pytest.raises(ValueError, match="must be an object"):
+        store.add_tuned(tuned_row(run_id, settings=["threads", 2]))
+
+
+def test_push_copies_the_tuned_settings_of_pushed_runs_once(store, tmp_path):
+    with Store(tmp_path / "laptop.sqlite") as laptop:
+        tuned_run = laptop.new_run({"command": "tune"}, GIT_REV, kind="tune")
+        other_run = laptop.new_run({"command": "tune"}, GIT_REV, kind="tune")
+        laptop.add_tuned(tuned_row(tuned_run))
+        laptop.add_tuned(tuned_row(other_run, entry="other"))
+        first = store_module.push(laptop, store, [tuned_run])
+        again = store_module.push(laptop, store, [tuned_run])
+        assert (first.tuned_copied, again.tuned_copied) == (1, 0) and "1 tuned setting(s) copied" in first.summary()
+        (copied,) = store.tuned_settings()
+        (original,) = [r for r in laptop.tuned_settings() if r["run_id"] == tuned_run]
+        assert {k: v for k, v in copied.items() if k != "id"} == {k: v for k, v in original.items() if k != "id"}
+
+
+def test_migration_from_schema_4_adds_tuned_settings_and_keeps_old_data(tmp_path):
+    path, run_id = tmp_path / "v4.sqlite", "20260101-000000-aaaa"
+    old = make_record(run_id, {**make_job(variant="original"), "entry": "orig"},
+                      {**ok_result(samples_for(0, 20)), "sample_rounds": [k % 4 for k in range(20)], "rounds": 4,
+                       "group_key": "g"}, GIT_REV)
+    _old_store(path, 4, [(run_id, {"selection": {}})], [old], ())
+    with Store(path) as s:
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 5
+        (back,) = s.records(run_id)
+        assert without_row_ids([back]) == [old] and s.get_run(run_id)["kind"] == "sweep"
+        tune_run = s.new_run({"command": "tune"}, GIT_REV, kind="tune")
+        row_id = s.add_tuned(tuned_row(tune_run))
+        assert s.tuned("pi", "onnxruntime", "onnx", "tiny", 1, {"threads": 4})["id"] == row_id
+    with Store(path) as s:
+        assert s.schema_version() == 5 and len(s.tuned_settings()) == 1 and len(s.records()) == 1
 
 
 def test_records_of_protocol_2_members(store_location):

@@ -121,6 +121,24 @@ def test_migration_from_schema_2_in_postgresql(pg_url):
                                                               other: "other"}
 
 
+def test_migration_from_schema_4_in_postgresql(pg_url):
+    from test_results_store import tuned_row
+
+    run_id = "20260101-000000-aaaa"
+    old = make_record(run_id, {**make_job(variant="original"), "entry": "orig"},
+                      {**ok_result(samples_for(0, 20)), "sample_rounds": [k % 4 for k in range(20)], "rounds": 4,
+                       "group_key": "g"}, GIT_REV)
+    _old_pg_store(pg_url, 4, [(run_id, {"selection": {}})], [old], ())
+    with Store(pg_url) as s:
+        assert s.schema_version() == store_module.SCHEMA_VERSION == 5
+        (back,) = s.records(run_id)
+        assert {k: v for k, v in back.items() if k not in ("id", "inserted")} == old
+        tune_run = s.new_run({"command": "tune"}, GIT_REV, kind="tune")
+        row_id = s.add_tuned(tuned_row(tune_run))
+        got = s.tuned("pi", "onnxruntime", "onnx", "tiny", 1, {"threads": 4})
+        assert got["id"] == row_id and got["default_ms"] == 2.0 and got["settings"] == {"graph_optimization": "basic"}
+
+
 def _drop_store_connections(url: str) -> int:
     """Terminate the store's server sessions on that database, as a server restart would: how many."""
     import psycopg
@@ -162,7 +180,8 @@ def test_concurrent_first_openers_migrate_once(pg_url):
     with Store(pg_url) as s:
         assert len(run_ids) == 4 and {r["run_id"] for r in s.runs()} == run_ids
         assert s.count() == 4
-        assert [r["v"] for r in s._query("SELECT version AS v FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
+        assert [r["v"] for r in s._query("SELECT version AS v FROM schema_version ORDER BY version")] == list(
+            range(1, store_module.SCHEMA_VERSION + 1))
 
 
 _MARKER = """
