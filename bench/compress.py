@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import formats
+
 from . import exit_codes, vocab
 from .options import (HelpFormatter, add_quiet, bar_disable, non_negative_int, note, number, output_dir,
                       positive_int, positive_number)
@@ -54,7 +56,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     src.add_argument("--hold", metavar="KINDS", type=_kinds, default=(),
                      help="comma-separated group kinds (qk, v, ffn, embed) whose ratios --target-gmacs/-latency "
                           "keep as given while they scale the others, e.g. --hold qk,v")
-    src.add_argument("--round-to", type=positive_int, metavar="N", help="round every kept width to a multiple of N (GEMM-friendly)")
+    src.add_argument("--round-to", type=positive_int, metavar="N", help="round every kept width to a multiple of N (GEMM-friendly); with --target-latency "
+                          "the default is the multiple the device's runtime likes ("
+                          + ", ".join(f"{r.name} {r.round_to}" for r in formats.RUNTIMES.values() if r.round_to)
+                          + ": docs/efficiency.md), 1 turns rounding off")
     crit = p.add_argument_group("criterion")
     crit.add_argument("--criterion", default="snp", choices=vocab.CRITERIA, help="importance criterion")
     crit.add_argument("--head-criterion", default="proj_l1", choices=vocab.HEAD_CRITERIA,
@@ -205,7 +210,7 @@ def _print_latency_summary(req: CompressRequest, result: CompressResult) -> None
     found = result.latency
     assert found is not None
     attempts, last, target = found.attempts, found.attempts[-1], found.target_ms
-    rounding = f", round-to {req.round_to}" if req.round_to else ""
+    rounding = f", round-to {found.plan.round_to}" if found.plan.round_to else ""
     print(f"{req.model} [{req.criterion}, target {target:.4g} ms on {found.where}{rounding}]:")
     for c in last.candidates:
         qk = "" if c["qk_loss"] is None else f" (qk {c['qk_loss']:.3f})"

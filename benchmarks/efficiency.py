@@ -18,6 +18,9 @@ Printed per cell: median ms per inference of original and pruned; efficiency =
 median over rounds of the per-round ratio, with a 95 % bootstrap interval of that
 median (rounds resampled); and pruned ms / hand-written ms and pruned ms /
 uniform-peer ms the same way (<= 1.00 means the pruned model is at least as fast).
+``--profile`` then prints, per runtime given, the ms per operator kind of every
+model (onnxruntime's profiler, or torch.profiler's self CPU time): which work
+pruning does not shrink.
 Every exported graph is checked against eager PyTorch (max abs diff <= 1e-4)
 before it is timed, and the hand-written model against the pruned one. Random
 weights: latency does not depend on them. EfficientFormer has no hand-written or
@@ -27,6 +30,7 @@ Torch-Pruning has no uniform recipe for its attention biases.
 
     .venv/bin/python benchmarks/efficiency.py [--configs deit_tiny,deit_small_1.3g] [--threads 1,2]
         [--runtimes onnxruntime,torchscript] [--round-to 16] [--rounds 9] [--round-ms 60]
+        [--profile onnxruntime,torchscript]
 
 About 25 minutes for everything on 2 cores with warm artifact caches. Timings on
 a shared machine are noisy: read the ratios (measured in the same rounds), not
@@ -41,6 +45,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,7 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import exporters  # noqa: E402
 import snp_core  # noqa: E402
 from benchmarks.reference_models import HandWrittenViT, uniform_peer  # noqa: E402
-from exporters.fused_attention import fuse_attention  # noqa: E402
+from benchmarks.attention_paths import profile_ms  # noqa: E402
+from exporters.fused_attention import find_sites, fuse_attention  # noqa: E402
 from exporters.parity import eager_outputs, max_abs_diff  # noqa: E402
 from snp_core import ratios as ratio_sources  # noqa: E402
 
@@ -157,12 +163,64 @@ def runners_for(runtime: str, models: dict[str, torch.nn.Module], timm_name: str
     return out
 
 
+#: Operator kinds of a torch profile (aten op -> kind); the rest is "other".
+TORCH_KINDS = {"aten::addmm": "linear (Gemm/MatMul)", "aten::mm": "linear (Gemm/MatMul)",
+               "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::bmm": "attention",
+               "aten::_softmax": "attention", "aten::_safe_softmax": "attention", "aten::constant_pad_nd": "attention",
+               "aten::_scaled_dot_product_attention_math": "attention", "aten::gelu": "GELU (Div, Erf)",
+               "aten::native_layer_norm": "LayerNorm", "aten::add": "Add/Mul (GELU's, residual, bias)",
+               "aten::mul": "Add/Mul (GELU's, residual, bias)", "aten::mkldnn_convolution": "patch embed (Conv)",
+               "aten::copy_": "copies", "aten::clone": "copies", "aten::cat": "copies"}
+
+
+def torch_profile_ms(runners: dict[str, Callable[[], object]], runs: int) -> dict[str, Counter]:
+    """Self CPU ms per run and operator kind of each torch runner (run alternately, one profiler each)."""
+    out = {}
+    for name, fn in runners.items():
+        fn()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                fn()
+        ms = Counter()
+        for e in prof.key_averages():
+            ms[TORCH_KINDS.get(e.key, "other")] += e.self_cpu_time_total / 1e3 / runs
+        out[name] = ms
+    return out
+
+
+def print_profile(label: str, runtime: str, ms: dict[str, Counter]) -> None:
+    """Per operator kind, the ms of every model and the pruned model's speedup on it: where time is not saved."""
+    names = list(ms)
+    total = {k: sum(v.values()) for k, v in ms.items()}
+    print(f"\n{label}, {runtime}, 1 thread, profiled ms per inference by operator kind "
+          f"(speedup of the total {total['original'] / total['pruned']:.2f}×):\n")
+    print("| kind | " + " | ".join(names) + " | original / pruned |")
+    print("|---|" + "---|" * (len(names) + 1))
+    kinds = sorted({k for v in ms.values() for k in v}, key=lambda k: -ms["original"][k])
+    for kind in kinds + ["total"]:
+        row = [total[n] if kind == "total" else ms[n][kind] for n in names]
+        speed = row[0] / row[1] if row[1] else float("inf")
+        print(f"| {kind} | " + " | ".join(f"{v:.2f}" for v in row) + f" | {speed:.2f}× |")
+
+
+def profile(label: str, runtime: str, models: dict, timm_name: str, x: np.ndarray, cache: Path) -> None:
+    if runtime.startswith("onnxruntime"):
+        graphs = {}
+        for kind, model in models.items():
+            proto = onnx.load(str(exporters.export(model, "onnx", cache, input_shape=x.shape, source=timm_name).path))
+            graphs[kind] = fuse_attention(proto, "onnx_attention")[0] if runtime != "onnxruntime" else proto
+        nodes = {n for proto in graphs.values() for site in find_sites(proto) for n in site.nodes}
+        print_profile(label, runtime, profile_ms(graphs, nodes, x, runs=15))
+    else:
+        print_profile(label, runtime, torch_profile_ms(runners_for(runtime, models, timm_name, x, 1, cache), runs=10))
+
+
 def fmt(ci: tuple[float, float, float]) -> str:
     return f"{ci[0]:.2f} [{ci[1]:.2f}, {ci[2]:.2f}]"
 
 
 def run_config(config: str, runtimes: list[str], threads: list[int], rounds: int, round_s: float, cache: Path,
-               round_to: int | None) -> None:
+               round_to: int | None, profiles: list[str]) -> None:
     timm_name, models, macs_ratio = build(config, round_to)
     label = config + (f" (round-to {round_to})" if round_to else "")
     x = np.random.default_rng(0).standard_normal((1, *snp_core.models.input_size(models["original"])),
@@ -178,6 +236,8 @@ def run_config(config: str, runtimes: list[str], threads: list[int], rounds: int
             print(f"| {label} | {macs_ratio:.2f}× | {runtime} | {t} | {med['original']:.1f} | {med['pruned']:.1f} | "
                   f"{med['original'] / med['pruned']:.2f}× | {fmt(eff)} | {verdict} | {cells[0]} | {cells[1]} |",
                   flush=True)
+    for runtime in profiles:
+        profile(label, runtime, models, timm_name, x, cache)
 
 
 def main() -> int:
@@ -189,9 +249,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--round-ms", type=float, default=60.0, help="milliseconds of calls per model per round")
     p.add_argument("--cache", type=Path, default=Path("runs/artifacts"))
+    p.add_argument("--profile", default="", help="comma-separated runtimes to profile per operator kind after the "
+                                                 "timings (1 thread): where the pruned model does not save time")
     args = p.parse_args()
-    runtimes = args.runtimes.split(",")
-    for bad in set(runtimes) - set(RUNTIMES) or set(args.configs.split(",")) - set(CONFIGS):
+    runtimes, profiles = args.runtimes.split(","), [r for r in args.profile.split(",") if r]
+    for bad in set(runtimes + profiles) - set(RUNTIMES) or set(args.configs.split(",")) - set(CONFIGS):
         raise SystemExit(f"error: unknown runtime or config {bad!r}; known: {', '.join(RUNTIMES + CONFIGS)}")
     warnings.simplefilter("ignore")
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
@@ -201,7 +263,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for config in args.configs.split(","):
         run_config(config, runtimes, [int(t) for t in args.threads.split(",")], args.rounds, args.round_ms / 1e3,
-                   args.cache, args.round_to)
+                   args.cache, args.round_to, profiles)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
     return 0
 

@@ -43,6 +43,10 @@ class Runtime:
     #: The options ``bench tune`` searches on a device (harness/tune.py), in search order: settings that change
     #: the speed without changing the result. Precision or the device are choices of the user, never tuned.
     tunable: tuple[str, ...] = ()
+    #: The multiple its kernels like kept widths rounded to (``round_to``): the default of a latency-budget search
+    #: on a device with this runtime (``bench compress --target-latency``). Measured by benchmarks/round_to.py
+    #: (docs/efficiency.md); TensorRT's is NVIDIA's guidance (multiples of 8 for FP16 GEMMs), not measured here.
+    round_to: int | None = None
 
 
 #: Formats in the order tables show them.
@@ -58,9 +62,10 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("onnxruntime", "onnxruntime", ("onnx",),
             ("threads", "providers", "execution_provider", "graph_optimization", "allow_spinning", "execution_mode",
              "inter_op_threads"),
-            ("threads", "graph_optimization", "execution_mode", "allow_spinning")),
-    Runtime("torch", "PyTorch", ("torchscript", "pt2"), ("threads", "interop_threads", "device"), ("threads",)),
-    Runtime("tensorrt", "TensorRT", ("trt",), ("precision", "device", "workspace_mb")),
+            ("threads", "graph_optimization", "execution_mode", "allow_spinning"), round_to=16),
+    Runtime("torch", "PyTorch", ("torchscript", "pt2"), ("threads", "interop_threads", "device"), ("threads",),
+            round_to=16),
+    Runtime("tensorrt", "TensorRT", ("trt",), ("precision", "device", "workspace_mb"), round_to=8),
 )}
 
 #: The sweep's formats when neither the command line nor bench.toml chooses.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import formats
 import snp_core
 from results.store import location
 from snp_core import ratios as ratio_sources
@@ -138,6 +139,14 @@ def resolve_latency(target: LatencyTarget) -> target_latency.Request:
                                   location(target.store, cfg.store), cfg.artifacts, target.trust_new_hosts)
 
 
+def search_round_to(req: CompressRequest, latency: target_latency.Request) -> int | None:
+    """The rounding of a latency-budget search: ``--round-to`` if given (1: none), else the multiple the device's
+    runtime likes (`formats.Runtime.round_to`, measured: docs/efficiency.md). It is recorded in the plan."""
+    if req.round_to is not None:
+        return None if req.round_to == 1 else req.round_to
+    return formats.RUNTIMES[latency.runtime].round_to
+
+
 def _check(req: CompressRequest) -> None:
     if req.round_to is not None and req.round_to < 1:
         raise RatioError(f"--round-to {req.round_to} must be a positive integer")
@@ -167,8 +176,8 @@ def compress(req: CompressRequest, progress: CompressProgress | None = None) -> 
     out = req.out or req.default_out(latency)
     if latency is not None:
         subject = target_latency.Subject(model, req.model, req.model_kwargs, criterion, images, calib_info,
-                                         target_latency.Pattern(origin, base, tuple(fixed)), req.round_to,
-                                         req.head_criterion, req.batch_size)
+                                         target_latency.Pattern(origin, base, tuple(fixed)),
+                                         search_round_to(req, latency), req.head_criterion, req.batch_size)
         result = target_latency.run(latency, subject, out, req.latency.reprofile, progress, progress.calibrating)
         return CompressResult(result.plan, out, origin, calib_info, time.perf_counter() - started, result)
     plan = snp_core.make_plan(model, req.model, ratios, criterion, images, calib_info, round_to=req.round_to,

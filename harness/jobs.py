@@ -35,6 +35,18 @@ PROTOCOL = 3
 ORIGINS = ("config", "tuned", "default")
 
 
+def artifact_target(fmt: str, options: dict) -> str:
+    """The device type an artifact of `fmt` timed with runtime `options` runs on: "cuda" or "cpu".
+
+    "cuda" for a torch job whose ``device`` option is a CUDA device: a .pt/.pt2 bakes in the
+    attention kernel of its target (`exporters.pipeline.attention_kernel`). An ONNX graph is
+    the same for every provider, so ONNX formats always say "cpu" and share one artifact.
+    """
+    if formats.FORMATS[fmt].agent_format == "onnx":
+        return "cpu"
+    return "cuda" if str(options.get("device", "cpu")).startswith("cuda") else "cpu"
+
+
 class JobModel(Protocol):
     """What a job needs of its model: a bench.toml entry (`harness.config.ModelSpec`), or a model timed
     without one (the latency profiles and verifications of `harness.target_latency`)."""
@@ -82,9 +94,14 @@ class Job:
                 for k in dict.fromkeys(keys)}
 
     @property
-    def artifact_key(self) -> tuple[str, str, int]:
-        """Which exported artifact the job times: (model entry, format, batch size)."""
-        return self.model.name, self.fmt, self.batch
+    def target(self) -> str:
+        """The device type the job's artifact runs on (`artifact_target`)."""
+        return artifact_target(self.fmt, self.options)
+
+    @property
+    def artifact_key(self) -> tuple[str, str, int, str]:
+        """Which exported artifact the job times: (model entry, format, batch size, target)."""
+        return self.model.name, self.fmt, self.batch, self.target
 
     @property
     def key(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from torch import nn
 
@@ -24,8 +24,17 @@ from .config import ModelSpec
 
 log = logging.getLogger(__name__)
 
-#: (model entry, format, batch size): how the runner finds a job's artifact.
-ArtifactKey = tuple[str, str, int]
+#: (model entry, format, batch size, target): how the runner finds a job's artifact (`harness.jobs.Job.artifact_key`).
+ArtifactKey = tuple[str, str, int, str]
+
+
+class HasArtifact(Protocol):
+    """What `artifact_targets` reads of a job (`harness.jobs.Job`)."""
+
+    @property
+    def fmt(self) -> str: ...
+    @property
+    def target(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,29 +66,42 @@ def build_model(spec: ModelSpec, base: ModelSpec | None) -> tuple[nn.Module, Pla
     return snp_core.prune(original, plan), plan
 
 
+def artifact_targets(jobs: Iterable[HasArtifact]) -> dict[str, list[str]]:
+    """Per format, the targets the `jobs` need artifacts for (`harness.jobs.Job.target`)."""
+    out: dict[str, set[str]] = {}
+    for job in jobs:
+        out.setdefault(job.fmt, set()).add(job.target)
+    return {fmt: sorted(t) for fmt, t in out.items()}
+
+
 def export_all(specs: list[ModelSpec], fmts: list[str], batches: list[int], cache_dir: Path,
                models: dict[str, ModelSpec], progress: Callable[[str], None] | None = None,
+               targets: Mapping[str, Sequence[str]] | None = None,
                ) -> dict[ArtifactKey, exporters.Artifact | ExportFailure]:
-    """Every (model entry, format, batch size) artifact the sweep needs, or why it could not be made.
+    """Every (model entry, format, batch size, target) artifact the sweep needs, or why it could not be made.
 
-    `progress` is told the name of each artifact as it is made.
+    `targets` gives, per format, the device types its artifacts run on ("cpu", "cuda";
+    default: "cpu" only): a .pt traced for CUDA holds another attention kernel than one
+    for a CPU (`exporters.pipeline.attention_kernel`). `progress` is told the name of
+    each artifact as it is made.
     """
     artifacts: dict[ArtifactKey, exporters.Artifact | ExportFailure] = {}
     for spec in specs:
         model, plan = build_model(spec, models.get(spec.base) if spec.base else None)
         size = snp_core.models.input_size(model)
         for fmt in fmts:
-            for batch in batches:
-                shape = (batch, *size)
-                if progress:
-                    progress(f"{spec.name} {fmt} bs{batch}")
-                try:
-                    art = exporters.export(model, fmt, cache_dir, input_shape=shape, source=spec.timm,
-                                           variant=spec.variant, plan=plan)
-                except exporters.ExportError as exc:
-                    log.error("%s %s bs%d: export failed: %s", spec.name, fmt, batch, exc)
-                    artifacts[(spec.name, fmt, batch)] = ExportFailure(str(exc), list(shape))
-                    continue
-                log.info("%s %s bs%d: %s%s", spec.name, fmt, batch, art.path, " (cached)" if art.cached else "")
-                artifacts[(spec.name, fmt, batch)] = art
+            for target in (targets or {}).get(fmt, ("cpu",)):
+                for batch in batches:
+                    shape, what = (batch, *size), f"{spec.name} {fmt} bs{batch}" + (f" {target}" if target != "cpu" else "")
+                    if progress:
+                        progress(what)
+                    try:
+                        art = exporters.export(model, fmt, cache_dir, input_shape=shape, source=spec.timm,
+                                               variant=spec.variant, plan=plan, target=target)
+                    except exporters.ExportError as exc:
+                        log.error("%s: export failed: %s", what, exc)
+                        artifacts[(spec.name, fmt, batch, target)] = ExportFailure(str(exc), list(shape))
+                        continue
+                    log.info("%s: %s%s", what, art.path, " (cached)" if art.cached else "")
+                    artifacts[(spec.name, fmt, batch, target)] = art
     return artifacts

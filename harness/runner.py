@@ -54,7 +54,7 @@ from results.store import Store
 
 from .config import Config, ConfigError, Measure, ModelSpec
 from .jobs import Group, Job, group_job, group_jobs, job_spec, job_stub, member_result, plan_jobs
-from .prepare import ArtifactKey, ExportFailure, export_all
+from .prepare import ArtifactKey, ExportFailure, artifact_targets, export_all
 
 log = logging.getLogger(__name__)
 
@@ -616,9 +616,10 @@ def run_sweep(cfg: Config, store: Store, request: SweepRequest, progress: Progre
             if plan.todo:
                 needed = [m for m in plan.models if any(j.model is m for j in plan.todo)]
                 fmts = sorted({j.fmt for j in plan.todo}, key=formats.format_order)
-                total = len(needed) * len(fmts) * len(plan.batches)
+                targets = artifact_targets(plan.todo)
+                total = len(needed) * sum(len(t) for t in targets.values()) * len(plan.batches)
                 ctx.artifacts.update(export_all(needed, fmts, plan.batches, cfg.artifacts, cfg.models,
-                                                _counting_exports(progress, total)))
+                                                _counting_exports(progress, total), targets))
                 progress.exported(total, total)
                 _start_hosts(plan.todo, plan.devices, ctx, uploaded, workers)
                 for worker in workers:

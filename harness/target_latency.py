@@ -46,7 +46,7 @@ from snp_core.errors import RatioError
 from snp_core.groups import Group
 
 from .config import Measure
-from .jobs import Job
+from .jobs import Job, artifact_target
 from .latency_model import (
     Candidate,
     Curve,
@@ -88,6 +88,11 @@ class Request:
     @property
     def options(self) -> dict:
         return self.device.runtimes[self.runtime]
+
+    @property
+    def artifact_target(self) -> str:
+        """The device type the artifacts run on (`harness.jobs.artifact_target`)."""
+        return artifact_target(self.fmt, self.options)
 
     def where(self) -> str:
         return f"{self.device.name} ({self.runtime} {options_key(self.options)}, .{self.fmt})"
@@ -158,7 +163,7 @@ def time_models(req: Request, store: Store, entries: list[tuple[Timed, exporters
     git_rev = git_revision()
     run_id = store.new_run(config, git_rev, note=note, kind=kind)
     jobs = [Job(m, req.device, req.runtime, req.fmt, 1) for m, _ in entries]
-    artifacts = {(m.name, req.fmt, 1): art for m, art in entries}
+    artifacts = {job.artifact_key: art for job, (_, art) in zip(jobs, entries)}
     progress.planned(run_id, len(jobs), len(jobs), {req.device.name: len(jobs)})
     try:
         run_device(req.device, jobs, DeviceRun(store, run_id, git_rev, req.measure, artifacts, req.trust_new_hosts,
@@ -238,7 +243,7 @@ def _measure_profiles(req: Request, store: Store, model: nn.Module, model_name: 
                                       model_kwargs=model_kwargs, scores=scores)
             pruned = snp_core.prune(model, plan)
         art = exporters.export(pruned, req.fmt, req.artifacts, input_shape=shape, source=model_name,
-                               variant=variant, plan=plan)
+                               variant=variant, plan=plan, target=req.artifact_target)
         entries.append((Timed(variant, model_name, variant), art))
     config = {"command": "compress --target-latency (latency profile)", "model": model_name,
               "model_kwargs": model_kwargs, "device": req.device.name, "runtime": req.runtime,
@@ -400,7 +405,7 @@ def _verify(req: Request, store: Store, model_name: str, criterion_name: str, pr
     variant = f"{criterion_name}:target-latency {req.target_ms:g}ms {best.pattern}"
     art = exporters.export(pruned, req.fmt, req.artifacts,
                            input_shape=(1, *snp_core.models.input_size(pruned)), source=model_name, variant=variant,
-                           plan=plan)
+                           plan=plan, target=req.artifact_target)
     config = {"command": "compress --target-latency (verification)", "model": model_name, "device": req.device.name,
               "runtime": req.runtime, "target_ms": req.target_ms, "predicted_ms": best.predicted_ms,
               "pattern": best.pattern}

@@ -55,7 +55,7 @@ from results.store import Store
 
 from .config import Config, ConfigError, Measure
 from .jobs import Job, Member, agent_job, plan_jobs
-from .prepare import ExportFailure, export_all
+from .prepare import ExportFailure, artifact_targets, export_all
 from .runner import DEVICE_ERRORS, Progress, git_revision
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def tune(cfg: Config, store: Store, request: TuneRequest, progress: TuneProgress
     try:
         fmts_used = sorted({j.fmt for j in jobs}, key=formats.format_order)
         artifacts = export_all(models, fmts_used, batches, cfg.artifacts, cfg.models,
-                               lambda what: progress.exporting(what))
+                               lambda what: progress.exporting(what), artifact_targets(jobs))
         for device in devices:
             _tune_device(device, [j for j in jobs if j.device is device], artifacts, request, ctx)
         status = "done"
