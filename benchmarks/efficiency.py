@@ -7,7 +7,7 @@ are timed in ONE process, interleaved round by round (order alternating), per
 runtime and thread count:
 
 * ``onnxruntime``: the .onnx the harness ships (``exporters.export``), CPU,
-  ORT_ENABLE_ALL, ``intra_op_num_threads`` = threads;
+  ORT_ENABLE_ALL, ``intra_op_num_threads`` = threads, spinning off (`SPINNING`);
 * ``onnxruntime+attention``: the same graph with each block's attention fused into
   ONNX's ``Attention`` operator (`exporters.fused_attention`, opset 23);
 * ``torchscript``: the .pt the harness ships (traced, frozen), ``torch.set_num_threads``;
@@ -28,11 +28,12 @@ uniform peer here: its pruned model is timm's own modules with narrower tensors
 (the same graph as the original, tests/exporters/test_graph_shape.py), and
 Torch-Pruning has no uniform recipe for its attention biases.
 
+    .venv/bin/pip install -e '.[benchmarks]'    # Torch-Pruning, for the uniform peer
     .venv/bin/python benchmarks/efficiency.py [--configs deit_tiny,deit_small_1.3g] [--threads 1,2]
         [--runtimes onnxruntime,torchscript] [--round-to 16] [--rounds 9] [--round-ms 60]
         [--profile onnxruntime,torchscript]
 
-About 25 minutes for everything on 2 cores with warm artifact caches. Timings on
+About 10 minutes for every config, runtime and thread count on 2 cores with warm artifact caches. Timings on
 a shared machine are noisy: read the ratios (measured in the same rounds), not
 milliseconds across runs.
 """
@@ -73,7 +74,11 @@ GOAL = 0.90
 
 
 def interleaved(runners: dict[str, Callable[[], object]], rounds: int, round_s: float) -> dict[str, list[float]]:
-    """Per round, the median seconds per call of each runner (about `round_s` of calls); the order alternates."""
+    """Per round, the median seconds per call of each runner (about `round_s` of calls); the order alternates.
+
+    Each runner's block in a round starts with one untimed call (as the device agent re-warms each member), so
+    no model pays for the caches and idle threads the one before it left.
+    """
     iters = {}
     for name, fn in runners.items():
         fn()
@@ -85,6 +90,7 @@ def interleaved(runners: dict[str, Callable[[], object]], rounds: int, round_s: 
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             fn, calls = runners[name], []
+            fn()
             for _ in range(iters[name]):
                 t0 = time.perf_counter()
                 fn()
@@ -124,10 +130,19 @@ def build(config: str, round_to: int | None) -> tuple[str, dict[str, torch.nn.Mo
     return timm_name, models, plan.macs["original"] / plan.macs["pruned"]
 
 
+#: onnxruntime's intra-op threads spin after each run by default; with several sessions interleaved in one
+#: process, the last one's spinning threads then take the cores from the next one's work (on 2 cores at 2 threads:
+#: DeiT-T 47 ms instead of 30, intervals 5x wider). So off here unless `--spinning on`.
+SPINNING = {"on": None, "off": "0"}
+spinning = SPINNING["off"]
+
+
 def ort_session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     so.log_severity_level = 3
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
@@ -255,7 +270,11 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=Path("runs/artifacts"))
     p.add_argument("--profile", default="", help="comma-separated runtimes to profile per operator kind after the "
                                                  "timings (1 thread): where the pruned model does not save time")
+    p.add_argument("--spinning", choices=tuple(SPINNING), default="off",
+                   help="onnxruntime's intra-op thread spinning (default off: see SPINNING)")
     args = p.parse_args()
+    global spinning
+    spinning = SPINNING[args.spinning]
     runtimes, profiles = args.runtimes.split(","), [r for r in args.profile.split(",") if r]
     for bad in set(runtimes + profiles) - set(RUNTIMES) or set(args.configs.split(",")) - set(CONFIGS):
         raise SystemExit(f"error: unknown runtime or config {bad!r}; known: {', '.join(RUNTIMES + CONFIGS)}")

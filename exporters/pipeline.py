@@ -45,15 +45,16 @@ def attention_kernel(fmt: str, target: str) -> str:
     """The `snp_core.PrunedAttention` kernel an artifact of `fmt` for `target` is traced with, and why.
 
     A trace bakes the kernel into the artifact, so it is chosen for where the artifact
-    runs, not where it is made (docs/speedup.md, `benchmarks/efficiency.py`):
-    ONNX (onnx, trt) holds the explicit matmul-softmax-matmul, which the runtimes fuse
-    themselves; a .pt/.pt2 for CUDA holds scaled-dot-product attention with unequal
-    widths (CUDA's fused kernels take them); one for a CPU holds SDPA on zero-padded
-    equal widths, which takes CPU's fused kernel instead of its slow generic path.
+    runs, not where it is made (measured: docs/efficiency.md). A .pt/.pt2 for CUDA
+    holds scaled-dot-product attention on the pruned widths, which CUDA's fused kernels
+    take. Everything else holds the explicit matmul-softmax-matmul: the ONNX runtimes
+    fuse it themselves, and on a CPU SDPA with unequal widths takes a generic path ~2x
+    slower, while zero-padding to equal widths ("sdpa_padded", CPU's flash kernel)
+    won 4 % at one thread on DeiT-T but lost up to 9 % at two threads on DeiT-S/B.
     """
-    if formats.FORMATS[fmt].agent_format == "onnx":
-        return "explicit"
-    return "sdpa" if target == "cuda" else "sdpa_padded"
+    if formats.FORMATS[fmt].agent_format != "onnx" and target == "cuda":
+        return "sdpa"
+    return "explicit"
 
 
 @dataclass

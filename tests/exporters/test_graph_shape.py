@@ -6,9 +6,9 @@
   pruned attention stores its bias table already gathered): pruning adds no op, mask
   or gather.
 * Torch formats: the attention kernel is chosen per target and baked into the trace
-  (`exporters.pipeline.attention_kernel`): CPU .pt/.pt2 hold SDPA on zero-padded
-  equal widths, CUDA ones SDPA on the pruned widths; every kernel computes the same
-  function as the explicit matmul-softmax-matmul.
+  (`exporters.pipeline.attention_kernel`): CPU .pt/.pt2 hold the explicit
+  matmul-softmax-matmul, CUDA ones SDPA on the pruned widths; every kernel computes
+  the same function.
 """
 
 from __future__ import annotations
@@ -80,14 +80,15 @@ def torchscript_ops(path) -> set[str]:
     return {n.kind() for n in torch.jit.load(str(path)).graph.nodes()}
 
 
-@pytest.mark.parametrize("target, padded", [("cpu", True), ("cuda", False)])
-def test_torchscript_bakes_the_targets_kernel(pruned_vit, tmp_path, target: str, padded: bool) -> None:
+@pytest.mark.parametrize("target, kernel", [("cpu", "explicit"), ("cuda", "sdpa")])
+def test_torchscript_bakes_the_targets_kernel(pruned_vit, tmp_path, target: str, kernel: str) -> None:
     art = exporters.export(pruned_vit, "torchscript", tmp_path, input_shape=SHAPE, source=NAME, target=target)
     kinds = torchscript_ops(art.path)
-    assert "aten::scaled_dot_product_attention" in kinds
-    assert ("aten::constant_pad_nd" in kinds or "aten::pad" in kinds) is padded
+    assert ("aten::scaled_dot_product_attention" in kinds) is (kernel == "sdpa")
+    assert "aten::softmax" in kinds or "aten::scaled_dot_product_attention" in kinds
+    assert not {"aten::constant_pad_nd", "aten::pad", "aten::index_select"} & kinds
     assert art.manifest["options"]["target"] == target
-    assert art.manifest["options"]["attention_kernel"] == ("sdpa_padded" if padded else "sdpa")
+    assert art.manifest["options"]["attention_kernel"] == kernel
 
 
 def test_targets_are_cached_apart_and_a_bad_target_is_one_line(pruned_vit, tmp_path) -> None:

@@ -40,7 +40,7 @@ def test_cuda_torch_devices_get_their_own_traced_artifact(tmp_path: Path) -> Non
     assert set(artifacts) == {(m.name, fmt, 1, t) for m in models for fmt, ts in targets.items() for t in ts}
     assert all(job.artifact_key in artifacts for job in jobs)
     kernels = {key: art.manifest["options"]["attention_kernel"] for key, art in artifacts.items()}
-    assert kernels[("tiny_snp", "torchscript", 1, "cpu")] == "sdpa_padded"
+    assert kernels[("tiny_snp", "torchscript", 1, "cpu")] == "explicit"
     assert kernels[("tiny_snp", "torchscript", 1, "cuda")] == "sdpa"
     assert kernels[("tiny_snp", "onnx", 1, "cpu")] == "explicit"
     assert kernels[("tiny", "torchscript", 1, "cuda")] is None  # timm's own attention: nothing to choose
