@@ -33,10 +33,8 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import exporters  # noqa: E402
 import snp_core  # noqa: E402
+from benchmarks.timing import interleaved  # noqa: E402
 from exporters.fused_attention import FUSED_OPS, find_sites, fuse_attention  # noqa: E402
 from exporters.parity import eager_outputs, max_abs_diff  # noqa: E402
 from snp_core import ratios as ratio_sources  # noqa: E402
@@ -98,30 +97,6 @@ def session(proto: onnx.ModelProto, threads: int, profile: str | None = None) ->
     if profile:
         so.enable_profiling, so.profile_file_prefix = True, profile
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def interleaved(runners: dict[str, Callable[[], object]], rounds: int, round_s: float) -> dict[str, list[float]]:
-    """Per round, the median seconds per call of each runner (about `round_s` of calls); the order alternates.
-
-    The median within a round drops the calls another process's burst slowed down.
-    """
-    iters = {}
-    for name, fn in runners.items():
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            fn()
-        iters[name] = max(1, round(round_s / ((time.perf_counter() - t0) / 3)))
-    names, samples = list(runners), {k: [] for k in runners}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            fn, calls = runners[name], []
-            for _ in range(iters[name]):
-                t0 = time.perf_counter()
-                fn()
-                calls.append(time.perf_counter() - t0)
-            samples[name].append(statistics.median(calls))
-    return samples
 
 
 def profile_ms(graphs: dict[str, onnx.ModelProto], attention_nodes: set[str], x: np.ndarray,

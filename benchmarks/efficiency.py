@@ -44,7 +44,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -61,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import exporters  # noqa: E402
 import snp_core  # noqa: E402
 from benchmarks.reference_models import HandWrittenViT, uniform_peer  # noqa: E402
+from benchmarks.timing import interleaved  # noqa: E402
 from benchmarks.attention_paths import profile_ms  # noqa: E402
 from exporters.fused_attention import find_sites, fuse_attention  # noqa: E402
 from exporters.parity import eager_outputs, max_abs_diff  # noqa: E402
@@ -71,32 +71,6 @@ CONFIGS = ("deit_tiny", "deit_small", "deit_small_1.3g", "deit_base", "efficient
 RUNTIMES = ("onnxruntime", "onnxruntime+attention", "torchscript", "eager")
 PARITY = 1e-4
 GOAL = 0.90
-
-
-def interleaved(runners: dict[str, Callable[[], object]], rounds: int, round_s: float) -> dict[str, list[float]]:
-    """Per round, the median seconds per call of each runner (about `round_s` of calls); the order alternates.
-
-    Each runner's block in a round starts with one untimed call (as the device agent re-warms each member), so
-    no model pays for the caches and idle threads the one before it left.
-    """
-    iters = {}
-    for name, fn in runners.items():
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            fn()
-        iters[name] = max(2, round(round_s / ((time.perf_counter() - t0) / 3)))
-    names, samples = list(runners), {k: [] for k in runners}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            fn, calls = runners[name], []
-            fn()
-            for _ in range(iters[name]):
-                t0 = time.perf_counter()
-                fn()
-                calls.append(time.perf_counter() - t0)
-            samples[name].append(statistics.median(calls))
-    return samples
 
 
 def ratio_ci(num: list[float], den: list[float], scale: float = 1.0, resamples: int = 2000) -> tuple[float, float, float]:

@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import snp_core  # noqa: E402
-from benchmarks.efficiency import RUNTIMES, fmt, interleaved, ratio_ci, runners_for  # noqa: E402
+from benchmarks.efficiency import RUNTIMES, fmt, ratio_ci, runners_for  # noqa: E402
+from benchmarks.timing import interleaved  # noqa: E402
 from snp_core import ratios as ratio_sources  # noqa: E402
 
 
