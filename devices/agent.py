@@ -120,7 +120,11 @@ leaks into ``ps`` and there is no quoting to get wrong).  Fields:
                 transport gave up (timeout, Ctrl-C, a dead harness or a dropped
                 SSH connection): the agent stops as on SIGTERM (the job ends in
                 error, "cancelled: stdin closed ..."), writes its result if stdout
-                still leads anywhere, releases the lock and exits.  A job that
+                still leads anywhere, releases the lock and exits.  The same
+                thread also stops the job when the process that started the
+                agent (sshd's session, the harness) is gone, checked every
+                ``WATCH_POLL_S``: an EOF that never arrives cannot keep an
+                orphaned agent measuring.  A job that
                 says true but did not come as one newline-ended line is a parse
                 error.  Not part of ``settings``; the ``--cold`` child never
                 watches (its parent gives it its job and closes its stdin).
@@ -2765,10 +2769,15 @@ def write_document(out, doc):
 #: ``armed``: a SIGTERM raises Terminated (until the result is being written);
 #: ``raised``: it did already (once is enough: the clean-up after it must not be
 #: interrupted again); ``reason``: why, when the stdin watchdog sent it.
-_STOP = {"armed": True, "raised": False, "reason": None}
+#: ``parent``: the pid that started the agent, noted as it starts (the watchdog stops an orphaned job).
+_STOP = {"armed": True, "raised": False, "reason": None, "parent": None}
 
 STDIN_CLOSED = ("cancelled: stdin closed (watch_stdin: the transport gave up on the job, or the harness or its "
                 "connection to the device died)")
+PARENT_GONE = ("cancelled: the process that started the agent is gone (watch_stdin: the harness or its connection "
+               "to the device died)")
+#: How often the stdin watchdog also checks that the agent's parent is alive (seconds; one wake-up each).
+WATCH_POLL_S = 1.0
 
 
 def _on_sigterm(signum, frame):
@@ -2784,21 +2793,33 @@ def disarm_stop():
     _STOP["armed"] = False
 
 
-def _watch_stdin(fd, main_ident):
-    """Daemon thread: read (and drop) stdin until EOF, then stop the job as a SIGTERM would.
+def _wait_stdin_closed(fd, parent):
+    """Read (and drop) stdin until EOF or until the agent's parent (pid `parent`) is gone; why it stopped."""
+    import select
+
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], WATCH_POLL_S)
+            if ready and not os.read(fd, 4096):
+                return STDIN_CLOSED
+            if os.getppid() != parent:  # re-parented: the process that started us exited
+                return PARENT_GONE
+    except (OSError, ValueError) as exc:
+        log("reading stdin failed (%s): taken as closed" % exc)
+        return STDIN_CLOSED
+
+
+def _watch_stdin(fd, main_ident, parent):
+    """Daemon thread: wait for stdin's EOF or the parent's exit, then stop the job as a SIGTERM would.
 
     It reads the raw descriptor, not ``sys.stdin``: a daemon thread blocked
     inside a buffered object's lock can abort the interpreter's shutdown.
     """
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError as exc:
-        log("reading stdin failed (%s): taken as closed" % exc)
+    reason = _wait_stdin_closed(fd, parent)
     if not _STOP["armed"]:
         return
-    _STOP["reason"] = STDIN_CLOSED
-    log(STDIN_CLOSED + ": stopping")
+    _STOP["reason"] = reason
+    log(reason + ": stopping")
     try:  # at the main thread, so that its blocking calls return (EINTR) and the handler runs at once
         signal.pthread_kill(main_ident, signal.SIGTERM)
     except (AttributeError, OSError, ValueError):
@@ -2806,7 +2827,9 @@ def _watch_stdin(fd, main_ident):
 
 
 def start_stdin_watch(fd):
-    thread = threading.Thread(target=_watch_stdin, args=(fd, threading.main_thread().ident), name="stdin-watch")
+    parent = _STOP["parent"] or os.getppid()
+    thread = threading.Thread(target=_watch_stdin, args=(fd, threading.main_thread().ident, parent),
+                              name="stdin-watch")
     thread.daemon = True
     thread.start()
 
@@ -2853,6 +2876,7 @@ def main(argv=None):
     if args.version:
         print(AGENT_VERSION)
         return 0
+    _STOP["parent"] = os.getppid()
     enable_faulthandler()
     try:
         out = claim_stdout()

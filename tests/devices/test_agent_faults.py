@@ -131,6 +131,53 @@ def test_closing_stdin_mid_measure_stops_the_agent_and_frees_the_lock(onnx_model
     assert "waiting for the device lock" not in second.stderr
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (a re-parented one's reaper may be slow)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_an_agent_whose_parent_dies_stops_though_its_stdin_stays_open(onnx_model, tmp_path):
+    """The agent's parent (sshd's session, the harness) exits but something still holds the stdin pipe: the
+    watchdog sees the agent re-parented within a poll or two and stops it as a closed stdin would."""
+    stdin_r, stdin_w = os.pipe()
+    out_path, err_path = tmp_path / "out.json", tmp_path / "err.log"
+    # the parent starts the agent on the pipe, prints its pid and exits when its own stdin closes; the test
+    # keeps the write end of the agent's stdin
+    launcher = ("import subprocess, sys\n"
+                "p = subprocess.Popen([sys.executable, sys.argv[1]], stdin=int(sys.argv[2]), pass_fds=[int(sys.argv[2])],"
+                " stdout=open(sys.argv[3], 'wb'), stderr=open(sys.argv[4], 'wb'))\n"
+                "print(p.pid, flush=True)\n"
+                "sys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", launcher, str(AGENT), str(stdin_r), str(out_path),
+                               str(err_path)], pass_fds=[stdin_r], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    os.close(stdin_r)
+    pid = int(parent.stdout.readline())
+    try:
+        os.write(stdin_w, (json.dumps(endless(onnx_model, tmp_path, "orphan", watch_stdin=True)) + "\n").encode())
+        wait_for_lock_holder(tmp_path, "orphan")
+        parent.stdin.close()  # the parent exits; the agent's stdin stays open
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30  # the job alone would measure for a minute
+        while time.monotonic() < deadline and running(pid):
+            time.sleep(0.1)
+        assert not running(pid), err_path.read_text()
+    finally:
+        os.close(stdin_w)
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+    err = err_path.read_text()
+    result = json.loads(out_path.read_text())
+    assert result["status"] == "error" and result["job_id"] == "orphan"
+    assert result["error"]["message"].startswith("cancelled: the process that started the agent is gone"), err
+    assert "the process that started the agent is gone" in err
+    assert not agent.lock_is_held(str(tmp_path))
+
+
 def test_watched_stdin_left_open_does_not_disturb_the_job(onnx_model, tmp_path):
     """The job runs to its end, its --cold child (given its job and a closed stdin) measures, the agent exits."""
     proc = start_agent()
