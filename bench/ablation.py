@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--embed", type=fraction,
                    help="residual-stream fraction removed in every full-model row (default: the paper's "
                         "proportion, about 0.45 x the row's ratio)")
-    p.add_argument("--cache", type=output_dir, default=Path("runs/ablation"), help="where trained weights are cached")
+    p.add_argument("--cache", type=output_dir, default=Path("runs/ablation"), help="where trained weights and finished subjects are cached (a rerun or a resumed run reuses them)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add_quiet(p)
     p.set_defaults(func=run)

@@ -224,7 +224,9 @@ Produced by:
 {command}
 ```
 
-({result['seconds']:.0f} s on this machine; {sum(1 for t in result['train'] if t.get('from_cache'))} of \
+({sum(t.get('study_seconds', 0.0) for t in result['train']):.0f} s of work on this machine, training included, \
+summed over the subjects (a subject is one benchmark and seed, kept in the cache once measured); this run \
+took {result['seconds']:.0f} s; {sum(1 for t in result['train'] if t.get('from_cache'))} of \
 {len(result['train'])} trained models came from the cache.)
 
 ## Summary

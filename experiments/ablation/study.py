@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -293,37 +294,120 @@ def map_grid(s: Subject, settings: Settings, names: tuple[str, ...]) -> dict:
     return {"images": x, "maps": grid, "tokens": s.config.tokens}
 
 
+#: The parts of a result that each subject adds to (lists of rows), in results.json order.
+PARTS = ("train", "unpruned", "rows", "per_kind", "variants", "heads", "finetune")
+#: Bumped whenever what a subject's measurements mean changes (part of the subject cache key).
+STUDY_VERSION = 1
+#: A subject's measured parts and its attention-map grid in ``<cache>/<TrainConfig.key()>/``.
+SUBJECT_FILE, MAPS_FILE = "study-{key}.json", "maps-{key}.safetensors"
+
+
+def study_key(settings: Settings, names: tuple[str, ...], with_maps: bool) -> str:
+    """A short hash of everything that changes one subject's measurements (not which benchmarks and
+    seeds are run, nor where the cache is): a finished subject is reused by a rerun or a resumed one."""
+    chosen = {k: v for k, v in settings.to_dict().items() if k not in ("benchmarks", "seeds", "cache", "criteria")}
+    text = json.dumps({"version": STUDY_VERSION, "criteria": list(names), "maps": with_maps, **chosen},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def measure_subject(s: Subject, settings: Settings, names: tuple[str, ...], with_maps: bool,
+                    progress: Progress) -> tuple[dict, dict | None]:
+    """Everything measured on one subject: its parts (lists of rows, `PARTS`) and, when `with_maps`,
+    its attention-map grid (`map_grid`)."""
+    parts: dict = {part: [] for part in PARTS}
+    parts["train"].append({**s.key, **s.info})
+    parts["unpruned"].append({**s.key, "acc": accuracy(s.model, s.data.x_test, s.data.y_test),
+                              "num_params": snp_core.count_params(s.model)})
+    parts["rows"] += sweep(s, settings, names, progress)
+    if settings.kinds_ratio:
+        parts["per_kind"] += per_kind(s, settings, names)
+    if settings.variant_gammas and settings.kinds_ratio:
+        parts["variants"] += scan_variants(s, settings)
+    if settings.head_ratios:
+        parts["heads"] += compare_heads(s, settings)
+    if settings.finetune_steps:
+        parts["finetune"] += finetune_curves(s, settings, names, progress)
+    return parts, (map_grid(s, settings, names) if with_maps else None)
+
+
+def _save_subject(folder: Path, key: str, parts: dict, grid: dict | None) -> None:
+    """Write a finished subject (the JSON last: it is what marks the subject done)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if grid is not None:
+        tensors = {"images": grid["images"].contiguous()}
+        tensors.update({f"maps/{name}/{ratio!r}": m.contiguous() for name, by_ratio in grid["maps"].items()
+                        for ratio, m in by_ratio.items()})
+        save_file(tensors, str(folder / MAPS_FILE.format(key=key)), metadata={"tokens": str(grid["tokens"])})
+    tmp = folder / (SUBJECT_FILE.format(key=key) + ".tmp")
+    tmp.write_text(json.dumps(parts) + "\n")
+    tmp.replace(folder / SUBJECT_FILE.format(key=key))
+
+
+def _load_subject(folder: Path, key: str, with_maps: bool) -> tuple[dict, dict | None] | None:
+    """A finished subject from the cache, or None (not there, or its maps are missing)."""
+    path, maps = folder / SUBJECT_FILE.format(key=key), folder / MAPS_FILE.format(key=key)
+    if not path.is_file() or (with_maps and not maps.is_file()):
+        return None
+    parts = json.loads(path.read_text())
+    if not with_maps:
+        return parts, None
+    from safetensors import safe_open
+
+    grid: dict = {"maps": {}}
+    with safe_open(str(maps), framework="pt") as f:
+        grid["tokens"] = int(f.metadata()["tokens"])
+        for name in f.keys():
+            if name == "images":
+                grid["images"] = f.get_tensor(name)
+            else:
+                _, criterion_name, ratio = name.split("/")
+                grid["maps"].setdefault(criterion_name, {})[float(ratio)] = f.get_tensor(name)
+    for by_ratio in grid["maps"].values():  # in ratio order, as map_grid builds them
+        ordered = dict(sorted(by_ratio.items()))
+        by_ratio.clear()
+        by_ratio.update(ordered)
+    return parts, grid
+
+
 def run_experiment(settings: Settings, progress: Progress | None = None) -> dict:
     """The whole study, per benchmark and training seed: train (or load) the model, the main sweep,
     each kind alone, SNP's open choices, whole heads, the fine-tune curves; the attention-map grid
     on the first seed. `progress` gets one line per step (default: this module's logger at INFO).
-    ``attention_maps`` in the result holds tensors (for the figure, not for results.json)."""
+    ``attention_maps`` in the result holds tensors (for the figure, not for results.json).
+
+    Each finished subject is saved under the cache (`study_key`), so a run that stops (Ctrl-C, a
+    crash, the end of a working day) loses at most the subject in progress, and a rerun with the
+    same settings only reports."""
     progress = progress or log.info
     started = time.perf_counter()
     names = available(settings.criteria)
     missing = [n for n in settings.criteria if n not in names]
     if missing:
         progress(f"criteria not in snp_core (skipped): {', '.join(missing)}")
-    result: dict = {"settings": settings.to_dict(), "criteria": list(names), "train": [], "unpruned": [], "rows": [],
-                    "per_kind": [], "variants": [], "heads": [], "finetune": [], "attention_maps": {}}
+    result: dict = {"settings": settings.to_dict(), "criteria": list(names), **{part: [] for part in PARTS},
+                    "attention_maps": {}}
     for base in settings.benchmarks:
         for seed in settings.seeds:
             config = TrainConfig(**{**asdict(base), "seed": seed})
-            s = subject(config, settings, progress)
-            result["train"].append({**s.key, **s.info})
-            result["unpruned"].append({**s.key, "acc": accuracy(s.model, s.data.x_test, s.data.y_test),
-                                       "num_params": snp_core.count_params(s.model)})
-            result["rows"] += sweep(s, settings, names, progress)
-            if settings.kinds_ratio:
-                result["per_kind"] += per_kind(s, settings, names)
-            if settings.variant_gammas and settings.kinds_ratio:
-                result["variants"] += scan_variants(s, settings)
-            if settings.head_ratios:
-                result["heads"] += compare_heads(s, settings)
-            if settings.finetune_steps:
-                result["finetune"] += finetune_curves(s, settings, names, progress)
-            if settings.map_ratios and seed == settings.seeds[0]:
-                result["attention_maps"][config.data] = map_grid(s, settings, names)
+            with_maps = bool(settings.map_ratios) and seed == settings.seeds[0]
+            folder, key = settings.cache / config.key(), study_key(settings, names, with_maps)
+            cached = _load_subject(folder, key, with_maps)
+            if cached is not None:
+                progress(f"{config.data} seed {seed}: measured before, from {folder / SUBJECT_FILE.format(key=key)}")
+                parts, grid = cached
+            else:
+                t0 = time.perf_counter()
+                parts, grid = measure_subject(subject(config, settings, progress), settings, names, with_maps,
+                                              progress)
+                parts["train"][0]["study_seconds"] = round(time.perf_counter() - t0, 1)  # training included
+                _save_subject(folder, key, parts, grid)
+            for part in PARTS:
+                result[part] += parts[part]
+            if grid is not None:
+                result["attention_maps"][config.data] = grid
             progress(f"{config.data} seed {seed} done ({time.perf_counter() - started:.0f} s so far)")
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result

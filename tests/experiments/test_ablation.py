@@ -186,6 +186,20 @@ def test_tiny_study_writes_every_output_and_keeps_the_discussion(trained, tmp_pa
     section = (out / "README_SECTION.md").read_text()
     assert section.startswith("## Does the criterion work?") and f"({out.as_posix()}/README.md)" in section
 
+    # a rerun with the same settings measures nothing again: each finished subject comes from the cache, maps too
+    lines.clear()
+    again = study.run_experiment(settings, lines.append)
+    assert sum("measured before" in line for line in lines) == 2 and not any("fine-tune" in line for line in lines)
+    assert {k: v for k, v in again.items() if k not in ("seconds", "attention_maps")} == {
+        k: v for k, v in result.items() if k not in ("seconds", "attention_maps")}
+    cached = again["attention_maps"]["digits"]
+    assert cached["tokens"] == grid["tokens"] and torch.equal(cached["images"], grid["images"])
+    assert all(torch.equal(cached["maps"][n][q], grid["maps"][n][q]) for n in grid["maps"] for q in grid["maps"][n])
+    # ... and a changed setting measures again
+    lines.clear()
+    study.run_experiment(dataclasses.replace(settings, seeds=(0,), finetune_steps=(1,)), lines.append)
+    assert not any("measured before" in line for line in lines)
+
 
 def test_training_is_cached_and_seeded(data, tmp_path):
     config = training.TrainConfig(depth=1, embed_dim=32, epochs=1)
