@@ -152,3 +152,19 @@ def onnx_job(path: str, sha256: str, shape: list[int], **overrides) -> dict:
            "measure": {"iterations": 10, "min_seconds": 0}, "rounds": 2, "timeout_s": 60}
     job.update(overrides)
     return job
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001 - pytest's capsys
+    """``python -m bench ARGV`` in this process: (exit status, stdout, stderr).
+
+    The same code path as the subprocess (`bench.cli.main`) without a fresh interpreter importing torch and
+    timm each time; an unexpected exception escapes and fails the test (what "never a traceback" means)."""
+    from bench import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code if isinstance(exc.code, int) else 2
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -15,8 +15,7 @@ import pytest
 import torch
 
 import snp_core
-from bench import cli
-from helpers import tiny_vit
+from helpers import run_cli, tiny_vit
 from snp_core.adapters import VitAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,17 +76,6 @@ BAD_TOML = [
     ('builtin_models = false\n', "builtin_models = false needs at least one [models.NAME] of your own"),
     ('[measure\n', "is not valid TOML"),
 ]
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001 - pytest's capsys
-    """``python -m bench ARGV`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code if isinstance(exc.code, int) else 2
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def the_error_line(err: str) -> str:

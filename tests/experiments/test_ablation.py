@@ -23,7 +23,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    config = training.TrainConfig(depth=2, embed_dim=64, epochs=1)
+    config = training.TrainConfig(depth=2, embed_dim=64, epochs=1, patch_size=8)  # 17 tokens: quick
     model, info = training.train(config, data, cache=None, progress=lambda _: None)
     return config, model, info
 
@@ -68,7 +68,7 @@ def test_attention_maps_match_timm(data, trained):
     x = data.x_test[:4]
     maps = fidelity.attention_maps(model, x)
     assert len(maps) == len(model.blocks)
-    assert maps[0].shape == (4, model.blocks[0].attn.num_heads, 65, 65)
+    assert maps[0].shape == (4, model.blocks[0].attn.num_heads, 17, 17)
     assert torch.allclose(maps[0].sum(-1), torch.ones(1), atol=1e-5)
     # timm's own probabilities: its non-fused path passes them through attn_drop
     reference, timm_maps = copy.deepcopy(model), []
@@ -167,7 +167,7 @@ def test_tiny_study_writes_every_output_and_keeps_the_discussion(trained, tmp_pa
     assert sorted({r["steps"] for r in result["finetune"]}) == [0, 1, 2]
     assert {r["head_criterion"] for r in result["heads"]} == {"proj_l1", "qk_sum", "random"}
     grid = result["attention_maps"]["digits"]
-    assert grid["maps"]["snp"][0.5].shape == (1, 65, 65) and torch.equal(grid["maps"]["l2"][0.0],
+    assert grid["maps"]["snp"][0.5].shape == (1, 17, 17) and torch.equal(grid["maps"]["l2"][0.0],
                                                                           grid["maps"]["snp"][0.0])
     out = tmp_path / "out"
     out.mkdir()

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from harness import config as harness_config
 
@@ -37,12 +38,17 @@ def test_shipped_bench_toml_defines_local_and_paper_examples(tmp_path):
                               "efficientformer_l1, efficientformer_l1_snp_0_6g, efficientformer_l1_snp_0_5g"),
     ("--formats", "tflite", "unknown format 'tflite'; known formats: onnx, torchscript, pt2, trt"),
 ])
-def test_unknown_names_on_the_command_line(tmp_path, flag, value, message):
-    r = subprocess.run([sys.executable, "-m", "bench", "sweep", "--config", str(ROOT / "bench.toml"),
-                        "--store", str(tmp_path / "s.sqlite"), flag, value], cwd=tmp_path, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.returncode == 2 and errors == [f"error: {message}"] and "Traceback" not in r.stderr, r.stderr
+def test_unknown_names_on_the_command_line(tmp_path, flag, value, message, capsys, monkeypatch):
+    """In this process (`run_cli`); the first case also as ``python -m bench``, as a user would run it."""
+    argv = ["sweep", "--config", str(ROOT / "bench.toml"), "--store", str(tmp_path / "s.sqlite"), flag, value]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(argv, capsys)
+    if flag == "--devices":
+        r = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        code, err = r.returncode, r.stderr
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == [f"error: {message}"] and "Traceback" not in err, err
 
 
 def test_top1_comes_from_the_fine_tuned_plan_folder(tmp_path):

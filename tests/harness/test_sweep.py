@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness import config as harness_config
-from helpers import local_device, ssh_device, tiny_sweep_toml
+from helpers import local_device, run_cli, ssh_device, tiny_sweep_toml
 from harness.runner import SweepRequest, run_sweep
 from results.store import Store
 
@@ -45,7 +45,7 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
+def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts, capsys, monkeypatch):
     hooks = f'pre = ["echo pre >> {tmp_path}/hooks.log"]\npost = ["echo post >> {tmp_path}/hooks.log"]\n'
     cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev") + hooks, cold_start=True)
     r = bench("sweep", "--config", str(cfg), cwd=tmp_path)
@@ -53,8 +53,9 @@ def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
     # the closing table is `bench table --efficiency`: speedups with their intervals, both formats
     assert re.search(r"\| \+ L2 \| l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5 \|.*· [0-9.]+× \([0-9.]+–[0-9.]+\)", r.stdout)
     assert "local (.onnx)" in r.stdout and "local (.pt)" in r.stdout
-    table = bench("table", "--config", str(cfg), "--efficiency", cwd=tmp_path)
-    assert table.returncode == 0 and table.stdout in r.stdout
+    monkeypatch.chdir(tmp_path)  # the reading commands run in this process (`run_cli`): no torch import each
+    code, table, _ = run_cli(["table", "--config", str(cfg), "--efficiency"], capsys)
+    assert code == 0 and table in r.stdout
     rows = Store(tmp_path / "bench.sqlite").records()
     assert len(rows) == 4 and all(r["status"] == "ok" and r["n"] >= 5 for r in rows)
     assert {r["variant"] for r in rows} == {"original", "l2:embed=0.25,ffn=0.5,qk=0.5,v=0.5"}
@@ -66,12 +67,12 @@ def test_local_sweep_cli_prints_speedup_table(tmp_path, artifacts):
     assert all(len(keys) == 1 for keys in groups.values()) and groups["onnx"] != groups["torchscript"]
     assert (tmp_path / "hooks.log").read_text() == "pre\npost\n"  # the device's pre/post commands ran once each
 
-    r = bench("results", "--config", str(cfg), "export", "--format", "csv", "--out", str(tmp_path / "x.csv"),
-              cwd=tmp_path)
-    assert r.returncode == 0 and "wrote 4 records" in r.stderr
+    code, _, err = run_cli(["results", "--config", str(cfg), "export", "--format", "csv", "--out",
+                            str(tmp_path / "x.csv")], capsys)
+    assert code == 0 and "wrote 4 records" in err
 
 
-def test_named_sweep_selection_and_flags_over_it(tmp_path, artifacts):
+def test_named_sweep_selection_and_flags_over_it(tmp_path, artifacts, capsys, monkeypatch):
     cfg = write_config(tmp_path, artifacts, local_device("local", tmp_path / "dev")
                        + '\n[sweeps.small]\nmodels = ["tiny"]\nformats = ["onnx", "torchscript"]\n')
     r = bench("sweep", "--config", str(cfg), "--sweep", "small", "--formats", "onnx", cwd=tmp_path)
@@ -79,9 +80,10 @@ def test_named_sweep_selection_and_flags_over_it(tmp_path, artifacts):
     rows = Store(tmp_path / "bench.sqlite").records()
     assert [(row["model"], row["variant"], row["format"]) for row in rows] == [
         ("deit_tiny_patch16_224", "original", "onnx")]
-    r = bench("sweep", "--config", str(cfg), "--sweep", "nope", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.splitlines()[1:] == [  # after the line saying which config
-        f"error: {cfg} has no [sweeps.nope]; known sweeps: paper, small"], r.stderr
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["sweep", "--config", str(cfg), "--sweep", "nope"], capsys)
+    assert code == 2 and err.splitlines()[1:] == [  # after the line saying which config
+        f"error: {cfg} has no [sweeps.nope]; known sweeps: paper, small"], err
 
 
 def test_ssh_sweep_same_fields_as_local_and_second_sweep_uploads_nothing(tmp_path, artifacts, sshd_server):
@@ -221,16 +223,17 @@ runtimes = {{ onnxruntime = {{ threads = 1 }} }}
     assert elapsed < 60
 
 
-def test_bench_devices_checks_each_device(tmp_path, artifacts, sshd_server, sshd_factory):
+def test_bench_devices_checks_each_device(tmp_path, artifacts, sshd_server, sshd_factory, capsys, monkeypatch):
     stranger = sshd_factory()
     empty_known_hosts = tmp_path / "empty_known_hosts"
     empty_known_hosts.write_text("")
     devices = (local_device("here", tmp_path / "here") + ssh_device("remote", sshd_server, tmp_path / "r")
                + ssh_device("stranger", stranger, tmp_path / "s", known_hosts=empty_known_hosts))
     cfg = write_config(tmp_path, artifacts, devices)
-    r = bench("devices", "--config", str(cfg), cwd=tmp_path)
-    lines = {line.split()[0]: line for line in r.stdout.splitlines()[3:]}
-    assert r.returncode == 3, r.stdout + r.stderr  # exit_codes.JOB_FAILED: a device is not usable
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["devices", "--config", str(cfg)], capsys)
+    lines = {line.split()[0]: line for line in out.splitlines()[3:]}
+    assert code == 3, out + err  # exit_codes.JOB_FAILED: a device is not usable
     assert lines["here"].split()[1] == "ok" and "onnxruntime 1." in lines["here"] and "torch 2." in lines["here"]
     assert lines["remote"].split()[1] == "ok" and f"python {sys.version.split()[0]}" in lines["remote"]
     assert "FAIL" in lines["stranger"] and "ssh-keyscan" in lines["stranger"] and "--trust-new-hosts" in lines["stranger"]
