@@ -197,7 +197,8 @@ def test_tiny_study_writes_every_output_and_keeps_the_discussion(trained, tmp_pa
     assert all(torch.equal(cached["maps"][n][q], grid["maps"][n][q]) for n in grid["maps"] for q in grid["maps"][n])
     # ... and a changed setting measures again
     lines.clear()
-    study.run_experiment(dataclasses.replace(settings, seeds=(0,), finetune_steps=(1,)), lines.append)
+    study.run_experiment(dataclasses.replace(settings, seeds=(0,), criteria=("l2",), finetune_steps=(1,)),
+                         lines.append)
     assert not any("measured before" in line for line in lines)
 
 
