@@ -259,6 +259,7 @@ import os
 import platform
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -2795,8 +2796,6 @@ def disarm_stop():
 
 def _wait_stdin_closed(fd, parent):
     """Read (and drop) stdin until EOF or until the agent's parent (pid `parent`) is gone; why it stopped."""
-    import select
-
     try:
         while True:
             ready, _, _ = select.select([fd], [], [], WATCH_POLL_S)
