@@ -42,11 +42,12 @@ def test_unknown_names_on_the_command_line(tmp_path, flag, value, message, capsy
     """In this process (`run_cli`); the first case also as ``python -m bench``, as a user would run it."""
     argv = ["sweep", "--config", str(ROOT / "bench.toml"), "--store", str(tmp_path / "s.sqlite"), flag, value]
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(argv, capsys)
     if flag == "--devices":
         r = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=tmp_path, capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
         code, err = r.returncode, r.stderr
+    else:
+        code, _, err = run_cli(argv, capsys)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and errors == [f"error: {message}"] and "Traceback" not in err, err
 
