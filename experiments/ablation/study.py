@@ -346,8 +346,10 @@ def _save_subject(folder: Path, key: str, parts: dict, grid: dict | None) -> Non
     tmp.replace(folder / SUBJECT_FILE.format(key=key))
 
 
-def _load_subject(folder: Path, key: str, with_maps: bool) -> tuple[dict, dict | None] | None:
-    """A finished subject from the cache, or None (not there, or its maps are missing)."""
+def _load_subject(folder: Path, key: str, with_maps: bool,
+                  names: tuple[str, ...]) -> tuple[dict, dict | None] | None:
+    """A finished subject from the cache, or None (not there, or its maps are missing); the maps in
+    criterion (`names`) and ratio order, as `map_grid` builds them."""
     path, maps = folder / SUBJECT_FILE.format(key=key), folder / MAPS_FILE.format(key=key)
     if not path.is_file() or (with_maps and not maps.is_file()):
         return None
@@ -356,19 +358,14 @@ def _load_subject(folder: Path, key: str, with_maps: bool) -> tuple[dict, dict |
         return parts, None
     from safetensors import safe_open
 
-    grid: dict = {"maps": {}}
+    maps_by: dict[str, dict[float, torch.Tensor]] = {}
     with safe_open(str(maps), framework="pt") as f:
-        grid["tokens"] = int(f.metadata()["tokens"])
+        grid = {"tokens": int(f.metadata()["tokens"]), "images": f.get_tensor("images")}
         for name in f.keys():
-            if name == "images":
-                grid["images"] = f.get_tensor(name)
-            else:
+            if name != "images":
                 _, criterion_name, ratio = name.split("/")
-                grid["maps"].setdefault(criterion_name, {})[float(ratio)] = f.get_tensor(name)
-    for by_ratio in grid["maps"].values():  # in ratio order, as map_grid builds them
-        ordered = dict(sorted(by_ratio.items()))
-        by_ratio.clear()
-        by_ratio.update(ordered)
+                maps_by.setdefault(criterion_name, {})[float(ratio)] = f.get_tensor(name)
+    grid["maps"] = {n: dict(sorted(maps_by[n].items())) for n in names if n in maps_by}
     return parts, grid
 
 
@@ -394,7 +391,7 @@ def run_experiment(settings: Settings, progress: Progress | None = None) -> dict
             config = TrainConfig(**{**asdict(base), "seed": seed})
             with_maps = bool(settings.map_ratios) and seed == settings.seeds[0]
             folder, key = settings.cache / config.key(), study_key(settings, names, with_maps)
-            cached = _load_subject(folder, key, with_maps)
+            cached = _load_subject(folder, key, with_maps, names)
             if cached is not None:
                 progress(f"{config.data} seed {seed}: measured before, from {folder / SUBJECT_FILE.format(key=key)}")
                 parts, grid = cached

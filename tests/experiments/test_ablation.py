@@ -194,6 +194,8 @@ def test_tiny_study_writes_every_output_and_keeps_the_discussion(trained, tmp_pa
         k: v for k, v in result.items() if k not in ("seconds", "attention_maps")}
     cached = again["attention_maps"]["digits"]
     assert cached["tokens"] == grid["tokens"] and torch.equal(cached["images"], grid["images"])
+    assert list(cached["maps"]) == list(grid["maps"]) and all(list(cached["maps"][n]) == list(grid["maps"][n])
+                                                              for n in grid["maps"])  # the same order
     assert all(torch.equal(cached["maps"][n][q], grid["maps"][n][q]) for n in grid["maps"] for q in grid["maps"][n])
     # ... and a changed setting measures again
     lines.clear()
