@@ -160,6 +160,9 @@ def test_an_agent_whose_parent_dies_stops_though_its_stdin_stays_open(onnx_model
     try:
         os.write(stdin_w, (json.dumps(endless(onnx_model, tmp_path, "orphan", watch_stdin=True)) + "\n").encode())
         wait_for_lock_holder(tmp_path, "orphan")
+        deadline = time.monotonic() + 60  # into the measurement, as the closed-stdin test does
+        while time.monotonic() < deadline and b"stage measure member tiny round 0" not in err_path.read_bytes():
+            time.sleep(0.1)
         parent.stdin.close()  # the parent exits; the agent's stdin stays open
         parent.wait(timeout=30)
         deadline = time.monotonic() + 30  # the job alone would measure for a minute
