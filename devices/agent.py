@@ -303,9 +303,18 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def log(message):
-    """Log one line to stderr; stdout is reserved for the result document."""
-    sys.stderr.write("[agent %s] %s\n" % (time.strftime("%H:%M:%S"), message))
-    sys.stderr.flush()
+    """Log one line to stderr; stdout is reserved for the result document.
+
+    A stderr that leads nowhere (its reader, the harness or sshd's session, is
+    gone: EPIPE) is not an error: the line is dropped.  Raising here would kill
+    the stdin watchdog before it stops the job, and an orphaned agent would go
+    on measuring with the device lock held.
+    """
+    try:
+        sys.stderr.write("[agent %s] %s\n" % (time.strftime("%H:%M:%S"), message))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def utc_now():
@@ -2905,7 +2914,7 @@ def main(argv=None):
         disarm_stop()
         write_document(out, doc)
     except Exception as exc:
-        sys.stderr.write("agent: cannot write the result: %s\n" % exc)
+        log("cannot write the result: %s" % exc)
         return 1
     return 0
 

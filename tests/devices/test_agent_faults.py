@@ -131,6 +131,28 @@ def test_closing_stdin_mid_measure_stops_the_agent_and_frees_the_lock(onnx_model
     assert "waiting for the device lock" not in second.stderr
 
 
+def test_an_agent_whose_stderr_leads_nowhere_still_stops_when_stdin_closes(onnx_model, tmp_path):
+    """When the harness or sshd's session dies, the kernel closes the agent's stdin and its stderr's reader, in
+    either order. The watchdog logs why it stops before it stops the job: that line must not kill it (EPIPE),
+    or the orphan measures on with the lock held (seen in CI after a Ctrl-C'd SSH sweep)."""
+    proc = start_agent()
+    try:
+        proc.stdin.write((json.dumps(endless(onnx_model, tmp_path, "deaf", watch_stdin=True)) + "\n").encode())
+        proc.stdin.flush()
+        wait_for_lock_holder(tmp_path, "deaf")
+        wait_for_stderr_line(proc, b"stage measure member tiny round 0")
+        proc.stderr.close()  # nobody reads the agent's stderr any more
+        proc.stdin.close()
+        proc.wait(timeout=15)  # the job alone would measure for a minute
+        out = proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    result = json.loads(out)
+    assert result["status"] == "error" and result["error"]["message"].startswith("cancelled: stdin closed")
+    assert not agent.lock_is_held(str(tmp_path))
+
+
 def running(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie (a re-parented one's reaper may be slow)."""
     try:
