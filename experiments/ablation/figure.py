@@ -98,6 +98,7 @@ def _finetune_figure(result: dict):
                   crit)
         acc = interval(values(result["unpruned"], "acc", benchmark=bench)).mean
         ax.axhline(acc * 100, color="0.4", linewidth=0.8, linestyle="--")
+        ax.set_ylim(0, 102)  # accuracy's range: a wide band at 0 steps would stretch the axis past 0 and 100
         ax.set_xlabel("fine-tune steps")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{bench}: {rows[0]['ratio']:.0%} uniform + residual, after fine-tuning")

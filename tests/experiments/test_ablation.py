@@ -190,8 +190,10 @@ def test_tiny_study_writes_every_output_and_keeps_the_discussion(trained, tmp_pa
     lines.clear()
     again = study.run_experiment(settings, lines.append)
     assert sum("measured before" in line for line in lines) == 2 and not any("fine-tune" in line for line in lines)
-    assert {k: v for k, v in again.items() if k not in ("seconds", "attention_maps")} == {
-        k: v for k, v in result.items() if k not in ("seconds", "attention_maps")}
+    assert result["cached_subjects"] == 0 and again["cached_subjects"] == 2
+    volatile = ("seconds", "attention_maps", "cached_subjects")
+    assert {k: v for k, v in again.items() if k not in volatile} == {
+        k: v for k, v in result.items() if k not in volatile}
     cached = again["attention_maps"]["digits"]
     assert cached["tokens"] == grid["tokens"] and torch.equal(cached["images"], grid["images"])
     assert list(cached["maps"]) == list(grid["maps"]) and all(list(cached["maps"][n]) == list(grid["maps"][n])
