@@ -38,7 +38,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("nightly", "bench.nightly_cmd:add_parser",
      "run the nightly sweep, compare with the baseline run, report regressions"),
     ("ablation", "bench.ablation:add_parser",
-     "train a small ViT on 8x8 digits and compare pruning criteria (accuracy, attention maps)"),
+     "train small ViTs on two offline benchmarks and compare pruning criteria over seeds (accuracy, attention maps)"),
     ("finetune", "bench.finetune_cmd:add_parser",
      "fine-tune a pruned model (plan folder) or a timm model with the paper's recipe"),
     ("evaluate", "bench.finetune_cmd:add_evaluate_parser",

@@ -61,7 +61,9 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
                           + ", ".join(f"{r.name} {r.round_to}" for r in formats.RUNTIMES.values() if r.round_to)
                           + ": docs/efficiency.md), 1 turns rounding off")
     crit = p.add_argument_group("criterion")
-    crit.add_argument("--criterion", default="snp", choices=vocab.CRITERIA, help="importance criterion")
+    crit.add_argument("--criterion", default="snp", choices=vocab.CRITERIA,
+                      help="importance criterion: snp is the paper's method (the default); in the project's "
+                           "ablation (docs/ablation/) l2 kept accuracy and attention maps as well or better")
     crit.add_argument("--head-criterion", default="proj_l1", choices=vocab.HEAD_CRITERIA,
                       help="ranks whole heads for --heads: proj_l1 (L1 norm of the head's output-projection columns) "
                            "or qk_sum (sum of its Q/K pair scores)")
