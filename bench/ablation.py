@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import exit_codes
 from .options import (HelpFormatter, UsageError, add_quiet, fraction, fractions, names, note, output_dir,
                       positive_int, positive_ints)
+from .runs import add_config_options, load_config, outputs_root
 
 if TYPE_CHECKING:
     from experiments.ablation import Settings
@@ -57,7 +58,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--embed", type=fraction,
                    help="residual-stream fraction removed in every full-model row (default: the paper's "
                         "proportion, about 0.45 x the row's ratio)")
-    p.add_argument("--cache", type=output_dir, default=Path("runs/ablation"), help="where trained weights and finished subjects are cached (a rerun or a resumed run reuses them)")
+    p.add_argument("--cache", type=output_dir,
+                   help="where trained weights and finished subjects are cached, so a rerun or a resumed run "
+                        "reuses them (default: ROOT/ablation; ROOT: --root, else [paths] root of the config, runs)")
+    add_config_options(p)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add_quiet(p)
     p.set_defaults(func=run)
@@ -75,7 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     import snp_core
     from experiments.ablation import BENCHMARKS, Settings
 
-    settings = Settings.quick(args.cache) if args.quick else Settings(cache=args.cache)
+    cache = args.cache if args.cache is not None else outputs_root(args, load_config(args)) / "ablation"
+    settings = Settings.quick(cache) if args.quick else Settings(cache=cache)
     if args.benchmarks:
         chosen = _known("--benchmarks", args.benchmarks, tuple(BENCHMARKS), "benchmark")
         quick = {b.data: b for b in settings.benchmarks}

@@ -222,11 +222,13 @@ def test_training_is_cached_and_seeded(data, tmp_path):
         training.benchmark("cifar")
 
 
-def test_cli_fills_the_settings_and_refuses_unknown_names():
+def test_cli_fills_the_settings_and_refuses_unknown_names(tmp_path):
     parser = cli.build_parser()
-    args = parser.parse_args(["ablation", "--quick", "--out", "x"])
+    args = parser.parse_args(["ablation", "--quick", "--out", "x", "--root", str(tmp_path), "--quiet"])
     assert args.func is command.run and args.quick
-    assert command.settings_from_args(args) == study.Settings.quick(args.cache)
+    assert command.settings_from_args(args) == study.Settings.quick(tmp_path / "ablation")  # under the outputs root
+    args = parser.parse_args(["ablation", "--root", str(tmp_path), "--cache", str(tmp_path / "elsewhere"), "--quiet"])
+    assert command.settings_from_args(args).cache == tmp_path / "elsewhere"  # --cache wins
     args = parser.parse_args(["ablation", "--ratios", "0.2,0.4", "--epochs", "3", "--seeds", "2", "--embed", "0.1",
                               "--benchmarks", "mnist", "--criteria", "snp,l2", "--finetune-steps", "20,5"])
     settings = command.settings_from_args(args)
