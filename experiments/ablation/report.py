@@ -54,6 +54,11 @@ def t_quantile(n: int) -> str:
     return f"{scipy_stats.t.ppf(0.5 + LEVEL / 2, n - 1):.2f}" if n > 1 else "– (no interval)"
 
 
+def work_seconds(result: dict) -> float:
+    """The study's work summed over its subjects, training included, as measured when each was first run."""
+    return sum(t.get("study_seconds", 0.0) for t in result["train"])
+
+
 def headline_ratio(result: dict) -> float:
     ratios = sorted({r["ratio"] for r in result["rows"]})
     return ratios[len(ratios) // 2]
@@ -229,7 +234,7 @@ Produced by:
 {command}
 ```
 
-({sum(t.get('study_seconds', 0.0) for t in result['train']):.0f} s of work on this machine, training included, \
+({work_seconds(result):.0f} s of work on this machine, training included, \
 summed over the subjects (a subject is one benchmark and seed, kept in the cache once measured); this run \
 took {result['seconds']:.0f} s and found {result.get('cached_subjects', 0)} of {len(result['train'])} subjects \
 measured before; {sum(1 for t in result['train'] if t.get('from_cache'))} of the {len(result['train'])} models \
@@ -362,7 +367,6 @@ def section(result: dict, command: str, out: Path) -> str:
     ratio = headline_ratio(result)
     embed = select(result["rows"], pattern="uniform", ratio=ratio)[0]["embed"]
     _, verdict = better_criterion(result)
-    work = sum(t.get("study_seconds", 0.0) for t in result["train"])
     where = out.as_posix().rstrip("/")
     return f"""## Does the criterion work? (`{where}/`)
 
@@ -372,7 +376,7 @@ each, prunes them with {_names(result['criteria'])}, uniformly and in the paper'
 per-layer pattern with the residual stream pruned too, and reports accuracy before fine-tuning,
 attention-map fidelity, the paper's attention-map figure and short fine-tune curves, each as a mean
 with a 95 % interval over seeds; a difference is called only when the paired interval excludes 0
-(`--quick`: digits only, one seed, a few minutes). This run was {work / 60:.0f} min of work on 2 CPU
+(`--quick`: digits only, one seed, a few minutes). This run was {work_seconds(result) / 60:.0f} min of work on 2 CPU
 cores; each finished (benchmark, seed) is kept under `--cache`, so a run that stops resumes where it
 stopped when the same command is run again.
 
